@@ -1,0 +1,172 @@
+"""The epoch loop: monitoring, early stopping, checkpoints and resume."""
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from logger.visualization import TensorboardWriter
+from trainer.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_state, save_checkpoint,
+                                unwrap_model)
+from trainer.settings import TrainerSettings
+from utils.errors import ConfigError
+from utils.seeding import get_rng_state, set_rng_state
+
+
+def metric_name(metric_fn: Callable) -> str:
+    """The name a metric is logged under (`accuracy`, or the wrapped function's for a partial)."""
+    return getattr(metric_fn, "__name__", None) or getattr(metric_fn, "func").__name__
+
+
+class BaseTrainer(ABC):
+    """Runs `_train_epoch` for each epoch, tracks the monitored metric, saves and resumes.
+
+    Reads `config["trainer"]` once, here, into `self.settings`. The constructor only stores:
+    `resume`/`load_weights` and `train` are the explicit actions.
+    """
+
+    def __init__(self, model: nn.Module, criterion: Callable, metric_fns: Sequence[Callable],
+                 optimizer: torch.optim.Optimizer, config, lr_scheduler=None):
+        self.config = config
+        self.settings = TrainerSettings.from_config(config["trainer"])
+        self.logger = config.get_logger("trainer", self.settings.verbosity)
+        self.model = model
+        self.criterion = criterion
+        self.metric_fns = list(metric_fns)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.monitor = self.settings.parsed_monitor
+        self.checkpoint_dir = config.save_dir
+        self.writer = TensorboardWriter(config.log_dir, self.settings.tensorboard)
+
+        self.start_epoch = 1
+        self.global_step = 0  # optimizer steps so far; TensorBoard's x axis
+        self.monitor_best = self.monitor.worst
+        self.not_improved_count = 0
+
+    @abstractmethod
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch; return the logged values (`loss`, metrics, `val_*`)."""
+
+    def expected_log_keys(self) -> list[str]:
+        """The keys `_train_epoch` returns; the monitored metric must be one of them."""
+        return ["loss"] + [metric_name(fn) for fn in self.metric_fns]
+
+    def check_monitor(self) -> None:
+        """Raise a `ConfigError` before training if the monitored metric will never be logged."""
+        keys = self.expected_log_keys()
+        if self.monitor.enabled and self.monitor.metric not in keys:
+            raise ConfigError(f"trainer.monitor: {self.monitor.metric!r} is not a logged value "
+                              f"(one of: {', '.join(keys)})")
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> None:
+        """Train from `start_epoch` to `settings.epochs`, saving and stopping as configured."""
+        epochs = self.settings.epochs
+        if self.start_epoch > epochs:
+            self.logger.warning("Nothing to train: the checkpoint is at epoch %d and trainer.epochs "
+                                "is %d (raise it with --epochs).", self.start_epoch - 1, epochs)
+            return
+        self.writer.open(purge_step=self.global_step if self.start_epoch > 1 else None)
+        try:
+            for epoch in range(self.start_epoch, epochs + 1):
+                log = self._train_epoch(epoch)
+                self._step_scheduler(log)
+                improved = self._update_monitor(log)
+                self._report_epoch(epoch, log, improved)
+                stop = 0 < self.settings.early_stop <= self.not_improved_count
+                if epoch % self.settings.save_period == 0 or epoch == epochs or stop:
+                    self._save_checkpoint(epoch, self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth")
+                if improved:
+                    self._save_checkpoint(epoch, self.checkpoint_dir / "model_best.pth")
+                if stop:
+                    self.logger.info("Validation performance didn't improve for %d epochs. "
+                                     "Training stops.", self.settings.early_stop)
+                    break
+        finally:
+            self.writer.close()
+        if self.monitor.enabled:
+            self.logger.info("Best %s: %.6f. Best model: %s", self.monitor.metric,
+                             self.monitor_best, self.checkpoint_dir / "model_best.pth")
+
+    def _step_scheduler(self, log: dict[str, float]) -> None:
+        if self.lr_scheduler is None:
+            return
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            metric = self.monitor.metric if self.monitor.enabled else \
+                ("val_loss" if "val_loss" in log else "loss")
+            self.lr_scheduler.step(log[metric])
+        else:
+            self.lr_scheduler.step()
+
+    def _update_monitor(self, log: dict[str, float]) -> bool:
+        """Whether this epoch improved the monitored metric; updates the best and the counter."""
+        if not self.monitor.enabled:
+            return False
+        value = log[self.monitor.metric]
+        if self.monitor.improved(value, self.monitor_best):
+            self.monitor_best = value
+            self.not_improved_count = 0
+            return True
+        self.not_improved_count += 1
+        return False
+
+    def _report_epoch(self, epoch: int, log: dict[str, float], improved: bool) -> None:
+        self.logger.info("    %-15s: %d", "epoch", epoch)
+        for key, value in log.items():
+            self.logger.info("    %-15s: %.6f", key, value)
+        if improved:
+            self.logger.info("    (%s improved)", self.monitor.metric)
+        scalars = {f"{key[4:]}/valid" if key.startswith("val_") else f"{key}/train": value
+                   for key, value in log.items()}
+        scalars["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        self.writer.add_scalars(scalars, self.global_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self, epoch: int) -> dict:
+        """Everything needed to continue training exactly, as plain data."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "arch": self.config["arch"]["type"],
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "state_dict": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "scaler": None,
+            "monitor_best": self.monitor_best,
+            "not_improved_count": self.not_improved_count,
+            "rng_state": get_rng_state(),
+            "config": self.config.config,
+        }
+
+    def _save_checkpoint(self, epoch: int, path: os.PathLike) -> None:
+        save_checkpoint(self.state(epoch), path)
+        self.logger.info("Saving checkpoint: %s ...", path)
+
+    def resume(self, path: os.PathLike) -> None:
+        """Continue exactly where the checkpoint at `path` stopped."""
+        checkpoint = load_checkpoint(path)
+        load_model_state(self.model, checkpoint["state_dict"], path)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.global_step = checkpoint.get("global_step", 0)
+        self.monitor_best = checkpoint.get("monitor_best", self.monitor.worst)
+        self.not_improved_count = checkpoint.get("not_improved_count", 0)
+        saved = checkpoint["config"]
+        if saved.get("optimizer", {}).get("type") == self.config["optimizer"]["type"]:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        else:
+            self.logger.warning("Warning: the optimizer type differs from the checkpoint's; "
+                                "its state is not restored.")
+        if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None and \
+                (saved.get("lr_scheduler") or {}).get("type") == self.config["lr_scheduler"]["type"]:
+            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if "rng_state" in checkpoint:
+            set_rng_state(checkpoint["rng_state"])
+
+    def load_weights(self, path: os.PathLike) -> None:
+        """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""
+        checkpoint = load_checkpoint(path)
+        load_model_state(self.model, checkpoint["state_dict"], path)
+

@@ -1,0 +1,2 @@
+from logger.logger import setup_logging
+from logger.visualization import TensorboardWriter

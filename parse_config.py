@@ -1,0 +1,331 @@
+"""The config: reading it, overriding it from the command line, and building objects from it.
+
+`ConfigParser` never touches the disk in its constructor. Creating the run folders and writing
+the effective config are explicit calls (`make_run_dirs`, `write_config`) made by `train.py`.
+"""
+import argparse
+import copy
+import difflib
+import functools
+import importlib
+import inspect
+import json
+import logging
+import os
+from collections import namedtuple
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from utils.errors import ConfigError, UserError
+from utils.util import read_json, write_json
+
+# `flags` as argparse takes them, `type` the value's type, `target` the dotted config key it sets.
+CustomArgs = namedtuple("CustomArgs", "flags type target")
+
+# Top-level packages a dotted `type` may come from; nothing else is ever imported from a config.
+ALLOWED_PACKAGES = ("torch", "torchvision", "model", "data_loader", "trainer", "base", "utils",
+                    "logger")
+
+_LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+
+
+class ConfigParser:
+    """The effective config of one run (file + overrides) and where that run writes.
+
+    Args:
+        config: the config as read from JSON.
+        resume: a checkpoint to resume from (or, with `fine_tune`, to take the weights from).
+        modification: `{dotted.key.path: value}` applied on top of `config`.
+        run_id: the run folder's name; a timestamp when not given.
+        fine_tune: `-c new.json -r ckpt`: weights from the checkpoint, everything else new.
+    """
+
+    def __init__(self, config: dict, resume: str | os.PathLike | None = None,
+                 modification: dict[str, Any] | None = None, run_id: str | None = None,
+                 fine_tune: bool = False):
+        self._config = apply_modifications(config, modification or {})
+        self.resume = Path(resume) if resume is not None else None
+        self.fine_tune = fine_tune
+        self._continue_run = self.resume is not None and not fine_tune and \
+            (self.resume.parent / "config.json").is_file()
+        if self._continue_run:  # resume writes on in the checkpoint's own run folder
+            run_id = self.resume.parent.name
+        self.run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
+
+    # ---------------------------------------------------------------- building from the CLI
+    @classmethod
+    def from_args(cls, parser: argparse.ArgumentParser, options: Iterable[CustomArgs] = (),
+                  argv: Sequence[str] | None = None) -> "ConfigParser":
+        """Add the standard and the registered options to `parser`, parse `argv`, build the config.
+
+        `-r` alone resumes with the config stored in the checkpoint; `-c` with `-r` is fine-tuning
+        (train.py) or a config override (test.py).
+        """
+        add_standard_args(parser)
+        for option in options:
+            parser.add_argument(*option.flags, type=option.type, default=None,
+                                help=f"sets {option.target}")
+        args = parser.parse_args(argv)
+        if args.device is not None:  # must happen before CUDA is first touched
+            os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+        if args.config is None and args.resume is None:
+            raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
+
+        if args.config is not None:
+            config = read_json(args.config)
+            if not isinstance(config, dict):
+                raise ConfigError(f"{args.config}: the config must be a JSON object")
+        else:
+            from trainer.checkpoint import load_checkpoint  # imports torch: only when resuming
+            config = load_checkpoint(args.resume, mmap=True)["config"]
+
+        modification = {option.target: getattr(args, _dest(option.flags))
+                        for option in options}
+        modification = {key: value for key, value in modification.items() if value is not None}
+        modification.update(parse_overrides(args.override))
+        return cls(config, resume=args.resume, modification=modification, run_id=args.run_id,
+                   fine_tune=args.config is not None and args.resume is not None)
+
+    # ---------------------------------------------------------------- reading the config
+    def __getitem__(self, name: str) -> Any:
+        return self._config[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._config
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._config.get(name, default)
+
+    @property
+    def config(self) -> dict:
+        """The effective config (file + overrides), as saved with the run and in checkpoints."""
+        return self._config
+
+    def with_modification(self, modification: dict[str, Any]) -> "ConfigParser":
+        """A copy of this config with `{dotted.key: value}` applied; same run, same resume."""
+        other = copy.copy(self)
+        other._config = apply_modifications(self._config, modification)
+        return other
+
+    # ---------------------------------------------------------------- building objects
+    def init_obj(self, name: str, module: ModuleType, *args, **kwargs) -> Any:
+        """`module.<type>(*args, **config_args, **kwargs)` for the `{"type", "args"}` block `name`.
+
+        `kwargs` given in code may not repeat an argument the config sets.
+        """
+        factory, config_args = self._prepare(name, module, args, kwargs)
+        try:
+            return factory(*args, **config_args, **kwargs)
+        except ValueError as error:  # a constructor rejecting a value the user set
+            raise ConfigError(f"{name}.args: {error}") from None
+
+    def init_ftn(self, name: str, module: ModuleType, *args, **kwargs) -> Callable:
+        """`functools.partial(module.<type>, *args, **config_args, **kwargs)` for block `name`."""
+        factory, config_args = self._prepare(name, module, args, kwargs, partial=True)
+        return functools.partial(factory, *args, **config_args, **kwargs)
+
+    def _prepare(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
+                 partial: bool = False) -> tuple[Callable, dict]:
+        block = get_by_path(self._config, name)
+        if isinstance(block, str):
+            block = {"type": block, "args": {}}
+        if not isinstance(block, dict) or "type" not in block:
+            raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}}")
+        config_args = block.get("args", {})
+        if not isinstance(config_args, dict):
+            raise ConfigError(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
+        factory = resolve_type(block["type"], module, f"{name}.type")
+        repeated = sorted(set(config_args) & set(kwargs))
+        if repeated:
+            raise ConfigError(f"{name}.args: {', '.join(map(repr, repeated))} set in the config "
+                              f"is also given by the code; remove it from the config")
+        check_signature(factory, args, {**config_args, **kwargs}, f"{name}.args", partial)
+        return factory, dict(config_args)
+
+    # ---------------------------------------------------------------- run folders and logging
+    @property
+    def save_dir(self) -> Path:
+        """Where this run's config and checkpoints go: `<save_dir>/models/<name>/<run_id>`."""
+        if self._continue_run:
+            return self.resume.parent
+        return Path(self._config["trainer"]["save_dir"]) / "models" / self._config["name"] / self.run_id
+
+    @property
+    def log_dir(self) -> Path:
+        """Where this run's log file and TensorBoard events go: `<save_dir>/log/<name>/<run_id>`."""
+        return Path(self._config["trainer"]["save_dir"]) / "log" / self._config["name"] / self.run_id
+
+    def make_run_dirs(self) -> None:
+        """Create the run folders; a run id taken by another run gets a suffix (`_1`, `_2`, ...)."""
+        if self._continue_run:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            return
+        base_id = self.run_id
+        for attempt in range(1000):
+            self.run_id = base_id if attempt == 0 else f"{base_id}_{attempt}"
+            self.save_dir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.save_dir.mkdir()  # atomic: exactly one of two racing runs gets this name
+            except FileExistsError:
+                continue
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            return
+        raise UserError(f"{self.save_dir.parent}: no free run folder for run id {base_id!r}")
+
+    def write_config(self) -> None:
+        """Save the effective config as `config.json` in the run folder."""
+        write_json(self._config, self.save_dir / "config.json")
+
+    def get_logger(self, name: str, verbosity: int = 2) -> logging.Logger:
+        if verbosity not in _LOG_LEVELS:
+            raise ConfigError(f"trainer.verbosity: {verbosity!r} is not one of 0, 1, 2")
+        logger = logging.getLogger(name)
+        logger.setLevel(_LOG_LEVELS[verbosity])
+        return logger
+
+
+# -------------------------------------------------------------------- command line
+def add_standard_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=None, help="config file path")
+    parser.add_argument("-r", "--resume", default=None, help="checkpoint to resume from")
+    parser.add_argument("-d", "--device", default=None,
+                        help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any config key, e.g. -o trainer.epochs=3 (value parsed as JSON "
+                             "when it can be); may be repeated")
+    parser.add_argument("--run-id", default=None,
+                        help="name of the run folder (default: a timestamp)")
+
+
+def _dest(flags: Sequence[str]) -> str:
+    long_flags = [flag for flag in flags if flag.startswith("--")]
+    return (long_flags or flags)[0].lstrip("-").replace("-", "_")
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """`["trainer.epochs=3", "name=x"]` -> `{"trainer.epochs": 3, "name": "x"}`."""
+    result = {}
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-o {override!r}: expected key.path=value, e.g. -o trainer.epochs=3")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word is a string: -o name=Digits2
+        result[key.strip()] = value
+    return result
+
+
+# -------------------------------------------------------------------- nested keys
+def get_by_path(tree: dict, path: str) -> Any:
+    """The value at a dotted key path; a list element is addressed by its index (`metrics.0`)."""
+    node = tree
+    for depth, key in enumerate(path.split(".")):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node, dict) or key not in node:
+            where = ".".join(path.split(".")[:depth + 1])
+            raise ConfigError(f"{where}: missing from the config{_did_you_mean(key, node)}")
+        node = node[key]
+    return node
+
+
+def apply_modifications(config: dict, modification: dict[str, Any]) -> dict:
+    """A deep copy of `config` with every `{dotted.key: value}` set; parents must exist."""
+    config = copy.deepcopy(config)
+    for path, value in modification.items():
+        *parents, leaf = path.split(".")
+        node = get_by_path(config, ".".join(parents)) if parents else config
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parents)}: is not a JSON object, cannot set {leaf!r}")
+        node[leaf] = value
+    return config
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    if not isinstance(choices, (dict, list, tuple, set)):
+        return ""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# -------------------------------------------------------------------- names to callables
+def resolve_type(name: Any, module: ModuleType, key_path: str) -> Callable:
+    """The callable a config's `type` names: a public name in `module`, or a dotted path whose
+    top-level package is in `ALLOWED_PACKAGES`. Nothing else is ever imported."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{key_path}: expected a name, got {json.dumps(name)}")
+    parts = name.split(".")
+    private = [part for part in parts if part.startswith("_") or not part.isidentifier()]
+    if private:
+        raise ConfigError(f"{key_path}: {name!r} is not allowed (private or invalid name "
+                          f"{private[0]!r})")
+    if len(parts) == 1:
+        obj = _public_attr(module, name, key_path, module.__name__)
+    else:
+        obj = _resolve_dotted(parts, key_path)
+    if not callable(obj):
+        raise ConfigError(f"{key_path}: {name!r} is not callable")
+    return obj
+
+
+def _resolve_dotted(parts: list[str], key_path: str) -> Any:
+    if parts[0] not in ALLOWED_PACKAGES:
+        raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the packages a config may "
+                          f"use ({', '.join(ALLOWED_PACKAGES)})")
+    for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+        module_name = ".".join(parts[:split])
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for part in parts[split:]:
+            obj = _public_attr(obj, part, key_path, module_name)
+            module_name += "." + part
+        return obj
+    raise ConfigError(f"{key_path}: cannot import {parts[0]!r}")
+
+
+def _public_attr(owner: Any, name: str, key_path: str, owner_name: str) -> Any:
+    """`owner.name`, if public and defined in an allowed package (`torch.os` is not torch's)."""
+    if not name.startswith("_") and hasattr(owner, name):
+        obj = getattr(owner, name)
+        origin = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None)
+        if not isinstance(origin, str) or origin.split(".")[0] not in ALLOWED_PACKAGES:
+            raise ConfigError(f"{key_path}: {owner_name}.{name} comes from {origin or 'an unknown module'}, "
+                              f"outside the packages a config may use ({', '.join(ALLOWED_PACKAGES)})")
+        return obj
+    choices = [n for n in dir(owner) if not n.startswith("_") and callable(getattr(owner, n, None))]
+    raise ConfigError(f"{key_path}: {name!r} is not in {owner_name}{_did_you_mean(name, choices)}")
+
+
+def check_signature(factory: Callable, args: tuple, kwargs: dict, key_path: str,
+                    partial: bool = False) -> None:
+    """Raise a `ConfigError` naming `key_path` when `kwargs` do not fit `factory`'s signature."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no signature to check against
+        return
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    known = [n for n, p in signature.parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not accepts_any:
+        for key in kwargs:
+            if key not in known:
+                raise ConfigError(f"{key_path}: unexpected argument {key!r} for "
+                                  f"{_qualified_name(factory)}{_did_you_mean(key, known)}")
+    try:
+        (signature.bind_partial if partial else signature.bind)(*args, **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{key_path}: {error} for {_qualified_name(factory)}") from None
+
+
+def _qualified_name(obj: Callable) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
+    return f"{module}.{name}" if module else name

@@ -1,0 +1,53 @@
+"""Evaluate a checkpoint on the test split: `python test.py -r path/to/model_best.pth`."""
+import argparse
+
+from parse_config import ConfigParser
+from utils.cli import run_cli
+
+
+def main(argv=None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
+    config = ConfigParser.from_args(parser, argv=argv)
+    if config.resume is None:
+        parser.error("give the checkpoint to evaluate with -r")
+
+    import data_loader.data_loaders as module_data
+    import model.loss as module_loss
+    import model.metric as module_metric
+    import model.model as module_arch
+    from base.base_trainer import metric_name
+    from logger.logger import setup_logging
+    from trainer.checkpoint import load_checkpoint, load_model_state
+    from trainer.evaluation import evaluate
+    from utils.util import prepare_device, write_json
+
+    setup_logging(None)  # console only: test.py writes nothing but its report
+    checkpoint = load_checkpoint(config.resume)
+    test_config = config.with_modification({"data_loader.args.training": False,
+                                            "data_loader.args.shuffle": False,
+                                            "data_loader.args.validation_split": 0.0})
+    data_loader = test_config.init_obj("data_loader", module_data, seed=config.get("seed", 0))
+    model = config.init_obj("arch", module_arch)
+    load_model_state(model, checkpoint["state_dict"], config.resume)
+    device, _ = prepare_device(min(config.get("n_gpu", 1), 1))
+    model = model.to(device)
+
+    criterion = config.init_ftn("loss", module_loss)
+    metric_fns = [config.init_ftn(f"metrics.{i}", module_metric)
+                  for i in range(len(config.get("metrics", [])))]
+    names = [metric_name(fn) for fn in metric_fns]
+    results = evaluate(model, data_loader, criterion, metric_fns, names, device)
+    results["n_samples"] = len(data_loader.sampler)
+
+    out_path = config.resume.with_name(f"{config.resume.stem}.test.json")
+    write_json({"checkpoint": str(config.resume), "epoch": checkpoint["epoch"], **results}, out_path)
+    width = max(map(len, results))
+    for key, value in results.items():
+        print(f"    {key:<{width}}  {value:.6f}" if isinstance(value, float) else
+              f"    {key:<{width}}  {value}")
+    print(f"Test metrics written to {out_path}")
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real config shrunk to a few seconds, and a runner for the real CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def small_config(save_dir: Path, **trainer) -> dict:
+    """`config.json` shrunk for tests: 3 epochs, no TensorBoard, output under `save_dir`."""
+    config = json.loads((ROOT / "config.json").read_text())
+    config["data_loader"]["args"]["data_dir"] = str(ROOT / "data")
+    config["trainer"].update({"epochs": 3, "save_dir": str(save_dir), "tensorboard": False,
+                              "verbosity": 1, **trainer})
+    return config
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """The shrunk real config written to a file, saving runs under `tmp_path/saved`."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(small_config(tmp_path / "saved"), indent=2))
+    return path
+
+
+def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts the way a user does, in a fresh Python process."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_folders(save_dir: Path, name: str = "Digits_CNN") -> list[Path]:
+    folder = save_dir / "models" / name
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never download: any connection attempt from the test process fails loudly."""
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # local sockets stay (workers use them)
+            raise RuntimeError(f"tests may not use the network (connect to {address})")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

@@ -1,0 +1,94 @@
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from base.base_data_loader import BaseDataLoader, EpochSampler, split_indices
+
+
+def make_loader(n=100, **kwargs) -> BaseDataLoader:
+    dataset = TensorDataset(torch.arange(n).float().unsqueeze(1), torch.arange(n))
+    options = {"batch_size": 10, "shuffle": True, "validation_split": 0.2, "num_workers": 0,
+               "seed": 7, **kwargs}
+    return BaseDataLoader(dataset, **options)
+
+
+def epoch_order(loader: BaseDataLoader, epoch: int) -> list[int]:
+    loader.set_epoch(epoch)
+    return torch.cat([target for _, target in loader]).tolist()
+
+
+def test_fraction_and_count_split_disjointly_and_cover_everything():
+    for split, n_valid in ((0.2, 20), (15, 15), (0.0, 0)):
+        train, valid = split_indices(100, split, seed=1)
+        assert len(valid) == n_valid and len(train) == 100 - n_valid
+        assert sorted(train + valid) == list(range(100))
+
+
+@pytest.mark.parametrize("split", [1.0, -0.1, 100, 250, -3, True, "0.1"])
+def test_out_of_range_split_is_an_error(split):
+    with pytest.raises(ValueError, match="validation_split"):
+        split_indices(100, split, seed=1)
+
+
+def test_split_leaving_no_training_data_is_an_error():
+    with pytest.raises(ValueError, match="validation_split"):
+        split_indices(3, 3, seed=0)
+
+
+def test_validation_loader_holds_the_held_out_samples():
+    loader = make_loader()
+    valid = loader.split_validation()
+    train_seen = set(epoch_order(loader, 1))
+    valid_seen = set(torch.cat([t for _, t in valid]).tolist())
+    assert len(train_seen) == 80 and len(valid_seen) == 20 and not train_seen & valid_seen
+    assert make_loader(validation_split=0.0).split_validation() is None
+
+
+def test_building_and_iterating_never_touches_the_global_rng():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    loader = make_loader()
+    epoch_order(loader, 1)
+    list(loader.split_validation())
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    first, second = make_loader(), make_loader()
+    orders = [epoch_order(first, e) for e in (1, 2, 3)]
+    assert epoch_order(second, 3) == orders[2]   # no epochs 1, 2 in this loader
+    assert orders[0] != orders[1]                 # shuffled anew each epoch
+    assert epoch_order(make_loader(seed=8), 1) != orders[0]
+    assert epoch_order(make_loader(shuffle=False), 1) == sorted(orders[0])
+
+
+class WorkerSeedDataset(torch.utils.data.Dataset):
+    """Returns the seed of the worker process that loaded each sample."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return torch.initial_seed() % 1_000_003, index
+
+
+def worker_seeds(seed: int, epoch: int) -> list[int]:
+    loader = BaseDataLoader(WorkerSeedDataset(), batch_size=2, shuffle=True, validation_split=0,
+                            num_workers=2, seed=seed)
+    loader.set_epoch(epoch)
+    return sorted(torch.cat([seeds for seeds, _ in loader]).tolist())
+
+
+def test_worker_seeds_depend_only_on_seed_and_epoch():
+    assert worker_seeds(5, 2) == worker_seeds(5, 2)
+    assert worker_seeds(5, 2) != worker_seeds(5, 3)
+    assert worker_seeds(5, 2) != worker_seeds(6, 2)
+
+
+def test_sampler_gives_a_new_order_on_each_pass_within_an_epoch():
+    sampler = EpochSampler(range(50), shuffle=True, seed=3)
+    sampler.set_epoch(4)
+    first, second = list(sampler), list(sampler)
+    assert first != second and sorted(first) == sorted(second) == list(range(50))
+    sampler.set_epoch(4)
+    assert list(sampler) == first

@@ -1,0 +1,122 @@
+import pytest
+import torch
+from torch import nn
+
+from base.base_trainer import BaseTrainer
+from parse_config import ConfigParser
+from tests.conftest import small_config
+from trainer.checkpoint import load_checkpoint
+from trainer.settings import Monitor
+from utils.errors import ConfigError
+
+
+class ScriptedTrainer(BaseTrainer):
+    """Each epoch 'validates' to the next value of a script; records which epochs ran."""
+
+    def __init__(self, config, val_losses, lr_scheduler=None, optimizer=None):
+        model = nn.Linear(2, 1)
+        optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
+        super().__init__(model, nn.functional.mse_loss, [], optimizer, config, lr_scheduler)
+        self.val_losses = list(val_losses)
+        self.epochs_run = []
+
+    def _train_epoch(self, epoch):
+        self.epochs_run.append(epoch)
+        self.global_step += 1
+        return {"loss": 1.0, "val_loss": self.val_losses[epoch - 1]}
+
+
+def make(tmp_path, val_losses, **trainer_settings):
+    config = ConfigParser(small_config(tmp_path, **trainer_settings), run_id="r")
+    config.make_run_dirs()
+    return ScriptedTrainer(config, val_losses)
+
+
+def saved_epochs(trainer, name):
+    return load_checkpoint(trainer.checkpoint_dir / name)["epoch"]
+
+
+def test_model_best_is_written_on_every_improving_epoch_whatever_save_period(tmp_path):
+    trainer = make(tmp_path, [5, 4, 3, 3.5, 2, 9], epochs=6, save_period=4, monitor="min val_loss")
+    best_epochs = []
+    original = trainer._save_checkpoint
+    trainer._save_checkpoint = lambda epoch, path: (
+        best_epochs.append(epoch) if path.name == "model_best.pth" else None,
+        original(epoch, path))
+    trainer.train()
+    assert best_epochs == [1, 2, 3, 5]
+    assert saved_epochs(trainer, "model_best.pth") == 5
+    periodic = sorted(p.name for p in trainer.checkpoint_dir.glob("checkpoint-epoch*.pth"))
+    assert periodic == ["checkpoint-epoch4.pth", "checkpoint-epoch6.pth"]  # period + last
+
+
+def test_a_tie_is_not_an_improvement():
+    monitor = Monitor.parse("min val_loss")
+    assert monitor.improved(0.9, 1.0) and not monitor.improved(1.0, 1.0)
+    assert Monitor.parse("max val_accuracy").improved(0.6, 0.5)
+    assert not Monitor.parse("off").enabled
+
+
+def test_early_stop_after_exactly_n_epochs_without_improvement_and_saves_that_epoch(tmp_path):
+    trainer = make(tmp_path, [3, 2, 2, 2.5, 2.1, 1, 1, 1], epochs=8, save_period=100,
+                   monitor="min val_loss", early_stop=3)
+    trainer.train()
+    assert trainer.epochs_run == [1, 2, 3, 4, 5]          # 3, 4, 5 did not improve on epoch 2
+    assert (trainer.checkpoint_dir / "checkpoint-epoch5.pth").is_file()
+    assert load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch5.pth")["not_improved_count"] == 3
+
+
+def test_early_stop_zero_never_stops(tmp_path):
+    trainer = make(tmp_path, [1, 2, 3, 4], epochs=4, monitor="min val_loss", early_stop=0)
+    trainer.train()
+    assert trainer.epochs_run == [1, 2, 3, 4]
+
+
+def test_monitor_max_and_off(tmp_path):
+    trainer = make(tmp_path / "a", [1, 3, 2], epochs=3, monitor="max val_loss")
+    trainer.train()
+    assert trainer.monitor_best == 3 and saved_epochs(trainer, "model_best.pth") == 2
+    off = make(tmp_path / "b", [1, 3, 2], epochs=3, monitor="off")
+    off.train()
+    assert not (off.checkpoint_dir / "model_best.pth").exists()
+
+
+def test_reduce_lr_on_plateau_receives_the_monitored_metric(tmp_path):
+    config = ConfigParser(small_config(tmp_path, epochs=4, monitor="min val_loss"), run_id="r")
+    config.make_run_dirs()
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
+    trainer = ScriptedTrainer(config, [1.0, 2.0, 0.5, 0.7], scheduler, optimizer)
+    trainer.train()
+    assert optimizer.param_groups[0]["lr"] == 0.25   # halved after epochs 2 and 4
+
+
+def test_missing_train_epoch_fails_at_construction(tmp_path):
+    class Incomplete(BaseTrainer):
+        pass
+
+    with pytest.raises(TypeError, match="_train_epoch"):
+        Incomplete(nn.Linear(1, 1), None, [], None, ConfigParser(small_config(tmp_path)))
+
+
+def test_monitor_of_a_value_never_logged_is_a_config_error(tmp_path):
+    trainer = make(tmp_path, [1], epochs=1, monitor="max val_acc")
+    with pytest.raises(ConfigError, match=r"^trainer\.monitor: 'val_acc' is not a logged value"):
+        trainer.check_monitor()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"epoch": 3}, r"^trainer\.epoch: unknown key \(did you mean 'epochs'\?\)"),
+    ({"monitor": "minimum val_loss"}, r"^trainer\.monitor: expected"),
+])
+def test_trainer_section_mistakes_are_config_errors(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        make(tmp_path, [1], **settings)
+
+
+def test_nothing_to_train_when_checkpoint_is_at_the_last_epoch(tmp_path, caplog):
+    trainer = make(tmp_path, [1, 1], epochs=2)
+    trainer.start_epoch = 3
+    trainer.train()
+    assert trainer.epochs_run == [] and "Nothing to train" in caplog.text

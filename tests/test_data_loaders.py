@@ -1,0 +1,76 @@
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from data_loader.data_loaders import DigitsDataLoader, MnistDataLoader
+from data_loader.datasets import digits_dataset, load_digits
+from tests.conftest import ROOT
+from utils.errors import UserError
+
+DATA = ROOT / "data"
+
+
+def test_shipped_digits_load_as_8x8_images():
+    images, labels = load_digits(DATA)
+    assert images.shape == (1797, 1, 8, 8) and labels.shape == (1797,)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert sorted(labels.unique().tolist()) == list(range(10))
+
+
+def test_train_and_test_split_is_fixed_and_disjoint():
+    images, _ = load_digits(DATA)
+    train, test = digits_dataset(DATA, True), digits_dataset(DATA, False)
+    assert len(train) + len(test) == 1797 and len(test) == 359
+    # every image lands in exactly one part (compared as rows: the datasets copy the tensors)
+    all_rows = sorted(map(tuple, images.flatten(1).tolist()))
+    parts = sorted(map(tuple, torch.cat([train.tensors[0], test.tensors[0]]).flatten(1).tolist()))
+    assert parts == all_rows
+    assert torch.equal(digits_dataset(DATA, False).tensors[0], test.tensors[0])  # same every time
+
+
+def test_digits_loader_batches_and_test_split():
+    loader = DigitsDataLoader(str(DATA), batch_size=64, validation_split=0.1, seed=1)
+    data, target = next(iter(loader))
+    assert data.shape == (64, 1, 8, 8) and target.dtype == torch.int64
+    assert loader.n_samples + len(loader.split_validation().sampler) == 1438
+    test = DigitsDataLoader(str(DATA), batch_size=500, shuffle=False, training=False)
+    assert len(test.sampler) == 359
+
+
+def test_missing_digits_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="digits data not found"):
+        DigitsDataLoader(str(tmp_path), batch_size=8)
+
+
+def write_idx(path, array: np.ndarray, magic_type: int = 0x08) -> None:
+    """An IDX file as MNIST ships it: magic, big-endian sizes, then unsigned bytes."""
+    header = struct.pack(">BBBB", 0, 0, magic_type, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_tiny_mnist(root, n_train: int = 12, n_test: int = 5) -> None:
+    """The four MNIST files torchvision looks for, so that it never downloads."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def test_mnist_loader_reads_idx_files_without_downloading(tmp_path):
+    write_tiny_mnist(tmp_path)
+    loader = MnistDataLoader(str(tmp_path), batch_size=4, validation_split=2, download=True)
+    data, target = next(iter(loader))
+    assert data.shape == (4, 1, 28, 28) and data.dtype == torch.float32
+    assert loader.n_samples == 10 and len(loader.split_validation().sampler) == 2
+    test = MnistDataLoader(str(tmp_path), batch_size=5, shuffle=False, training=False)
+    assert next(iter(test))[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_mnist_missing_offline_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="MNIST is not there"):
+        MnistDataLoader(str(tmp_path), batch_size=4, download=False)

@@ -1,0 +1,169 @@
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import model.metric as module_metric
+import model.model as module_arch
+from parse_config import ConfigParser, CustomArgs, parse_overrides, resolve_type
+from tests.conftest import small_config
+from utils.errors import ConfigError, UserError
+
+OPTIONS = [CustomArgs(["--lr", "--learning_rate"], float, "optimizer.args.lr"),
+           CustomArgs(["--bs", "--batch_size"], int, "data_loader.args.batch_size")]
+
+
+def from_argv(*argv: str) -> ConfigParser:
+    return ConfigParser.from_args(argparse.ArgumentParser(), OPTIONS, list(argv))
+
+
+@pytest.fixture
+def parser_config(tmp_path: Path) -> ConfigParser:
+    return ConfigParser(small_config(tmp_path / "saved"), run_id="run1")
+
+
+def test_init_obj_passes_config_args_and_code_args(parser_config):
+    model = parser_config.init_obj("arch", module_arch)
+    assert isinstance(model, module_arch.DigitsModel)
+    optimizer = parser_config.init_obj("optimizer", torch.optim, model.parameters())
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["lr"] == 0.001 and optimizer.param_groups[0]["amsgrad"]
+
+
+def test_code_kwargs_may_not_override_config_args(parser_config):
+    model = parser_config.init_obj("arch", module_arch)
+    with pytest.raises(ConfigError, match=r"^optimizer\.args: 'lr' set in the config"):
+        parser_config.init_obj("optimizer", torch.optim, model.parameters(), lr=0.5)
+
+
+def test_init_ftn_returns_partial_with_config_args(tmp_path):
+    config = small_config(tmp_path)
+    config["metrics"] = [{"type": "top_k_acc", "args": {"k": 1}}]
+    metric = ConfigParser(config).init_ftn("metrics.0", module_metric)
+    output = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    assert metric(output, torch.tensor([0, 0])).item() == 0.5   # k=1 from the config
+
+
+def test_wrong_type_names_key_path_and_nearest_choice(parser_config):
+    config = parser_config.with_modification({"optimizer.type": "Adamm"})
+    with pytest.raises(ConfigError, match=r"^optimizer\.type: 'Adamm' is not in torch\.optim "
+                                          r"\(did you mean 'Adam'\?\)"):
+        config.init_obj("optimizer", torch.optim, [torch.zeros(1, requires_grad=True)])
+
+
+def test_unknown_argument_is_reported_with_suggestion(parser_config):
+    config = parser_config.with_modification({"optimizer.args.lrr": 0.1})
+    with pytest.raises(ConfigError, match=r"^optimizer\.args: unexpected argument 'lrr' .*"
+                                          r"did you mean 'lr'"):
+        config.init_obj("optimizer", torch.optim, [torch.zeros(1, requires_grad=True)])
+
+
+def test_value_rejected_by_constructor_names_key_path(parser_config):
+    config = parser_config.with_modification({"optimizer.args.lr": -1})
+    with pytest.raises(ConfigError, match=r"^optimizer\.args: Invalid learning rate"):
+        config.init_obj("optimizer", torch.optim, [torch.zeros(1, requires_grad=True)])
+
+
+def test_dotted_type_inside_allow_list_resolves():
+    assert resolve_type("torch.nn.CrossEntropyLoss", torch.optim, "loss") is torch.nn.CrossEntropyLoss
+    import torchvision
+    assert resolve_type("torchvision.models.resnet18", module_arch, "arch.type") is \
+        torchvision.models.resnet18
+
+
+@pytest.mark.parametrize("name", ["os.system", "subprocess.run", "builtins.eval", "eval",
+                                  "torch.os.system", "torch._C._nn", "model.model.__class__",
+                                  "__import__"])
+def test_unsafe_names_are_refused_without_running(name, tmp_path):
+    marker = tmp_path / "ran"
+    config = small_config(tmp_path)
+    config["arch"] = {"type": name, "args": {}}
+    with pytest.raises(ConfigError, match=r"^arch\.type: "):
+        ConfigParser(config).init_obj("arch", module_arch, f"touch {marker}")
+    assert not marker.exists()
+
+
+def test_constructor_touches_no_disk(tmp_path):
+    ConfigParser(small_config(tmp_path / "saved"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_folders_follow_the_layout(parser_config, tmp_path):
+    assert parser_config.save_dir == tmp_path / "saved" / "models" / "Digits_CNN" / "run1"
+    assert parser_config.log_dir == tmp_path / "saved" / "log" / "Digits_CNN" / "run1"
+    parser_config.make_run_dirs()
+    parser_config.write_config()
+    saved = json.loads((parser_config.save_dir / "config.json").read_text())
+    assert saved == parser_config.config and parser_config.log_dir.is_dir()
+
+
+def test_two_runs_started_in_the_same_second_both_get_a_folder(tmp_path):
+    first = ConfigParser(small_config(tmp_path), run_id="1122_101500")
+    second = ConfigParser(small_config(tmp_path), run_id="1122_101500")
+    first.make_run_dirs()
+    second.make_run_dirs()
+    assert first.save_dir != second.save_dir
+    assert first.save_dir.is_dir() and second.save_dir.is_dir()
+    assert second.run_id == "1122_101500_1" and second.log_dir.is_dir()
+
+
+def test_registered_options_and_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(small_config(tmp_path)))
+    config = from_argv("-c", str(path), "--lr", "0.01", "--bs", "32", "-o", "trainer.epochs=7",
+                       "-o", "arch.args.dropout=0.5", "-o", "name=Other")
+    assert config["optimizer"]["args"]["lr"] == 0.01
+    assert config["data_loader"]["args"]["batch_size"] == 32
+    assert config["trainer"]["epochs"] == 7 and config["arch"]["args"]["dropout"] == 0.5
+    assert config["name"] == "Other" and config.resume is None
+
+
+def test_override_values_parse_as_json_when_they_can():
+    assert parse_overrides(["a=3", "b=0.5", "c=true", "d=null", "e=[1, 2]", "f=word"]) == \
+        {"a": 3, "b": 0.5, "c": True, "d": None, "e": [1, 2], "f": "word"}
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_overrides(["trainer.epochs"])
+
+
+def test_override_of_missing_section_suggests_the_key(parser_config):
+    with pytest.raises(ConfigError, match=r"^trainr: missing from the config \(did you mean "
+                                          r"'trainer'\?\)"):
+        parser_config.with_modification({"trainr.epochs": 3})
+
+
+def test_json_syntax_error_gives_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "name": "x",\n  // a comment\n  "n_gpu": 1\n}\n')
+    with pytest.raises(ConfigError, match=r"bad\.json:3:3: invalid JSON.*// comments"):
+        from_argv("-c", str(path))
+
+
+def test_missing_config_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"nope\.json: no such file"):
+        from_argv("-c", str(tmp_path / "nope.json"))
+
+
+def test_resume_without_config_reads_config_from_checkpoint(tmp_path):
+    from trainer.checkpoint import FORMAT_VERSION, save_checkpoint
+    run = tmp_path / "models" / "Digits_CNN" / "0101_000000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    stored = small_config(tmp_path)
+    save_checkpoint({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": 2,
+                     "state_dict": {}, "config": stored}, run / "checkpoint-epoch2.pth")
+    config = from_argv("-r", str(run / "checkpoint-epoch2.pth"), "-o", "trainer.epochs=9")
+    assert config["trainer"]["epochs"] == 9 and config["name"] == stored["name"]
+    assert config.save_dir == run and not config.fine_tune  # continues in its own run folder
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(small_config(tmp_path)))
+    tuned = from_argv("-c", str(other), "-r", str(run / "checkpoint-epoch2.pth"))
+    assert tuned.fine_tune and tuned.save_dir != run  # fine-tuning is a new run
+
+
+def test_get_logger_rejects_bad_verbosity(parser_config):
+    assert parser_config.get_logger("x", 0).level == 30
+    with pytest.raises(ConfigError, match=r"^trainer\.verbosity: 5"):
+        parser_config.get_logger("x", 5)

@@ -1,0 +1,117 @@
+"""The real `train.py` and `test.py`, run as a user runs them, in fresh processes."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_folders, run_script, small_config
+from trainer.checkpoint import load_checkpoint
+
+
+def test_default_config_trains_offline_and_tests_above_97_percent(tmp_path):
+    """The README's promise: `python train.py -c config.json`, then `test.py` on model_best."""
+    run_script("train.py", "-c", "config.json", "-o", f"trainer.save_dir={tmp_path}")
+    run, = run_folders(tmp_path)
+    assert (run / "model_best.pth").is_file() and (run / "config.json").is_file()
+    log_dir = tmp_path / "log" / "Digits_CNN" / run.name
+    assert (log_dir / "info.log").is_file() and list(log_dir.glob("events.out.tfevents.*"))
+
+    result = run_script("test.py", "-r", str(run / "model_best.pth"))
+    report = json.loads((run / "model_best.test.json").read_text())
+    assert report["accuracy"] >= 0.97 and report["n_samples"] == 359
+    assert "accuracy" in result.stdout
+
+
+def test_train_test_resume_end_to_end(config_file, tmp_path):
+    run_script("train.py", "-c", str(config_file))
+    run, = run_folders(tmp_path / "saved")
+    final = load_checkpoint(run / "checkpoint-epoch3.pth")
+    shutil.move(run / "checkpoint-epoch3.pth", tmp_path / "epoch3-straight.pth")
+
+    result = run_script("train.py", "-r", str(run / "checkpoint-epoch2.pth"))
+    assert "Resumed from" in result.stdout
+    assert run_folders(tmp_path / "saved") == [run]          # same run folder
+    resumed = load_checkpoint(run / "checkpoint-epoch3.pth")
+    for key, value in final["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+    run_script("test.py", "-r", str(run / "checkpoint-epoch3.pth"))
+    assert json.loads((run / "checkpoint-epoch3.test.json").read_text())["epoch"] == 3
+
+
+def bad_config(tmp_path, mutate) -> str:
+    config = small_config(tmp_path / "saved")
+    mutate(config)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("case, make_args, expected", [
+    ("json_comment", lambda t: [_write(t, '{\n  // hi\n  "name": 1\n}')], "bad.json:2:3: invalid JSON"),
+    ("missing_config", lambda t: [str(t / "nope.json")], "nope.json: no such file"),
+    ("optimizer_typo", lambda t: [bad_config(t, lambda c: c["optimizer"].update(type="Adamm"))],
+     "optimizer.type: 'Adamm' is not in torch.optim (did you mean 'Adam'?)"),
+    ("unknown_arg", lambda t: [bad_config(t, lambda c: c["arch"]["args"].update(dropuot=0.1))],
+     "arch.args: unexpected argument 'dropuot'"),
+    ("trainer_typo", lambda t: [bad_config(t, lambda c: c["trainer"].update(erly_stop=3))],
+     "trainer.erly_stop: unknown key (did you mean 'early_stop'?)"),
+    ("monitor_unknown", lambda t: [bad_config(t, lambda c: c["trainer"].update(monitor="max acc"))],
+     "trainer.monitor: 'acc' is not a logged value"),
+    ("bad_split", lambda t: [bad_config(t, lambda c: c["data_loader"]["args"].update(
+        validation_split=1.5))], "data_loader.args: validation_split 1.5"),
+    ("unsafe_type", lambda t: [bad_config(t, lambda c: c["arch"].update(type="os.system"))],
+     "arch.type: 'os.system' is outside the packages"),
+])
+def test_config_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, case, make_args, expected):
+    result = run_script("train.py", "-c", *make_args(tmp_path), check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "saved").exists()
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("script", ["train.py", "test.py"])
+def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"not a checkpoint")
+    result = run_script(script, "-r", str(path), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(path) in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_checkpoint_of_another_architecture_exits_2(config_file, tmp_path):
+    run_script("train.py", "-c", str(config_file), "--epochs", "1")
+    run, = run_folders(tmp_path / "saved")
+    result = run_script("test.py", "-r", str(run / "model_best.pth"), "-c", str(config_file),
+                        "-o", "arch.args.channels=8", check=False)
+    assert result.returncode == 2 and "shape mismatch" in result.stderr
+
+
+@pytest.mark.parametrize("config_path", sorted(p.relative_to(ROOT).as_posix() for p in
+                                               [ROOT / "config.json", *ROOT.glob("configs/*.json")]))
+def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
+    """Every object of every shipped config is built (downloadable data replaced by tiny files)."""
+    import argparse
+
+    import train
+    from parse_config import ConfigParser
+    from tests.test_data_loaders import write_tiny_mnist
+
+    config = ConfigParser.from_args(argparse.ArgumentParser(), argv=[
+        "-c", str(ROOT / config_path), "-o", f"trainer.save_dir={tmp_path}"])
+    if config["data_loader"]["type"] == "MnistDataLoader":
+        write_tiny_mnist(tmp_path, n_train=300)
+        config = config.with_modification({"data_loader.args.data_dir": str(tmp_path)})
+    elif "data_dir" in config["data_loader"]["args"]:
+        monkeypatch.chdir(ROOT)
+    trainer = train.build_trainer(config)
+    data, target = next(iter(trainer.data_loader))
+    assert trainer.model(data.to(trainer.device)).shape[0] == target.shape[0]

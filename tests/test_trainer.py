@@ -1,0 +1,85 @@
+"""The concrete Trainer, driven through `train.main` in this process (fast) on the real data."""
+import json
+
+import pytest
+import torch
+
+import train
+from parse_config import ConfigParser
+from tests.conftest import run_folders, small_config
+from trainer.checkpoint import load_checkpoint
+
+
+def write_config(tmp_path, name="c.json", **trainer):
+    path = tmp_path / name
+    path.write_text(json.dumps(small_config(tmp_path / "saved", **trainer)))
+    return path
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys()
+    for index in state_a:
+        for key in state_a[index]:
+            assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["lr_scheduler"] == b["lr_scheduler"]
+    assert (a["monitor_best"], a["not_improved_count"]) == (b["monitor_best"], b["not_improved_count"])
+
+
+@pytest.mark.parametrize("extra", [[], ["-o", "trainer.len_epoch=30"],
+                                   ["-o", "data_loader.args.num_workers=2"]],
+                         ids=["epochs", "iteration_based", "workers"])
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, extra):
+    config = write_config(tmp_path, epochs=4)
+    train.main(["-c", str(config), "--run-id", "straight", *extra])
+    train.main(["-c", str(config), "--run-id", "short", "--epochs", "2", *extra])
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    train.main(["-r", str(runs / "short" / "checkpoint-epoch2.pth"), "--epochs", "4"])
+    straight = load_checkpoint(runs / "straight" / "checkpoint-epoch4.pth")
+    resumed = load_checkpoint(runs / "short" / "checkpoint-epoch4.pth")
+    assert_same_training_state(straight, resumed)
+    assert resumed["config"]["trainer"]["epochs"] == 4
+
+
+def test_iteration_based_epoch_runs_exactly_len_epoch_steps(tmp_path):
+    config = write_config(tmp_path, epochs=2, len_epoch=30)   # 21 batches in one pass
+    train.main(["-c", str(config)])
+    run, = run_folders(tmp_path / "saved")
+    assert load_checkpoint(run / "checkpoint-epoch1.pth")["global_step"] == 30
+    assert load_checkpoint(run / "checkpoint-epoch2.pth")["global_step"] == 60
+
+
+def test_one_pass_epoch_counts_optimizer_steps(tmp_path):
+    train.main(["-c", str(write_config(tmp_path, epochs=1)), "--bs", "100"])
+    run, = run_folders(tmp_path / "saved")
+    assert load_checkpoint(run / "checkpoint-epoch1.pth")["global_step"] == 13  # ceil(1294 / 100)
+
+
+def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path):
+    config = write_config(tmp_path, epochs=2)
+    train.main(["-c", str(config), "--run-id", "base"])
+    base = tmp_path / "saved" / "models" / "Digits_CNN" / "base"
+    tuned_config = write_config(tmp_path, name="tune.json", epochs=1)
+    trainer = train.build_trainer(ConfigParser.from_args(
+        __import__("argparse").ArgumentParser(), argv=["-c", str(tuned_config), "-r",
+                                                      str(base / "checkpoint-epoch2.pth")]))
+    trainer.load_weights(base / "checkpoint-epoch2.pth")
+    weights = load_checkpoint(base / "checkpoint-epoch2.pth")["state_dict"]
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())
+    assert trainer.start_epoch == 1 and trainer.global_step == 0
+    assert trainer.optimizer.state_dict()["state"] == {}
+    assert trainer.checkpoint_dir != base
+
+
+def test_validation_metrics_cover_the_whole_validation_set(tmp_path):
+    config = ConfigParser(small_config(tmp_path, epochs=1), run_id="r")
+    trainer = train.build_trainer(config)
+    assert len(trainer.valid_data_loader.sampler) == 143
+    log = trainer._valid_epoch(1)
+    correct = sum((trainer.model(x).argmax(1) == y).sum().item()
+                  for x, y in trainer.valid_data_loader)
+    assert log["accuracy"] == pytest.approx(correct / 143, abs=1e-12)

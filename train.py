@@ -1,0 +1,75 @@
+"""Train a model from a config: `python train.py -c config.json`, resume with `-r checkpoint`."""
+import argparse
+
+from parse_config import ConfigParser, CustomArgs
+from utils.cli import run_cli
+
+# Registered shortcuts for common overrides: (flags, type, config key they set).
+OPTIONS = [
+    CustomArgs(["--lr", "--learning_rate"], type=float, target="optimizer.args.lr"),
+    CustomArgs(["--bs", "--batch_size"], type=int, target="data_loader.args.batch_size"),
+    CustomArgs(["--epochs"], type=int, target="trainer.epochs"),
+]
+
+
+def build_trainer(config: ConfigParser):
+    """Every object the config describes, wired into a Trainer; touches no file."""
+    import torch
+
+    import data_loader.data_loaders as module_data
+    import model.loss as module_loss
+    import model.metric as module_metric
+    import model.model as module_arch
+    from trainer.trainer import Trainer
+    from utils.util import prepare_device
+
+    seed = config.get("seed", 0)
+    data_loader = config.init_obj("data_loader", module_data, seed=seed)
+    valid_data_loader = data_loader.split_validation()
+
+    model = config.init_obj("arch", module_arch)
+    device, device_ids = prepare_device(config.get("n_gpu", 1))
+    model = model.to(device)
+    if len(device_ids) > 1:
+        model = torch.nn.DataParallel(model, device_ids=device_ids)
+
+    criterion = config.init_ftn("loss", module_loss)
+    metrics = [config.init_ftn(f"metrics.{i}", module_metric)
+               for i in range(len(config.get("metrics", [])))]
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = config.init_obj("optimizer", torch.optim, trainable_params)
+    lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
+        if config.get("lr_scheduler") else None
+
+    return Trainer(model, criterion, metrics, optimizer, config=config, device=device,
+                   data_loader=data_loader, valid_data_loader=valid_data_loader,
+                   lr_scheduler=lr_scheduler)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Train a model from a JSON config.")
+    config = ConfigParser.from_args(parser, OPTIONS, argv)
+
+    from logger.logger import setup_logging
+    from utils.seeding import seed_everything
+
+    setup_logging(None)  # console only until the run folder exists
+    seed_everything(config.get("seed", 0))
+    trainer = build_trainer(config)
+    if config.resume is not None:  # load before creating anything: a bad file writes nothing
+        (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
+
+    config.make_run_dirs()
+    config.write_config()
+    setup_logging(config.log_dir)
+    logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
+    logger.info("Run folder: %s", config.save_dir)
+    logger.info(trainer.model)
+    if config.resume is not None:
+        logger.info("%s %s; training from epoch %d.", "Fine-tuning weights from" if config.fine_tune
+                    else "Resumed from", config.resume, trainer.start_epoch)
+    trainer.train()
+
+
+if __name__ == "__main__":
+    run_cli(main)

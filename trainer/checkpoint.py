@@ -1,0 +1,81 @@
+"""Checkpoint files: plain data, written atomically, loaded without running code.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(path, weights_only=True)` in a process where this project is not importable.
+"""
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils.errors import CheckpointError
+from utils.util import atomic_write
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
+_MAX_LISTED = 5
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write `state` to `path` so that a crash at any instant leaves a loadable file there."""
+    atomic_write(path, lambda file: torch.save(state, file))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict:
+    """Load a checkpoint of this template; anything else is a `CheckpointError` naming the file.
+
+    Loads with `weights_only=True`: a file holding arbitrary pickled objects is refused, never run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as error:  # noqa: BLE001 (why: untrusted input; every failure is the file's)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this template (holds a "
+                              f"{type(checkpoint).__name__}, not a dict)")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint of this template (missing "
+                              f"{', '.join(missing)})")
+    if checkpoint["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {checkpoint['format_version']} is newer "
+                              f"than this template reads ({FORMAT_VERSION}); update the template")
+    return checkpoint
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def load_model_state(model: nn.Module, state_dict: dict, path: str | os.PathLike) -> None:
+    """Load `state_dict` into `model`; a mismatch is a `CheckpointError` listing the keys."""
+    own = unwrap_model(model).state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    reshaped = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+                for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    problems = [f"{label}: {_listing(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("shape mismatch (checkpoint vs model)", reshaped)) if keys]
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit {type(unwrap_model(model)).__name__} "
+                              f"({'; '.join(problems)})")
+    unwrap_model(model).load_state_dict(state_dict)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")

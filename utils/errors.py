@@ -1,0 +1,17 @@
+"""Exceptions for the user's mistakes.
+
+Every one of them is turned into a single line on stderr and exit code 2 by
+`utils.cli.run_cli`; anything else is a bug in this project and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix: a bad config, a missing file, a wrong checkpoint."""
+
+
+class ConfigError(UserError, ValueError):
+    """A problem in the user's config; the message starts with the key path."""
+
+
+class CheckpointError(UserError):
+    """A file given as a checkpoint that cannot be used; the message names the file."""

@@ -1,0 +1,138 @@
+"""Small helpers shared by every layer: JSON and atomic file I/O, metric accumulation, devices."""
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from pathlib import Path
+from typing import IO, Callable
+
+import torch
+
+from utils.errors import ConfigError, UserError
+from utils.seeding import get_rng_state, seed_everything, set_rng_state  # noqa: F401 (re-export)
+
+_JSON_HINTS = (
+    ("Expecting property name enclosed in double quotes",
+     " (JSON allows no trailing commas, single quotes or // comments)"),
+    ("Expecting value", " (JSON allows no // comments, trailing commas or single quotes)"),
+)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON file; a missing file or a syntax error is a `UserError` naming file, line, column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot be read ({error.__class__.__name__})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        hint = next((h for key, h in _JSON_HINTS if error.msg.startswith(key)), "")
+        raise ConfigError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}{hint}") from None
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that a crash at any instant leaves either the old file or the new one.
+
+    `write` gets a binary file object in the same folder; it is flushed, fsynced and moved into
+    place with `os.replace`, then the folder is fsynced so the rename itself is durable.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every file system supports fsync on a folder (why: durability only, not atomicity)
+    finally:
+        os.close(fd)
+
+
+def write_json(content: dict, path: str | os.PathLike) -> None:
+    """Write `content` as indented JSON, atomically."""
+    data = (json.dumps(content, indent=4, sort_keys=False) + "\n").encode("utf-8")
+    atomic_write(path, lambda file: file.write(data))
+
+
+def inf_loop(data_loader: Iterable) -> Iterator:
+    """Yield from `data_loader` forever, restarting it each time it is exhausted."""
+    for loader in repeat(data_loader):
+        yield from loader
+
+
+class MetricTracker:
+    """Sample-weighted running means, accumulated on the device.
+
+    `update` never synchronises with the device: sums stay tensors and counts are host
+    integers, so the values are read back once, in `result()`.
+    """
+
+    def __init__(self, *keys: str):
+        self._keys = list(keys)
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, torch.Tensor | float] = {key: 0.0 for key in self._keys}
+        self._counts: dict[str, int] = {key: 0 for key in self._keys}
+
+    def update(self, key: str, value: torch.Tensor | float, n: int = 1) -> None:
+        """Add `value`, the mean over `n` samples, to the running mean of `key`."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            # float64 sums keep long epochs exact; MPS has no float64
+            value = value.to(torch.float32 if value.device.type == "mps" else torch.float64)
+        self._sums[key] = self._sums[key] + value * n
+        self._counts[key] += n
+
+    def count(self, key: str) -> int:
+        return self._counts[key]
+
+    def avg(self, key: str) -> float:
+        return self.result()[key]
+
+    def result(self) -> dict[str, float]:
+        """The mean of every key that has been updated, read back from the device once."""
+        keys = [key for key in self._keys if self._counts[key] > 0]
+        sums = [self._sums[key] for key in keys]
+        tensors = [s for s in sums if isinstance(s, torch.Tensor)]
+        if tensors:  # one host-device transfer for all keys
+            values = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist())
+            sums = [next(values) if isinstance(s, torch.Tensor) else s for s in sums]
+        return {key: total / self._counts[key] for key, total in zip(keys, sums)}
+
+
+def prepare_device(n_gpu_use: int) -> tuple[torch.device, list[int]]:
+    """Pick the device: CUDA when asked for and present, else the CPU, with a warning on a shortfall."""
+    logger = logging.getLogger("utils")
+    n_gpu = torch.cuda.device_count()
+    if n_gpu_use > 0 and n_gpu == 0:
+        logger.warning("Warning: n_gpu is %d but no CUDA GPU is available; training on the CPU.",
+                       n_gpu_use)
+        n_gpu_use = 0
+    if n_gpu_use > n_gpu:
+        logger.warning("Warning: n_gpu is %d but only %d GPUs are available; using %d.",
+                       n_gpu_use, n_gpu, n_gpu)
+        n_gpu_use = n_gpu
+    device = torch.device("cuda:0" if n_gpu_use > 0 else "cpu")
+    return device, list(range(n_gpu_use))
