@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from trainer.settings import TrainerSettings
 from utils.errors import ConfigError, UserError
 from utils.util import read_json, write_json
 
@@ -41,53 +43,66 @@ class ConfigParser:
         modification: `{dotted.key.path: value}` applied on top of `config`.
         run_id: the run folder's name; a timestamp when not given.
         fine_tune: `-c new.json -r ckpt`: weights from the checkpoint, everything else new.
+        continue_run: write on in the checkpoint's own run folder instead of a new one.
     """
 
     def __init__(self, config: dict, resume: str | os.PathLike | None = None,
                  modification: dict[str, Any] | None = None, run_id: str | None = None,
-                 fine_tune: bool = False):
+                 fine_tune: bool = False, continue_run: bool = False):
         self._config = apply_modifications(config, modification or {})
+        check_top_level(self._config)
         self.resume = Path(resume) if resume is not None else None
         self.fine_tune = fine_tune
-        self._continue_run = self.resume is not None and not fine_tune and \
-            (self.resume.parent / "config.json").is_file()
-        if self._continue_run:  # resume writes on in the checkpoint's own run folder
+        self._continue_run = continue_run and self.resume is not None
+        if self._continue_run:
             run_id = self.resume.parent.name
+        elif run_id is not None and not _is_plain_name(run_id):
+            raise ConfigError(f"--run-id: {run_id!r} must be a plain folder name (letters, digits, "
+                              f"'-', '_', '.'), not a path")
         self.run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
 
     # ---------------------------------------------------------------- building from the CLI
     @classmethod
     def from_args(cls, parser: argparse.ArgumentParser, options: Iterable[CustomArgs] = (),
-                  argv: Sequence[str] | None = None) -> "ConfigParser":
+                  argv: Sequence[str] | None = None, evaluating: bool = False) -> "ConfigParser":
         """Add the standard and the registered options to `parser`, parse `argv`, build the config.
 
-        `-r` alone resumes with the config stored in the checkpoint; `-c` with `-r` is fine-tuning
-        (train.py) or a config override (test.py).
+        `-r` alone resumes with the config stored in the checkpoint; `-c` with `-r` is fine-tuning,
+        or with `evaluating` (test.py, where `-r` is required) a config override.
         """
-        add_standard_args(parser)
+        add_standard_args(parser, evaluating)
         for option in options:
             parser.add_argument(*option.flags, type=option.type, default=None,
                                 help=f"sets {option.target}")
         args = parser.parse_args(argv)
         if args.device is not None:  # must happen before CUDA is first touched
             os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+        if evaluating and args.resume is None:
+            raise UserError("give the checkpoint to evaluate with -r path/to/model_best.pth")
         if args.config is None and args.resume is None:
             raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
 
+        resume, continue_run = None, False
+        if args.resume is not None:
+            from trainer.checkpoint import find_checkpoint, is_latest_in_run, load_checkpoint
+            resume = find_checkpoint(args.resume)  # a file, or the newest in a run folder
         if args.config is not None:
             config = read_json(args.config)
             if not isinstance(config, dict):
                 raise ConfigError(f"{args.config}: the config must be a JSON object")
         else:
-            from trainer.checkpoint import load_checkpoint  # imports torch: only when resuming
-            config = load_checkpoint(args.resume, mmap=True)["config"]
+            checkpoint = load_checkpoint(resume, mmap=True)
+            config = checkpoint["config"]
+            # resuming the newest checkpoint of a run continues it; an older one branches off
+            continue_run = not evaluating and is_latest_in_run(resume, checkpoint["epoch"])
 
         modification = {option.target: getattr(args, _dest(option.flags))
                         for option in options}
         modification = {key: value for key, value in modification.items() if value is not None}
         modification.update(parse_overrides(args.override))
-        return cls(config, resume=args.resume, modification=modification, run_id=args.run_id,
-                   fine_tune=args.config is not None and args.resume is not None)
+        return cls(config, resume=resume, modification=modification,
+                   run_id=getattr(args, "run_id", None), continue_run=continue_run,
+                   fine_tune=not evaluating and args.config is not None and resume is not None)
 
     # ---------------------------------------------------------------- reading the config
     def __getitem__(self, name: str) -> Any:
@@ -119,7 +134,7 @@ class ConfigParser:
         factory, config_args = self._prepare(name, module, args, kwargs)
         try:
             return factory(*args, **config_args, **kwargs)
-        except ValueError as error:  # a constructor rejecting a value the user set
+        except (ValueError, TypeError) as error:  # the arguments bound: a value was rejected
             raise ConfigError(f"{name}.args: {error}") from None
 
     def init_ftn(self, name: str, module: ModuleType, *args, **kwargs) -> Callable:
@@ -151,12 +166,16 @@ class ConfigParser:
         """Where this run's config and checkpoints go: `<save_dir>/models/<name>/<run_id>`."""
         if self._continue_run:
             return self.resume.parent
-        return Path(self._config["trainer"]["save_dir"]) / "models" / self._config["name"] / self.run_id
+        return self._save_root / "models" / self._config["name"] / self.run_id
 
     @property
     def log_dir(self) -> Path:
         """Where this run's log file and TensorBoard events go: `<save_dir>/log/<name>/<run_id>`."""
-        return Path(self._config["trainer"]["save_dir"]) / "log" / self._config["name"] / self.run_id
+        return self._save_root / "log" / self._config["name"] / self.run_id
+
+    @property
+    def _save_root(self) -> Path:
+        return Path(self._config["trainer"].get("save_dir", TrainerSettings.save_dir))
 
     def make_run_dirs(self) -> None:
         """Create the run folders; a run id taken by another run gets a suffix (`_1`, `_2`, ...)."""
@@ -188,16 +207,38 @@ class ConfigParser:
 
 
 # -------------------------------------------------------------------- command line
-def add_standard_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", default=None, help="config file path")
-    parser.add_argument("-r", "--resume", default=None, help="checkpoint to resume from")
+def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False) -> None:
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file (default for -r: the config stored in the checkpoint)")
+    parser.add_argument("-r", "--resume", default=None,
+                        help="checkpoint to evaluate" if evaluating else
+                        "checkpoint (or run folder: its newest checkpoint) to resume from")
     parser.add_argument("-d", "--device", default=None,
                         help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="set any config key, e.g. -o trainer.epochs=3 (value parsed as JSON "
                              "when it can be); may be repeated")
-    parser.add_argument("--run-id", default=None,
-                        help="name of the run folder (default: a timestamp)")
+    if not evaluating:
+        parser.add_argument("--run-id", default=None,
+                            help="name of the run folder (default: a timestamp)")
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..")
+
+
+def check_top_level(config: dict) -> None:
+    """The keys every part of the template reads directly: `name`, `seed`, `n_gpu`, `trainer`."""
+    name = config.get("name")
+    if not isinstance(name, str) or not _is_plain_name(name):
+        raise ConfigError(f"name: expected a plain folder name (letters, digits, '-', '_', '.'), "
+                          f"got {json.dumps(name)}")
+    for key, smallest in (("seed", 0), ("n_gpu", 0)):
+        value = config.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise ConfigError(f"{key}: expected an integer >= {smallest}, got {json.dumps(value)}")
+    if not isinstance(config.get("trainer"), dict):
+        raise ConfigError("trainer: missing from the config (needs at least epochs and save_dir)")
 
 
 def _dest(flags: Sequence[str]) -> str:

@@ -7,9 +7,7 @@ from utils.cli import run_cli
 
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
-    config = ConfigParser.from_args(parser, argv=argv)
-    if config.resume is None:
-        parser.error("give the checkpoint to evaluate with -r")
+    config = ConfigParser.from_args(parser, argv=argv, evaluating=True)
 
     import data_loader.data_loaders as module_data
     import model.loss as module_loss

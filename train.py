@@ -68,6 +68,9 @@ def main(argv=None) -> None:
     if config.resume is not None:
         logger.info("%s %s; training from epoch %d.", "Fine-tuning weights from" if config.fine_tune
                     else "Resumed from", config.resume, trainer.start_epoch)
+        if not config.fine_tune and config.save_dir != config.resume.parent:
+            logger.info("The checkpoint is not the newest of its run: this run branches off "
+                        "into a new run folder and leaves the old one as it was.")
     trainer.train()
 
 

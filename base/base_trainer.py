@@ -37,13 +37,17 @@ class BaseTrainer(ABC):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.monitor = self.settings.parsed_monitor
-        self.checkpoint_dir = config.save_dir
-        self.writer = TensorboardWriter(config.log_dir, self.settings.tensorboard)
+        self.writer: TensorboardWriter | None = None  # opened by train(), in the run's log folder
 
         self.start_epoch = 1
         self.global_step = 0  # optimizer steps so far; TensorBoard's x axis
         self.monitor_best = self.monitor.worst
         self.not_improved_count = 0
+
+    @property
+    def checkpoint_dir(self):
+        """The run folder; read from the config each time, as `make_run_dirs` may rename it."""
+        return self.config.save_dir
 
     @abstractmethod
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -68,7 +72,9 @@ class BaseTrainer(ABC):
             self.logger.warning("Nothing to train: the checkpoint is at epoch %d and trainer.epochs "
                                 "is %d (raise it with --epochs).", self.start_epoch - 1, epochs)
             return
-        self.writer.open(purge_step=self.global_step if self.start_epoch > 1 else None)
+        self.writer = TensorboardWriter(self.config.log_dir, self.settings.tensorboard)
+        # a resumed run drops the points an interrupted run logged after its checkpoint
+        self.writer.open(purge_step=self.global_step + 1 if self.start_epoch > 1 else None)
         try:
             for epoch in range(self.start_epoch, epochs + 1):
                 log = self._train_epoch(epoch)
@@ -156,6 +162,7 @@ class BaseTrainer(ABC):
         saved = checkpoint["config"]
         if saved.get("optimizer", {}).get("type") == self.config["optimizer"]["type"]:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self._apply_changed_optimizer_args(saved["optimizer"].get("args", {}))
         else:
             self.logger.warning("Warning: the optimizer type differs from the checkpoint's; "
                                 "its state is not restored.")
@@ -164,6 +171,15 @@ class BaseTrainer(ABC):
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
+
+    def _apply_changed_optimizer_args(self, saved_args: dict) -> None:
+        """Args the config changed since the checkpoint (`--lr` on resume) win over its state."""
+        changed = {key: value for key, value in self.config["optimizer"].get("args", {}).items()
+                   if saved_args.get(key) != value}
+        for group in self.optimizer.param_groups:
+            group.update({key: value for key, value in changed.items() if key in group})
+        if changed:
+            self.logger.info("Optimizer args changed since the checkpoint: %s", changed)
 
     def load_weights(self, path: os.PathLike) -> None:
         """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""

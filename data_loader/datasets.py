@@ -24,8 +24,9 @@ def load_digits(data_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
         with gzip.open(path, "rt") as file:
             table = np.loadtxt(file, delimiter=",", dtype=np.float32)
     except FileNotFoundError:
-        raise UserError(f"{path}: digits data not found (data_loader.args.data_dir should be "
-                        f"the folder holding {DIGITS_FILE}, e.g. \"data/\")") from None
+        raise UserError(f"{path}: digits data not found (data_loader.args.data_dir is the folder "
+                        f"holding {DIGITS_FILE}; a relative path is taken from the current "
+                        f"directory, {Path.cwd()})") from None
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: not a readable digits file ({error})") from None
     if table.ndim != 2 or table.shape[1] != 65:

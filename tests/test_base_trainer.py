@@ -6,7 +6,7 @@ from base.base_trainer import BaseTrainer
 from parse_config import ConfigParser
 from tests.conftest import small_config
 from trainer.checkpoint import load_checkpoint
-from trainer.settings import Monitor
+from trainer.settings import Monitor, TrainerSettings
 from utils.errors import ConfigError
 
 
@@ -109,10 +109,23 @@ def test_monitor_of_a_value_never_logged_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("settings, message", [
     ({"epoch": 3}, r"^trainer\.epoch: unknown key \(did you mean 'epochs'\?\)"),
     ({"monitor": "minimum val_loss"}, r"^trainer\.monitor: expected"),
+    ({"epochs": 0}, r"^trainer\.epochs: expected an integer >= 1, got 0"),
+    ({"epochs": "2"}, r"^trainer\.epochs: expected an integer >= 1, got \"2\""),
+    ({"epochs": 2.5}, r"^trainer\.epochs: expected an integer"),
+    ({"save_period": 0}, r"^trainer\.save_period: expected an integer >= 1"),
+    ({"log_step": 0}, r"^trainer\.log_step: expected an integer >= 1"),
+    ({"early_stop": -1}, r"^trainer\.early_stop: expected an integer >= 0"),
+    ({"tensorboard": "yes"}, r"^trainer\.tensorboard: expected a boolean"),
+    ({"verbosity": 3}, r"^trainer\.verbosity: 3 is not one of 0, 1, 2"),
 ])
 def test_trainer_section_mistakes_are_config_errors(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
         make(tmp_path, [1], **settings)
+
+
+def test_save_dir_must_be_a_string():
+    with pytest.raises(ConfigError, match=r"^trainer\.save_dir: expected a string, got null"):
+        TrainerSettings.from_config({"epochs": 1, "save_dir": None})
 
 
 def test_nothing_to_train_when_checkpoint_is_at_the_last_epoch(tmp_path, caplog):

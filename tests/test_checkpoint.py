@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from model.model import DigitsModel
-from trainer.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_state, save_checkpoint,
-                                unwrap_model)
+from trainer.checkpoint import (FORMAT_VERSION, find_checkpoint, load_checkpoint,
+                                load_model_state, save_checkpoint, unwrap_model)
 from utils.errors import CheckpointError
 
 
@@ -66,7 +66,8 @@ def test_bad_files_are_one_clear_error_naming_the_file(tmp_path, kind):
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path)
     message = str(error.value)
-    assert message.startswith(str(path)) and "\n" not in message
+    assert message.startswith(str(path)) and "\n" not in message and "\x1b" not in message
+    assert "weights_only" not in message   # never advise the unsafe way out
     assert not marker.exists()
 
 
@@ -94,3 +95,16 @@ def test_loading_into_a_wrapped_model(tmp_path):
     target = nn.DataParallel(DigitsModel())
     load_model_state(target, source.state_dict(), tmp_path / "c.pth")
     assert torch.equal(target.module.fc2.weight, source.fc2.weight)
+
+
+def test_messages_say_what_kind_of_bad_file_it_is(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a file written by torch.save"):
+        load_checkpoint(text)
+    exploit = tmp_path / "exploit.pth"
+    torch.save({"state_dict": CreatesFile(str(tmp_path / "x"))}, exploit)
+    with pytest.raises(CheckpointError, match="pickled objects, which are refused"):
+        load_checkpoint(exploit)
+    with pytest.raises(CheckpointError, match="a folder with no checkpoint-epochN.pth"):
+        find_checkpoint(tmp_path)

@@ -167,3 +167,40 @@ def test_get_logger_rejects_bad_verbosity(parser_config):
     assert parser_config.get_logger("x", 0).level == 30
     with pytest.raises(ConfigError, match=r"^trainer\.verbosity: 5"):
         parser_config.get_logger("x", 5)
+
+
+def test_resume_of_an_older_checkpoint_goes_to_a_new_run_folder(tmp_path):
+    from trainer.checkpoint import FORMAT_VERSION, save_checkpoint
+    run = tmp_path / "models" / "Digits_CNN" / "0101_000000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for epoch in (1, 2):
+        save_checkpoint({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": epoch,
+                         "state_dict": {}, "config": small_config(tmp_path)},
+                        run / f"checkpoint-epoch{epoch}.pth")
+    assert from_argv("-r", str(run / "checkpoint-epoch1.pth")).save_dir != run
+    assert from_argv("-r", str(run / "checkpoint-epoch2.pth")).save_dir == run
+    assert from_argv("-r", str(run)).resume == run / "checkpoint-epoch2.pth"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("name", None, r"^name: expected a plain folder name"),
+    ("name", "a/b", r"^name: expected a plain folder name"),
+    ("seed", "abc", r"^seed: expected an integer >= 0, got \"abc\""),
+    ("n_gpu", -1, r"^n_gpu: expected an integer >= 0"),
+])
+def test_top_level_values_are_checked(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        ConfigParser(small_config(tmp_path), modification={key: value})
+
+
+@pytest.mark.parametrize("run_id", ["../escaped", "a/b", ".."])
+def test_run_id_must_be_a_plain_name(tmp_path, run_id):
+    with pytest.raises(ConfigError, match=r"^--run-id: "):
+        ConfigParser(small_config(tmp_path), run_id=run_id)
+
+
+def test_value_of_the_wrong_type_rejected_by_a_constructor_names_key_path(parser_config):
+    config = parser_config.with_modification({"optimizer.args.lr": "0.001"})
+    with pytest.raises(ConfigError, match=r"^optimizer\.args: "):
+        config.init_obj("optimizer", torch.optim, [torch.zeros(1, requires_grad=True)])

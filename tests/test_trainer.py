@@ -83,3 +83,43 @@ def test_validation_metrics_cover_the_whole_validation_set(tmp_path):
     correct = sum((trainer.model(x).argmax(1) == y).sum().item()
                   for x, y in trainer.valid_data_loader)
     assert log["accuracy"] == pytest.approx(correct / 143, abs=1e-12)
+
+
+def test_two_runs_with_the_same_run_id_write_into_their_own_folders(tmp_path):
+    config = write_config(tmp_path, epochs=1)
+    train.main(["-c", str(config), "--run-id", "same"])
+    train.main(["-c", str(config), "--run-id", "same", "--lr", "0.01"])
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    for run_id, lr in (("same", 0.001), ("same_1", 0.01)):
+        checkpoint = load_checkpoint(runs / run_id / "checkpoint-epoch1.pth")
+        assert checkpoint["optimizer"]["param_groups"][0]["lr"] == lr
+        assert json.loads((runs / run_id / "config.json").read_text())["optimizer"]["args"]["lr"] == lr
+        assert (tmp_path / "saved" / "log" / "Digits_CNN" / run_id / "info.log").is_file()
+
+
+def test_resumed_tensorboard_curve_keeps_every_epoch_once(tmp_path):
+    from tests.test_logger import read_scalars
+    config = write_config(tmp_path, epochs=2, tensorboard=True)
+    train.main(["-c", str(config), "--run-id", "tb"])
+    run = tmp_path / "saved" / "models" / "Digits_CNN" / "tb"
+    train.main(["-r", str(run / "checkpoint-epoch2.pth"), "--epochs", "3"])
+    steps = [step for step, _ in read_scalars(tmp_path / "saved" / "log" / "Digits_CNN" / "tb")
+             ["loss/valid"]]
+    assert steps == [21, 42, 63]
+
+
+def test_resuming_an_older_checkpoint_branches_into_a_new_run(tmp_path):
+    train.main(["-c", str(write_config(tmp_path, epochs=3)), "--run-id", "orig"])
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    before = (runs / "orig" / "checkpoint-epoch3.pth").read_bytes()
+    train.main(["-r", str(runs / "orig" / "checkpoint-epoch1.pth"), "--lr", "0.01"])
+    assert (runs / "orig" / "checkpoint-epoch3.pth").read_bytes() == before
+    branch, = [p for p in runs.iterdir() if p.name != "orig"]
+    assert load_checkpoint(branch / "checkpoint-epoch3.pth")["optimizer"]["param_groups"][0]["lr"] == 0.01
+
+
+def test_resume_from_a_run_folder_takes_its_newest_checkpoint(tmp_path):
+    train.main(["-c", str(write_config(tmp_path, epochs=10)), "--run-id", "r", "--epochs", "2"])
+    run = tmp_path / "saved" / "models" / "Digits_CNN" / "r"
+    train.main(["-r", str(run), "--epochs", "3"])
+    assert load_checkpoint(run / "checkpoint-epoch3.pth")["global_step"] == 63

@@ -4,6 +4,9 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so it load
 `torch.load(path, weights_only=True)` in a process where this project is not importable.
 """
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,11 +34,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:  # weights_only refused an object that is not plain data
+        raise CheckpointError(f"{path}: not a checkpoint of this template (it holds pickled "
+                              f"objects, which are refused: loading them could run code)") from None
     except Exception as error:  # noqa: BLE001 (why: untrusted input; every failure is the file's)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: "
+                              f"{reason})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint of this template (holds a "
                               f"{type(checkpoint).__name__}, not a dict)")
@@ -47,6 +56,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format_version']} is newer "
                               f"than this template reads ({FORMAT_VERSION}); update the template")
     return checkpoint
+
+
+def epoch_of(path: Path) -> int | None:
+    """N for a file named `checkpoint-epochN.pth`, else None."""
+    match = re.fullmatch(r"checkpoint-epoch(\d+)\.pth", path.name)
+    return int(match.group(1)) if match else None
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` itself, or for a run folder its newest `checkpoint-epochN.pth`."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    epochs = [(epoch_of(p), p) for p in path.glob("checkpoint-epoch*.pth") if epoch_of(p)]
+    if not epochs:
+        raise CheckpointError(f"{path}: a folder with no checkpoint-epochN.pth in it")
+    return max(epochs)[1]
+
+
+def is_latest_in_run(path: Path, epoch: int) -> bool:
+    """Whether `path` sits in a run folder with no checkpoint later than `epoch`.
+
+    Resuming such a checkpoint continues its run; resuming an older one would overwrite the
+    later checkpoints, so it starts a new run folder instead.
+    """
+    if not (path.parent / "config.json").is_file():
+        return False
+    later = [p for p in path.parent.glob("checkpoint-epoch*.pth") if (epoch_of(p) or 0) > epoch]
+    return not later
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -1,6 +1,7 @@
 """The `trainer` section of the config as typed settings, and the monitored-metric rule."""
 import dataclasses
 import difflib
+import json
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,8 @@ class TrainerSettings:
                 raise ConfigError(f"trainer.{key}: unknown key{hint}")
         if "epochs" not in section:
             raise ConfigError("trainer.epochs: missing from the config")
+        for key, value in section.items():
+            _check_value(key, value)
         settings = cls(**section)
         settings.parsed_monitor  # raises on a malformed monitor
         return settings
@@ -72,3 +75,21 @@ class TrainerSettings:
     @property
     def parsed_monitor(self) -> Monitor:
         return Monitor.parse(self.monitor)
+
+
+# key: (smallest allowed integer, or a type for non-integers; whether null is allowed)
+_RULES = {"epochs": (1, False), "save_period": (1, False), "early_stop": (0, False),
+          "len_epoch": (1, True), "log_step": (1, False), "tensorboard": (bool, False),
+          "save_dir": (str, False), "monitor": (str, False), "verbosity": (0, False)}
+
+
+def _check_value(key: str, value) -> None:
+    rule, nullable = _RULES.get(key, (None, True))
+    if rule is None or (value is None and nullable):
+        return
+    if isinstance(rule, type):
+        if not isinstance(value, rule) or value == "":
+            raise ConfigError(f"trainer.{key}: expected a {'boolean' if rule is bool else 'string'}"
+                              f", got {json.dumps(value)}")
+    elif isinstance(value, bool) or not isinstance(value, int) or value < rule:
+        raise ConfigError(f"trainer.{key}: expected an integer >= {rule}, got {json.dumps(value)}")
