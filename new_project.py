@@ -9,7 +9,8 @@ from utils.errors import UserError
 TEMPLATE_DIR = Path(__file__).resolve().parent
 # Never copied: version control, run output, caches, downloaded data.
 IGNORED = (".git", "saved", "__pycache__", ".pytest_cache", "*.pyc", "*.pth", ".mypy_cache",
-           ".ruff_cache", "*.egg-info", "MNIST", "cifar-10-batches-py", "*.tar.gz")
+           ".ruff_cache", "*.egg-info", "MNIST", "cifar-10-batches-py", "*.tar.gz", ".venv", "venv",
+           ".idea", ".vscode", ".benchmarks", ".ipynb_checkpoints", "runs", "wandb")
 
 
 def copy_template(target: Path) -> None:

@@ -7,8 +7,6 @@ import argparse
 import copy
 import difflib
 import functools
-import importlib
-import inspect
 import json
 import logging
 import os
@@ -22,16 +20,15 @@ from typing import Any, Callable
 
 from trainer.settings import TrainerSettings
 from utils.errors import ConfigError, UserError
+from utils.names import check_signature, did_you_mean, resolve_type
 from utils.util import read_json, write_json
 
 # `flags` as argparse takes them, `type` the value's type, `target` the dotted config key it sets.
 CustomArgs = namedtuple("CustomArgs", "flags type target")
 
-# Top-level packages a dotted `type` may come from; nothing else is ever imported from a config.
-ALLOWED_PACKAGES = ("torch", "torchvision", "model", "data_loader", "trainer", "base", "utils",
-                    "logger")
-
 _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "loss", "metrics",
+                  "lr_scheduler", "trainer")
 
 
 class ConfigParser:
@@ -142,6 +139,27 @@ class ConfigParser:
         factory, config_args = self._prepare(name, module, args, kwargs, partial=True)
         return functools.partial(factory, *args, **config_args, **kwargs)
 
+    def init_ftn_list(self, name: str, module: ModuleType, reserved: Sequence[str] = ()) -> list:
+        """`init_ftn` for each entry of the list `name` (e.g. `metrics`), each with a unique
+        `__name__`: the function's own, or the entry's `"name"` (`{"type": "top_k_acc",
+        "args": {"k": 5}, "name": "top5"}`)."""
+        entries = self._config.get(name, [])
+        if not isinstance(entries, list):
+            raise ConfigError(f"{name}: expected a list, got {json.dumps(entries)}")
+        functions, seen = [], {}
+        for index, entry in enumerate(entries):
+            function = self.init_ftn(f"{name}.{index}", module)
+            label = entry.get("name", function.func.__name__) if isinstance(entry, dict) \
+                else function.func.__name__
+            if not isinstance(label, str) or not label or label in reserved or label in seen:
+                taken = f"taken by {name}.{seen[label]}" if label in seen else "not usable"
+                raise ConfigError(f"{name}.{index}: the name {json.dumps(label)} is {taken}; give "
+                                  f"this entry a \"name\" of its own, e.g. \"top5\"")
+            function.__name__ = label
+            functions.append(function)
+            seen[label] = index
+        return functions
+
     def _prepare(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
                  partial: bool = False) -> tuple[Callable, dict]:
         block = get_by_path(self._config, name)
@@ -149,6 +167,10 @@ class ConfigParser:
             block = {"type": block, "args": {}}
         if not isinstance(block, dict) or "type" not in block:
             raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}}")
+        for key in block:
+            if key not in ("type", "args", "name"):
+                raise ConfigError(f"{name}.{key}: unknown key (a block has type, args and, in a "
+                                  f"list, name){did_you_mean(key, ['type', 'args', 'name'])}")
         config_args = block.get("args", {})
         if not isinstance(config_args, dict):
             raise ConfigError(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
@@ -180,16 +202,23 @@ class ConfigParser:
     def make_run_dirs(self) -> None:
         """Create the run folders; a run id taken by another run gets a suffix (`_1`, `_2`, ...)."""
         if self._continue_run:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UserError(f"trainer.save_dir: cannot create {self.log_dir} "
+                                f"({error.strerror})") from None
             return
         base_id = self.run_id
         for attempt in range(1000):
             self.run_id = base_id if attempt == 0 else f"{base_id}_{attempt}"
-            self.save_dir.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self.save_dir.parent.mkdir(parents=True, exist_ok=True)
                 self.save_dir.mkdir()  # atomic: exactly one of two racing runs gets this name
             except FileExistsError:
                 continue
+            except OSError as error:
+                raise UserError(f"trainer.save_dir: cannot create {self.save_dir} "
+                                f"({error.strerror})") from None
             self.log_dir.mkdir(parents=True, exist_ok=True)
             return
         raise UserError(f"{self.save_dir.parent}: no free run folder for run id {base_id!r}")
@@ -237,6 +266,10 @@ def check_top_level(config: dict) -> None:
         value = config.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
             raise ConfigError(f"{key}: expected an integer >= {smallest}, got {json.dumps(value)}")
+    for key in config:
+        close = difflib.get_close_matches(key, KNOWN_SECTIONS, n=1, cutoff=0.75)
+        if key not in KNOWN_SECTIONS and close:  # other keys may be the user's own
+            raise ConfigError(f"{key}: unknown key (did you mean {close[0]!r}?)")
     if not isinstance(config.get("trainer"), dict):
         raise ConfigError("trainer: missing from the config (needs at least epochs and save_dir)")
 
@@ -271,7 +304,7 @@ def get_by_path(tree: dict, path: str) -> Any:
             continue
         if not isinstance(node, dict) or key not in node:
             where = ".".join(path.split(".")[:depth + 1])
-            raise ConfigError(f"{where}: missing from the config{_did_you_mean(key, node)}")
+            raise ConfigError(f"{where}: missing from the config{did_you_mean(key, node)}")
         node = node[key]
     return node
 
@@ -286,87 +319,3 @@ def apply_modifications(config: dict, modification: dict[str, Any]) -> dict:
             raise ConfigError(f"{'.'.join(parents)}: is not a JSON object, cannot set {leaf!r}")
         node[leaf] = value
     return config
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    if not isinstance(choices, (dict, list, tuple, set)):
-        return ""
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# -------------------------------------------------------------------- names to callables
-def resolve_type(name: Any, module: ModuleType, key_path: str) -> Callable:
-    """The callable a config's `type` names: a public name in `module`, or a dotted path whose
-    top-level package is in `ALLOWED_PACKAGES`. Nothing else is ever imported."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{key_path}: expected a name, got {json.dumps(name)}")
-    parts = name.split(".")
-    private = [part for part in parts if part.startswith("_") or not part.isidentifier()]
-    if private:
-        raise ConfigError(f"{key_path}: {name!r} is not allowed (private or invalid name "
-                          f"{private[0]!r})")
-    if len(parts) == 1:
-        obj = _public_attr(module, name, key_path, module.__name__)
-    else:
-        obj = _resolve_dotted(parts, key_path)
-    if not callable(obj):
-        raise ConfigError(f"{key_path}: {name!r} is not callable")
-    return obj
-
-
-def _resolve_dotted(parts: list[str], key_path: str) -> Any:
-    if parts[0] not in ALLOWED_PACKAGES:
-        raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the packages a config may "
-                          f"use ({', '.join(ALLOWED_PACKAGES)})")
-    for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
-        module_name = ".".join(parts[:split])
-        try:
-            obj = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for part in parts[split:]:
-            obj = _public_attr(obj, part, key_path, module_name)
-            module_name += "." + part
-        return obj
-    raise ConfigError(f"{key_path}: cannot import {parts[0]!r}")
-
-
-def _public_attr(owner: Any, name: str, key_path: str, owner_name: str) -> Any:
-    """`owner.name`, if public and defined in an allowed package (`torch.os` is not torch's)."""
-    if not name.startswith("_") and hasattr(owner, name):
-        obj = getattr(owner, name)
-        origin = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None)
-        if not isinstance(origin, str) or origin.split(".")[0] not in ALLOWED_PACKAGES:
-            raise ConfigError(f"{key_path}: {owner_name}.{name} comes from {origin or 'an unknown module'}, "
-                              f"outside the packages a config may use ({', '.join(ALLOWED_PACKAGES)})")
-        return obj
-    choices = [n for n in dir(owner) if not n.startswith("_") and callable(getattr(owner, n, None))]
-    raise ConfigError(f"{key_path}: {name!r} is not in {owner_name}{_did_you_mean(name, choices)}")
-
-
-def check_signature(factory: Callable, args: tuple, kwargs: dict, key_path: str,
-                    partial: bool = False) -> None:
-    """Raise a `ConfigError` naming `key_path` when `kwargs` do not fit `factory`'s signature."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins have no signature to check against
-        return
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    known = [n for n, p in signature.parameters.items()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not accepts_any:
-        for key in kwargs:
-            if key not in known:
-                raise ConfigError(f"{key_path}: unexpected argument {key!r} for "
-                                  f"{_qualified_name(factory)}{_did_you_mean(key, known)}")
-    try:
-        (signature.bind_partial if partial else signature.bind)(*args, **kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{key_path}: {error} for {_qualified_name(factory)}") from None
-
-
-def _qualified_name(obj: Callable) -> str:
-    module = getattr(obj, "__module__", None)
-    name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
-    return f"{module}.{name}" if module else name

@@ -16,7 +16,7 @@ def main(argv=None) -> dict[str, float]:
     from base.base_trainer import metric_name
     from logger.logger import setup_logging
     from trainer.checkpoint import load_checkpoint, load_model_state
-    from trainer.evaluation import evaluate
+    from trainer.evaluation import check_first_batch, evaluate
     from utils.util import prepare_device, write_json
 
     setup_logging(None)  # console only: test.py writes nothing but its report
@@ -31,9 +31,9 @@ def main(argv=None) -> dict[str, float]:
     model = model.to(device)
 
     criterion = config.init_ftn("loss", module_loss)
-    metric_fns = [config.init_ftn(f"metrics.{i}", module_metric)
-                  for i in range(len(config.get("metrics", [])))]
+    metric_fns = config.init_ftn_list("metrics", module_metric, reserved=["loss"])
     names = [metric_name(fn) for fn in metric_fns]
+    check_first_batch(model, data_loader, criterion, metric_fns, device)
     results = evaluate(model, data_loader, criterion, metric_fns, names, device)
     results["n_samples"] = len(data_loader.sampler)
 

@@ -34,8 +34,7 @@ def build_trainer(config: ConfigParser):
         model = torch.nn.DataParallel(model, device_ids=device_ids)
 
     criterion = config.init_ftn("loss", module_loss)
-    metrics = [config.init_ftn(f"metrics.{i}", module_metric)
-               for i in range(len(config.get("metrics", [])))]
+    metrics = config.init_ftn_list("metrics", module_metric, reserved=["loss"])
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.init_obj("optimizer", torch.optim, trainable_params)
     lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
@@ -56,6 +55,7 @@ def main(argv=None) -> None:
     setup_logging(None)  # console only until the run folder exists
     seed_everything(config.get("seed", 0))
     trainer = build_trainer(config)
+    trainer.check_first_batch()  # before the resume restores the RNG: resume stays exact
     if config.resume is not None:  # load before creating anything: a bad file writes nothing
         (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
 

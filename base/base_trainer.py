@@ -162,24 +162,30 @@ class BaseTrainer(ABC):
         saved = checkpoint["config"]
         if saved.get("optimizer", {}).get("type") == self.config["optimizer"]["type"]:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self._apply_changed_optimizer_args(saved["optimizer"].get("args", {}))
+            for group in self.optimizer.param_groups:
+                self._apply_changed_args("optimizer", saved, group)
         else:
             self.logger.warning("Warning: the optimizer type differs from the checkpoint's; "
                                 "its state is not restored.")
         if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None and \
                 (saved.get("lr_scheduler") or {}).get("type") == self.config["lr_scheduler"]["type"]:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            self._apply_changed_args("lr_scheduler", saved, vars(self.lr_scheduler))
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
 
-    def _apply_changed_optimizer_args(self, saved_args: dict) -> None:
-        """Args the config changed since the checkpoint (`--lr` on resume) win over its state."""
-        changed = {key: value for key, value in self.config["optimizer"].get("args", {}).items()
-                   if saved_args.get(key) != value}
-        for group in self.optimizer.param_groups:
-            group.update({key: value for key, value in changed.items() if key in group})
+    def _apply_changed_args(self, section: str, saved_config: dict, target: dict) -> None:
+        """Args the config changed since the checkpoint (`--lr` on resume) win over its state.
+
+        `target` is where the restored object keeps them: an optimizer's param group, or a
+        scheduler's attributes.
+        """
+        saved_args = (saved_config.get(section) or {}).get("args", {})
+        changed = {key: value for key, value in self.config[section].get("args", {}).items()
+                   if saved_args.get(key) != value and key in target}
+        target.update(changed)
         if changed:
-            self.logger.info("Optimizer args changed since the checkpoint: %s", changed)
+            self.logger.info("%s args changed since the checkpoint: %s", section, changed)
 
     def load_weights(self, path: os.PathLike) -> None:
         """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""

@@ -36,3 +36,18 @@ def test_new_project_refuses_a_non_empty_target(tmp_path):
 def test_new_project_refuses_a_target_inside_the_template(tmp_path):
     result = run_script("new_project.py", str(ROOT / "saved" / "copy"), check=False)
     assert result.returncode == 2 and not (ROOT / "saved" / "copy").exists()
+
+
+def test_new_project_leaves_environments_and_run_output_behind(tmp_path, monkeypatch):
+    import new_project
+    template = tmp_path / "template"
+    for name in ("train.py", "model/model.py", ".venv/lib/big.so", "saved/models/x.pth",
+                 "runs/events.out", "model/__pycache__/m.pyc", "data/MNIST/raw/x"):
+        (template / name).parent.mkdir(parents=True, exist_ok=True)
+        (template / name).write_text("x")
+    monkeypatch.setattr(new_project, "TEMPLATE_DIR", template)
+    new_project.copy_template(tmp_path / "new")
+    copied = sorted(p.relative_to(tmp_path / "new").as_posix()
+                    for p in (tmp_path / "new").rglob("*") if p.is_file())
+    assert copied == ["model/model.py", "train.py"]
+    assert (tmp_path / "new" / "saved").is_dir()

@@ -63,6 +63,17 @@ def bad_config(tmp_path, mutate) -> str:
         validation_split=1.5))], "data_loader.args: validation_split 1.5"),
     ("unsafe_type", lambda t: [bad_config(t, lambda c: c["arch"].update(type="os.system"))],
      "arch.type: 'os.system' is outside the packages"),
+    ("hub_load", lambda t: [bad_config(t, lambda c: c["optimizer"].update(type="torch.hub.load"))],
+     "optimizer.type: torch.hub.load is not allowed in a config"),
+    ("lr_as_string", lambda t: [bad_config(t, lambda c: c["optimizer"]["args"].update(lr="0.01"))],
+     'optimizer.args.lr: expected a number, got "0.01"'),
+    ("duplicate_metric", lambda t: [bad_config(t, lambda c: c.update(
+        metrics=["accuracy", "accuracy"]))], 'metrics.1: the name "accuracy" is taken'),
+    ("section_typo", lambda t: [bad_config(t, lambda c: c.update(
+        lr_schedular=c.pop("lr_scheduler")))], "lr_schedular: unknown key"),
+    ("model_data_mismatch", lambda t: [bad_config(t, lambda c: c["arch"]["args"].update(
+        num_classes=5))], "the first batch does not go through model, loss and metrics: "
+                          "IndexError: Target"),
 ])
 def test_config_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, case, make_args, expected):
     result = run_script("train.py", "-c", *make_args(tmp_path), check=False)

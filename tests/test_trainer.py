@@ -56,7 +56,7 @@ def test_iteration_based_epoch_runs_exactly_len_epoch_steps(tmp_path):
 def test_one_pass_epoch_counts_optimizer_steps(tmp_path):
     train.main(["-c", str(write_config(tmp_path, epochs=1)), "--bs", "100"])
     run, = run_folders(tmp_path / "saved")
-    assert load_checkpoint(run / "checkpoint-epoch1.pth")["global_step"] == 13  # ceil(1294 / 100)
+    assert load_checkpoint(run / "checkpoint-epoch1.pth")["global_step"] == 13  # ceil(1295 / 100)
 
 
 def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path):
@@ -123,3 +123,40 @@ def test_resume_from_a_run_folder_takes_its_newest_checkpoint(tmp_path):
     run = tmp_path / "saved" / "models" / "Digits_CNN" / "r"
     train.main(["-r", str(run), "--epochs", "3"])
     assert load_checkpoint(run / "checkpoint-epoch3.pth")["global_step"] == 63
+
+
+def test_scheduler_args_changed_on_resume_take_effect(tmp_path):
+    train.main(["-c", str(write_config(tmp_path, epochs=2)), "--run-id", "r"])
+    run = tmp_path / "saved" / "models" / "Digits_CNN" / "r"
+    train.main(["-r", str(run / "checkpoint-epoch2.pth"), "--epochs", "3",
+                "-o", "lr_scheduler.args.step_size=1"])
+    checkpoint = load_checkpoint(run / "checkpoint-epoch3.pth")
+    assert checkpoint["lr_scheduler"]["step_size"] == 1
+    # StepLR with step_size 1 decays after epoch 3; with the saved step_size (50) it would not
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 0.1)
+
+
+def test_a_data_parallel_trainer_saves_the_bare_model(tmp_path):
+    from model.model import DigitsModel
+    trainer = train.build_trainer(ConfigParser(small_config(tmp_path, epochs=1), run_id="dp"))
+    trainer.model = torch.nn.DataParallel(trainer.model)  # no GPU: it calls the module directly
+    trainer._train_epoch(1)
+    state_dict = trainer.state(1)["state_dict"]
+    assert not any(key.startswith("module.") for key in state_dict)
+    DigitsModel().load_state_dict(state_dict)  # strict: every key fits the bare model
+
+
+def test_a_real_checkpoint_loads_where_the_project_is_not_importable(tmp_path):
+    import subprocess
+    import sys
+    train.main(["-c", str(write_config(tmp_path, epochs=1)), "--run-id", "r"])
+    run = tmp_path / "saved" / "models" / "Digits_CNN" / "r"
+    script = ("import importlib.util, sys, torch; assert importlib.util.find_spec('trainer') is None; "
+              "c = torch.load(sys.argv[1], weights_only=True); print(' '.join(sorted(c)))")
+    for name in ("checkpoint-epoch1.pth", "model_best.pth"):
+        result = subprocess.run([sys.executable, "-I", "-c", script, str(run / name)],
+                                cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert set(result.stdout.split()) >= {
+            "arch", "epoch", "global_step", "state_dict", "optimizer", "lr_scheduler",
+            "monitor_best", "not_improved_count", "rng_state", "config", "format_version"}

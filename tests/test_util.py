@@ -89,3 +89,13 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     actual = (random.random(), np.random.rand(), np.random.randn(), torch.rand(3))
     assert actual[:3] == expected[:3] and torch.equal(actual[3], expected[3])
+
+
+def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "f.json", lambda file: file.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -1,10 +1,15 @@
 """One training or evaluation step's bookkeeping, shared by the trainer and test.py."""
+import traceback
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from utils.errors import UserError
 from utils.util import MetricTracker
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def to_device(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -35,3 +40,38 @@ def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
         output = model(data)
         track_batch(tracker, metric_fns, names, criterion(output, target), output, target)
     return tracker.result()
+
+
+@torch.no_grad()
+def check_first_batch(model: nn.Module, batches: Iterable, criterion: Callable,
+                      metric_fns: Sequence[Callable], device: torch.device) -> None:
+    """Put one batch through model, loss and metrics, in eval mode, before anything is written.
+
+    A config whose pieces do not fit together (10 classes in the data, 5 in the model; a metric
+    argument of the wrong type) then fails at once as a `UserError` saying where, instead of
+    after the run folder exists. Eval mode draws no random numbers, so exact resume holds.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        data, target = to_device(device, *next(iter(batches)))
+        output = model(data)
+        criterion(output, target)
+        for fn in metric_fns:
+            fn(output, target)
+    except (RuntimeError, IndexError, TypeError, ValueError, KeyError) as error:
+        raise UserError(f"the first batch does not go through model, loss and metrics: "
+                        f"{_describe(error)}") from None
+    finally:
+        model.train(was_training)
+
+
+def _describe(error: BaseException) -> str:
+    """`IndexError: Target 8 is out of bounds (at model/loss.py:12)`: the innermost frame of ours."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    ours = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if Path(frame.filename).resolve().is_relative_to(PROJECT_ROOT)
+            and "site-packages" not in frame.filename]
+    where = f" (at {Path(ours[-1].filename).resolve().relative_to(PROJECT_ROOT)}:{ours[-1].lineno})" \
+        if ours else ""
+    return f"{type(error).__name__}: {text}{where}"

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from base.base_trainer import BaseTrainer, metric_name
-from trainer.evaluation import evaluate, to_device, track_batch
+from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
 from utils.util import MetricTracker, inf_loop
 
 
@@ -37,6 +37,11 @@ class Trainer(BaseTrainer):
         if self.valid_data_loader is not None:
             keys += [f"val_{key}" for key in keys]
         return keys
+
+    def check_first_batch(self) -> None:
+        """Fail now, with one clear line, if a batch does not fit model, loss and metrics."""
+        loader = self.valid_data_loader if self.valid_data_loader is not None else self.data_loader
+        check_first_batch(self.model, loader, self.criterion, self.metric_fns, self.device)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()

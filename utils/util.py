@@ -11,7 +11,6 @@ from typing import IO, Callable
 import torch
 
 from utils.errors import ConfigError, UserError
-from utils.seeding import get_rng_state, seed_everything, set_rng_state  # noqa: F401 (re-export)
 
 _JSON_HINTS = (
     ("Expecting property name enclosed in double quotes",
@@ -45,6 +44,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file follows the umask
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -54,6 +54,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
