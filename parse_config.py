@@ -5,12 +5,11 @@ the effective config are explicit calls (`make_run_dirs`, `write_config`) made b
 """
 import argparse
 import copy
-import difflib
 import functools
+import inspect
 import json
 import logging
 import os
-import re
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -18,17 +17,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from trainer.settings import TrainerSettings
-from utils.errors import ConfigError, UserError
-from utils.names import check_signature, did_you_mean, resolve_type
+from utils.config_check import Block, find_problems, is_plain_name
+from utils.errors import BuildError, ConfigError, UserError
+from utils.key_paths import apply_modifications, get_by_path, parse_overrides
+from utils.names import callable_name, check_signature, did_you_mean, resolve_type
 from utils.util import read_json, write_json
 
 # `flags` as argparse takes them, `type` the value's type, `target` the dotted config key it sets.
 CustomArgs = namedtuple("CustomArgs", "flags type target")
 
 _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
-KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "loss", "metrics",
-                  "lr_scheduler", "trainer")
+# Packages whose callables reject a bad value with ValueError / TypeError: that is a config
+# mistake (one line). The same from the project's own code is a bug shown with its traceback.
+_LIBRARIES = ("torch", "torchvision")
+_BLOCK_KEYS = ("type", "args", "name")
 
 
 class ConfigParser:
@@ -45,17 +47,25 @@ class ConfigParser:
 
     def __init__(self, config: dict, resume: str | os.PathLike | None = None,
                  modification: dict[str, Any] | None = None, run_id: str | None = None,
-                 fine_tune: bool = False, continue_run: bool = False):
-        self._config = apply_modifications(config, modification or {})
-        check_top_level(self._config)
+                 fine_tune: bool = False, continue_run: bool = False,
+                 problems: list[str] | None = None):
+        """`problems` given: a bad override or run id is added to that list (and reported by
+        `validate` with every other problem) instead of raising at once."""
+        self._problems = problems if problems is not None else []
+        self._config = apply_modifications(config, modification or {}, problems)
+        self.cli_args: argparse.Namespace | None = None  # set by from_args
         self.resume = Path(resume) if resume is not None else None
         self.fine_tune = fine_tune
         self._continue_run = continue_run and self.resume is not None
         if self._continue_run:
             run_id = self.resume.parent.name
-        elif run_id is not None and not _is_plain_name(run_id):
-            raise ConfigError(f"--run-id: {run_id!r} must be a plain folder name (letters, digits, "
-                              f"'-', '_', '.'), not a path")
+        elif run_id is not None and not is_plain_name(run_id):
+            problem = (f"--run-id: {run_id!r} must be a plain folder name (letters, digits, "
+                       f"'-', '_', '.'), not a path")
+            if problems is None:
+                raise ConfigError(problem)
+            problems.append(problem)
+            run_id = None
         self.run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
 
     # ---------------------------------------------------------------- building from the CLI
@@ -65,29 +75,22 @@ class ConfigParser:
         """Add the standard and the registered options to `parser`, parse `argv`, build the config.
 
         `-r` alone resumes with the config stored in the checkpoint; `-c` with `-r` is fine-tuning,
-        or with `evaluating` (test.py, where `-r` is required) a config override.
+        or with `evaluating` (test.py, where `-r` is required) a config override. Problems in the
+        overrides, the run id and a checkpoint given with `-c` are reported by `validate`, with
+        the config's own.
         """
-        add_standard_args(parser, evaluating)
-        for option in options:
-            parser.add_argument(*option.flags, type=option.type, default=None,
-                                help=f"sets {option.target}")
-        args = parser.parse_args(argv)
-        if args.device is not None:  # must happen before CUDA is first touched
-            os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-        if evaluating and args.resume is None:
-            raise UserError("give the checkpoint to evaluate with -r path/to/model_best.pth")
-        if args.config is None and args.resume is None:
-            raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
-
+        args = _parse_command_line(parser, options, argv, evaluating)
+        problems: list[str] = []
         resume, continue_run = None, False
-        if args.resume is not None:
-            from trainer.checkpoint import find_checkpoint, is_latest_in_run, load_checkpoint
-            resume = find_checkpoint(args.resume)  # a file, or the newest in a run folder
         if args.config is not None:
             config = read_json(args.config)
             if not isinstance(config, dict):
                 raise ConfigError(f"{args.config}: the config must be a JSON object")
-        else:
+            if args.resume is not None:
+                resume = _checked_checkpoint(args.resume, problems)
+        else:  # the config stored in the checkpoint: nothing to check without it
+            from trainer.checkpoint import find_checkpoint, is_latest_in_run, load_checkpoint
+            resume = find_checkpoint(args.resume)  # a file, or the newest in a run folder
             checkpoint = load_checkpoint(resume, mmap=True)
             config = checkpoint["config"]
             # resuming the newest checkpoint of a run continues it; an older one branches off
@@ -97,9 +100,12 @@ class ConfigParser:
                         for option in options}
         modification = {key: value for key, value in modification.items() if value is not None}
         modification.update(parse_overrides(args.override))
-        return cls(config, resume=resume, modification=modification,
-                   run_id=getattr(args, "run_id", None), continue_run=continue_run,
-                   fine_tune=not evaluating and args.config is not None and resume is not None)
+        parsed = cls(config, resume=resume, modification=modification,
+                     run_id=getattr(args, "run_id", None), continue_run=continue_run,
+                     fine_tune=not evaluating and args.config is not None and resume is not None,
+                     problems=problems)
+        parsed.cli_args = args
+        return parsed
 
     # ---------------------------------------------------------------- reading the config
     def __getitem__(self, name: str) -> Any:
@@ -122,64 +128,111 @@ class ConfigParser:
         other._config = apply_modifications(self._config, modification)
         return other
 
+    def validate(self, blocks: Sequence[Block], trainer: bool = True) -> None:
+        """Check the whole config for building `blocks` (and, with `trainer`, for training)
+        before anything is built; a `ConfigError` lists every problem, a line each (the
+        command line's first)."""
+        problems = [*self._problems, *find_problems(self, blocks, trainer)]
+        if problems:
+            raise ConfigError("\n".join(problems))
+
     # ---------------------------------------------------------------- building objects
     def init_obj(self, name: str, module: ModuleType, *args, **kwargs) -> Any:
         """`module.<type>(*args, **config_args, **kwargs)` for the `{"type", "args"}` block `name`.
 
-        `kwargs` given in code may not repeat an argument the config sets.
+        `kwargs` given in code may not repeat an argument the config sets. A value rejected by
+        torch is a `ConfigError`; an exception from the user's own code a `BuildError`.
         """
-        factory, config_args = self._prepare(name, module, args, kwargs)
-        try:
-            return factory(*args, **config_args, **kwargs)
-        except (ValueError, TypeError) as error:  # the arguments bound: a value was rejected
-            raise ConfigError(f"{name}.args: {error}") from None
+        factory, config_args = self.resolve_block(name, module, args, kwargs)
+        return self._call(name, factory, args, config_args, kwargs)
 
     def init_ftn(self, name: str, module: ModuleType, *args, **kwargs) -> Callable:
-        """`functools.partial(module.<type>, *args, **config_args, **kwargs)` for block `name`."""
-        factory, config_args = self._prepare(name, module, args, kwargs, partial=True)
+        """`functools.partial(module.<type>, *args, **config_args, **kwargs)` for block `name`.
+
+        A class (`torch.nn.CrossEntropyLoss`) is instantiated instead: its instance is the
+        function (`criterion(output, target)`)."""
+        factory, config_args = self.resolve_block(name, module, args, kwargs, partial=True)
+        if inspect.isclass(factory):
+            return self._call(name, factory, args, config_args, kwargs)
         return functools.partial(factory, *args, **config_args, **kwargs)
+
+    def _call(self, name: str, factory: Callable, args: tuple, config_args: dict,
+              kwargs: dict) -> Any:
+        try:
+            return factory(*args, **config_args, **kwargs)
+        except ConfigError as error:  # the factory's own check of its arguments
+            raise ConfigError(_prefixed(f"{name}.args", str(error))) from None
+        except UserError:
+            raise
+        except Exception as error:
+            origin = (getattr(factory, "__module__", None) or "").split(".")[0]
+            if origin in _LIBRARIES and isinstance(error, (ValueError, TypeError)):
+                raise ConfigError(_prefixed(f"{name}.args", str(error))) from None
+            raise BuildError(f"{name}: building {_type_name(self._config, name)} raised "
+                             f"{type(error).__name__}; the traceback from its code:") from error
 
     def init_ftn_list(self, name: str, module: ModuleType, reserved: Sequence[str] = ()) -> list:
         """`init_ftn` for each entry of the list `name` (e.g. `metrics`), each with a unique
         `__name__`: the function's own, or the entry's `"name"` (`{"type": "top_k_acc",
-        "args": {"k": 5}, "name": "top5"}`)."""
+        "args": {"k": 5}, "name": "top5"}`). A `ConfigError` lists every entry's problems."""
         entries = self._config.get(name, [])
         if not isinstance(entries, list):
             raise ConfigError(f"{name}: expected a list, got {json.dumps(entries)}")
-        functions, seen = [], {}
+        functions, seen, problems = [], {}, []
         for index, entry in enumerate(entries):
-            function = self.init_ftn(f"{name}.{index}", module)
-            label = entry.get("name", function.func.__name__) if isinstance(entry, dict) \
-                else function.func.__name__
+            try:
+                function = self.init_ftn(f"{name}.{index}", module)
+            except ConfigError as error:
+                problems.append(str(error))
+                continue
+            label = entry.get("name", callable_name(function)) if isinstance(entry, dict) \
+                else callable_name(function)
             if not isinstance(label, str) or not label or label in reserved or label in seen:
                 taken = f"taken by {name}.{seen[label]}" if label in seen else "not usable"
-                raise ConfigError(f"{name}.{index}: the name {json.dumps(label)} is {taken}; give "
-                                  f"this entry a \"name\" of its own, e.g. \"top5\"")
+                problems.append(f"{name}.{index}: the name {json.dumps(label)} is {taken}; give "
+                                f"this entry a \"name\" of its own, e.g. \"top5\"")
+                continue
             function.__name__ = label
             functions.append(function)
             seen[label] = index
+        if problems:
+            raise ConfigError("\n".join(problems))
         return functions
 
-    def _prepare(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
-                 partial: bool = False) -> tuple[Callable, dict]:
+    def resolve_block(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
+                 partial: bool = False, kind: type | None = None) -> tuple[Callable, dict]:
+        """The factory block `name` names and its config args, checked against its signature
+        (with what the code passes: positional `args` and `kwargs`)."""
         block = get_by_path(self._config, name)
-        if isinstance(block, str):
-            block = {"type": block, "args": {}}
+        type_path = name if isinstance(block, str) else f"{name}.type"
+        if isinstance(block, str):  # "loss": "nll_loss"
+            block = {"type": block}
         if not isinstance(block, dict) or "type" not in block:
-            raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}}")
-        for key in block:
-            if key not in ("type", "args", "name"):
-                raise ConfigError(f"{name}.{key}: unknown key (a block has type, args and, in a "
-                                  f"list, name){did_you_mean(key, ['type', 'args', 'name'])}")
+            raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}} or a name, "
+                              f"got {json.dumps(block)}")
+        problems = [f"{name}.{key}: unknown key (a block has type, args and, in a list, name)"
+                    f"{did_you_mean(key, _BLOCK_KEYS)}" for key in block if key not in _BLOCK_KEYS]
         config_args = block.get("args", {})
         if not isinstance(config_args, dict):
-            raise ConfigError(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
-        factory = resolve_type(block["type"], module, f"{name}.type")
+            problems.append(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
+            config_args = {}
+        try:
+            factory = resolve_type(block["type"], module, type_path, kind)
+        except ConfigError as error:
+            raise ConfigError("\n".join([*problems, str(error)])) from None
         repeated = sorted(set(config_args) & set(kwargs))
         if repeated:
-            raise ConfigError(f"{name}.args: {', '.join(map(repr, repeated))} set in the config "
-                              f"is also given by the code; remove it from the config")
-        check_signature(factory, args, {**config_args, **kwargs}, f"{name}.args", partial)
+            problems.append(f"{name}.args: {', '.join(map(repr, repeated))} set in the config is "
+                            f"also given by the code; remove it from the config")
+        shown = block["type"] if "." in block["type"] else f"{module.__name__}.{block['type']}"
+        try:
+            check_signature(factory, args, config_args, f"{name}.args",
+                            partial and not inspect.isclass(factory), code_kwargs=kwargs,
+                            display_name=shown)
+        except ConfigError as error:
+            problems.append(str(error))
+        if problems:
+            raise ConfigError("\n".join(problems))
         return factory, dict(config_args)
 
     # ---------------------------------------------------------------- run folders and logging
@@ -197,10 +250,12 @@ class ConfigParser:
 
     @property
     def _save_root(self) -> Path:
-        return Path(self._config["trainer"].get("save_dir", TrainerSettings.save_dir))
+        return Path((self._config.get("trainer") or {}).get("save_dir", "saved/"))
 
     def make_run_dirs(self) -> None:
         """Create the run folders; a run id taken by another run gets a suffix (`_1`, `_2`, ...)."""
+        if self._problems:  # from_args's problems, had `validate` not been called
+            raise ConfigError("\n".join(self._problems))
         if self._continue_run:
             try:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +291,36 @@ class ConfigParser:
 
 
 # -------------------------------------------------------------------- command line
+def _parse_command_line(parser: argparse.ArgumentParser, options: Iterable[CustomArgs],
+                        argv: Sequence[str] | None, evaluating: bool) -> argparse.Namespace:
+    add_standard_args(parser, evaluating)
+    for option in options:
+        parser.add_argument(*option.flags, type=option.type, default=None,
+                            help=f"sets {option.target}")
+    args = parser.parse_args(argv)
+    if args.device is not None:  # must happen before CUDA is first touched
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+    if evaluating and args.resume is None:
+        raise UserError("give the checkpoint to evaluate with -r path/to/model_best.pth")
+    if args.config is None and args.resume is None:
+        raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
+    return args
+
+
+def _checked_checkpoint(path: str, problems: list[str]) -> Path:
+    """The checkpoint `-r path` names (the newest in a run folder), loaded once to check it: a
+    problem is added to `problems` so that it is reported with the config's."""
+    from trainer.checkpoint import find_checkpoint, load_checkpoint
+
+    try:
+        resume = find_checkpoint(path)
+        load_checkpoint(resume, mmap=True)
+    except UserError as error:
+        problems.append(f"-r {error}")
+        return Path(path)
+    return resume
+
+
 def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False) -> None:
     parser.add_argument("-c", "--config", default=None,
                         help="config file (default for -r: the config stored in the checkpoint)")
@@ -252,70 +337,20 @@ def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False)
                             help="name of the run folder (default: a timestamp)")
 
 
-def _is_plain_name(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..")
-
-
-def check_top_level(config: dict) -> None:
-    """The keys every part of the template reads directly: `name`, `seed`, `n_gpu`, `trainer`."""
-    name = config.get("name")
-    if not isinstance(name, str) or not _is_plain_name(name):
-        raise ConfigError(f"name: expected a plain folder name (letters, digits, '-', '_', '.'), "
-                          f"got {json.dumps(name)}")
-    for key, smallest in (("seed", 0), ("n_gpu", 0)):
-        value = config.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
-            raise ConfigError(f"{key}: expected an integer >= {smallest}, got {json.dumps(value)}")
-    for key in config:
-        close = difflib.get_close_matches(key, KNOWN_SECTIONS, n=1, cutoff=0.75)
-        if key not in KNOWN_SECTIONS and close:  # other keys may be the user's own
-            raise ConfigError(f"{key}: unknown key (did you mean {close[0]!r}?)")
-    if not isinstance(config.get("trainer"), dict):
-        raise ConfigError("trainer: missing from the config (needs at least epochs and save_dir)")
-
-
 def _dest(flags: Sequence[str]) -> str:
     long_flags = [flag for flag in flags if flag.startswith("--")]
     return (long_flags or flags)[0].lstrip("-").replace("-", "_")
 
 
-def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """`["trainer.epochs=3", "name=x"]` -> `{"trainer.epochs": 3, "name": "x"}`."""
-    result = {}
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"-o {override!r}: expected key.path=value, e.g. -o trainer.epochs=3")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text  # a bare word is a string: -o name=Digits2
-        result[key.strip()] = value
-    return result
+def _prefixed(key_path: str, message: str) -> str:
+    """`message` with every line starting with `key_path` (unless it already does)."""
+    return "\n".join(line if line.startswith(key_path) else f"{key_path}: {line}"
+                     for line in message.splitlines() or [""])
 
 
-# -------------------------------------------------------------------- nested keys
-def get_by_path(tree: dict, path: str) -> Any:
-    """The value at a dotted key path; a list element is addressed by its index (`metrics.0`)."""
-    node = tree
-    for depth, key in enumerate(path.split(".")):
-        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-            continue
-        if not isinstance(node, dict) or key not in node:
-            where = ".".join(path.split(".")[:depth + 1])
-            raise ConfigError(f"{where}: missing from the config{did_you_mean(key, node)}")
-        node = node[key]
-    return node
-
-
-def apply_modifications(config: dict, modification: dict[str, Any]) -> dict:
-    """A deep copy of `config` with every `{dotted.key: value}` set; parents must exist."""
-    config = copy.deepcopy(config)
-    for path, value in modification.items():
-        *parents, leaf = path.split(".")
-        node = get_by_path(config, ".".join(parents)) if parents else config
-        if not isinstance(node, dict):
-            raise ConfigError(f"{'.'.join(parents)}: is not a JSON object, cannot set {leaf!r}")
-        node[leaf] = value
-    return config
+def _type_name(config: dict, key_path: str) -> str:
+    try:
+        block = get_by_path(config, key_path)
+    except ConfigError:
+        return key_path
+    return block if isinstance(block, str) else str(block.get("type", key_path))

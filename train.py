@@ -1,15 +1,31 @@
 """Train a model from a config: `python train.py -c config.json`, resume with `-r checkpoint`."""
 import argparse
+import json
 
 from parse_config import ConfigParser, CustomArgs
 from utils.cli import run_cli
+from utils.config_check import Block
 
 # Registered shortcuts for common overrides: (flags, type, config key they set).
 OPTIONS = [
     CustomArgs(["--lr", "--learning_rate"], type=float, target="optimizer.args.lr"),
     CustomArgs(["--bs", "--batch_size"], type=int, target="data_loader.args.batch_size"),
     CustomArgs(["--epochs"], type=int, target="trainer.epochs"),
+    CustomArgs(["--seed"], type=int, target="seed"),
+    CustomArgs(["--name"], type=str, target="name"),
 ]
+
+# The blocks `build_trainer` builds, and what it passes to each besides the config's args.
+BLOCKS = (
+    Block("data_loader", "data_loader.data_loaders", given=("seed",),
+          kind="torch.utils.data.DataLoader"),
+    Block("arch", "model.model", kind="torch.nn.Module"),
+    Block("loss", "model.loss", function=True),
+    Block("metrics", "model.metric", function=True, many=True),
+    Block("optimizer", "torch.optim", positional=1, kind="torch.optim.Optimizer"),
+    Block("lr_scheduler", "torch.optim.lr_scheduler", positional=1, required=False,
+          kind="torch.optim.lr_scheduler.LRScheduler"),
+)
 
 
 def build_trainer(config: ConfigParser):
@@ -47,7 +63,13 @@ def build_trainer(config: ConfigParser):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train a model from a JSON config.")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective config (file + overrides) and exit")
     config = ConfigParser.from_args(parser, OPTIONS, argv)
+    config.validate(BLOCKS)  # every problem at once, before anything is built or written
+    if config.cli_args.print_config:
+        print(json.dumps(config.config, indent=4))
+        return
 
     from logger.logger import setup_logging
     from utils.seeding import seed_everything

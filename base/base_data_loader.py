@@ -1,10 +1,14 @@
 """A DataLoader with a seeded validation split and an epoch-determined shuffle order."""
+import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.dataloader import default_collate
+
+from utils.errors import ConfigError
 
 
 def derive_seed(*entropy: int) -> int:
@@ -44,27 +48,42 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
+def validation_split_problem(validation_split: Any, n_samples: int | None = None) -> str | None:
+    """What is wrong with a `validation_split` (a fraction in [0, 1) or a sample count smaller
+    than the data set), or None; `n_samples` None checks what can be checked without the data.
+    The message follows `data_loader.args.validation_split: `."""
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
+        return (f"expected a fraction in [0, 1) or a sample count, "
+                f"got {json.dumps(validation_split)}")
+    if isinstance(validation_split, int):
+        if validation_split < 0 or (n_samples is not None and validation_split >= n_samples):
+            upper = n_samples if n_samples is not None else "the data set size"
+            size = f" (the data set has {n_samples} samples)" if n_samples is not None else ""
+            return f"expected a sample count in [0, {upper}){size}, got {validation_split}"
+    elif not 0.0 <= validation_split < 1.0:
+        return f"expected a fraction in [0, 1), got {validation_split}"
+    if n_samples is not None and n_samples - _n_valid(n_samples, validation_split) < 1:
+        return f"{validation_split} leaves no training data (the data set has {n_samples} samples)"
+    return None
+
+
+def _n_valid(n_samples: int, validation_split: float | int) -> int:
+    if isinstance(validation_split, int):
+        return validation_split
+    return int(n_samples * validation_split)
+
+
 def split_indices(n_samples: int, validation_split: float | int,
                   seed: int) -> tuple[list[int], list[int]]:
     """Training and validation indices, a seeded random split of `range(n_samples)`.
 
     `validation_split` is a fraction in [0, 1) or a sample count smaller than `n_samples`.
-    Raises ValueError for anything out of range or leaving no training data.
+    Raises a `ConfigError` for anything out of range or leaving no training data.
     """
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-        raise ValueError(f"validation_split must be a fraction in [0, 1) or a sample count, "
-                         f"got {validation_split!r}")
-    if isinstance(validation_split, int):
-        n_valid = validation_split
-        if not 0 <= n_valid < n_samples:
-            raise ValueError(f"validation_split {n_valid} must be a count in [0, {n_samples}) "
-                             f"(the data set has {n_samples} samples)")
-    else:
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split {validation_split} must be a fraction in [0, 1)")
-        n_valid = int(n_samples * validation_split)
-    if n_samples - n_valid < 1:
-        raise ValueError(f"validation_split {validation_split} leaves no training data")
+    problem = validation_split_problem(validation_split, n_samples)
+    if problem:
+        raise ConfigError(f"data_loader.args.validation_split: {problem}")
+    n_valid = _n_valid(n_samples, validation_split)
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x5011))  # split, not shuffle
     permutation = torch.randperm(n_samples, generator=generator).tolist()
     return sorted(permutation[n_valid:]), sorted(permutation[:n_valid])

@@ -11,12 +11,13 @@ from trainer.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_stat
                                 unwrap_model)
 from trainer.settings import TrainerSettings
 from utils.errors import ConfigError
+from utils.names import callable_name
 from utils.seeding import get_rng_state, set_rng_state
 
 
 def metric_name(metric_fn: Callable) -> str:
     """The name a metric is logged under (`accuracy`, or the wrapped function's for a partial)."""
-    return getattr(metric_fn, "__name__", None) or getattr(metric_fn, "func").__name__
+    return callable_name(metric_fn)
 
 
 class BaseTrainer(ABC):

@@ -24,7 +24,7 @@ def load_digits(data_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
         with gzip.open(path, "rt") as file:
             table = np.loadtxt(file, delimiter=",", dtype=np.float32)
     except FileNotFoundError:
-        raise UserError(f"{path}: digits data not found (data_loader.args.data_dir is the folder "
+        raise UserError(f"data_loader.args.data_dir: {path} not found (data_dir is the folder "
                         f"holding {DIGITS_FILE}; a relative path is taken from the current "
                         f"directory, {Path.cwd()})") from None
     except (OSError, ValueError) as error:

@@ -115,8 +115,8 @@ def test_monitor_of_a_value_never_logged_is_a_config_error(tmp_path):
     ({"save_period": 0}, r"^trainer\.save_period: expected an integer >= 1"),
     ({"log_step": 0}, r"^trainer\.log_step: expected an integer >= 1"),
     ({"early_stop": -1}, r"^trainer\.early_stop: expected an integer >= 0"),
-    ({"tensorboard": "yes"}, r"^trainer\.tensorboard: expected a boolean"),
-    ({"verbosity": 3}, r"^trainer\.verbosity: 3 is not one of 0, 1, 2"),
+    ({"tensorboard": "yes"}, r"^trainer\.tensorboard: expected true or false"),
+    ({"verbosity": 3}, r"^trainer\.verbosity: expected an integer from 0 to 2, got 3"),
 ])
 def test_trainer_section_mistakes_are_config_errors(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -40,7 +40,7 @@ def test_digits_loader_batches_and_test_split():
 
 
 def test_missing_digits_file_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="digits data not found"):
+    with pytest.raises(UserError, match=r"^data_loader\.args\.data_dir: .*digits.csv.gz not found"):
         DigitsDataLoader(str(tmp_path), batch_size=8)
 
 

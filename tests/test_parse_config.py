@@ -7,7 +7,7 @@ import torch
 
 import model.metric as module_metric
 import model.model as module_arch
-from parse_config import ConfigParser, CustomArgs, parse_overrides
+from parse_config import ConfigParser, CustomArgs
 from tests.conftest import small_config
 from utils.errors import ConfigError, UserError
 
@@ -101,13 +101,6 @@ def test_registered_options_and_overrides(tmp_path):
     assert config["name"] == "Other" and config.resume is None
 
 
-def test_override_values_parse_as_json_when_they_can():
-    assert parse_overrides(["a=3", "b=0.5", "c=true", "d=null", "e=[1, 2]", "f=word"]) == \
-        {"a": 3, "b": 0.5, "c": True, "d": None, "e": [1, 2], "f": "word"}
-    with pytest.raises(ConfigError, match="expected key.path=value"):
-        parse_overrides(["trainer.epochs"])
-
-
 def test_override_of_missing_section_suggests_the_key(parser_config):
     with pytest.raises(ConfigError, match=r"^trainr: missing from the config \(did you mean "
                                           r"'trainer'\?\)"):
@@ -164,17 +157,6 @@ def test_resume_of_an_older_checkpoint_goes_to_a_new_run_folder(tmp_path):
     assert from_argv("-r", str(run)).resume == run / "checkpoint-epoch2.pth"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("name", None, r"^name: expected a plain folder name"),
-    ("name", "a/b", r"^name: expected a plain folder name"),
-    ("seed", "abc", r"^seed: expected an integer >= 0, got \"abc\""),
-    ("n_gpu", -1, r"^n_gpu: expected an integer >= 0"),
-])
-def test_top_level_values_are_checked(tmp_path, key, value, message):
-    with pytest.raises(ConfigError, match=message):
-        ConfigParser(small_config(tmp_path), modification={key: value})
-
-
 @pytest.mark.parametrize("run_id", ["../escaped", "a/b", ".."])
 def test_run_id_must_be_a_plain_name(tmp_path, run_id):
     with pytest.raises(ConfigError, match=r"^--run-id: "):
@@ -202,19 +184,10 @@ def test_metrics_get_their_own_names_and_duplicates_are_refused(tmp_path):
         ConfigParser(config).init_ftn_list("metrics", module_metric, reserved=["loss"])
 
 
-def test_a_misspelt_top_level_section_is_reported(tmp_path):
-    config = small_config(tmp_path)
-    config["lr_schedular"] = config.pop("lr_scheduler")
-    with pytest.raises(ConfigError, match=r"^lr_schedular: unknown key \(did you mean "
-                                          r"'lr_scheduler'\?\)"):
-        ConfigParser(config)
-    config["my_notes"] = "kept"  # a key that resembles nothing is the user's own
-    del config["lr_schedular"]
-    assert ConfigParser(config)["my_notes"] == "kept"
-
-
-def test_a_block_with_an_unknown_key_is_reported(parser_config):
-    config = parser_config.with_modification({"optimizer.arg": {"lr": 0.1}})
+def test_a_block_with_an_unknown_key_is_reported(tmp_path):
+    raw = small_config(tmp_path)
+    raw["optimizer"]["arg"] = {"lr": 0.1}
+    config = ConfigParser(raw)
     with pytest.raises(ConfigError, match=r"^optimizer\.arg: unknown key .*did you mean 'args'"):
         config.init_obj("optimizer", torch.optim, [torch.zeros(1, requires_grad=True)])
 
@@ -225,3 +198,39 @@ def test_an_unusable_save_dir_is_a_user_error(tmp_path):
     config = ConfigParser(small_config(blocker / "saved"))
     with pytest.raises(UserError, match=r"^trainer\.save_dir: cannot create "):
         config.make_run_dirs()
+
+
+def test_seed_and_name_flags(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(small_config(tmp_path)))
+    parser = argparse.ArgumentParser()
+    import train
+    config = ConfigParser.from_args(parser, train.OPTIONS, ["-c", str(path), "--seed", "9",
+                                                            "--name", "Other"])
+    assert config["seed"] == 9 and config.save_dir.parent.name == "Other"
+
+
+def _raising_init(self, width: int = 4):
+    torch.nn.Module.__init__(self)
+    raise KeyError("my bug")
+
+
+def test_an_exception_in_the_users_own_constructor_keeps_its_traceback(tmp_path, monkeypatch,
+                                                                        capsys):
+    from utils.cli import run_cli
+    from utils.errors import BuildError
+
+    # a user's model in model/model.py whose constructor has a bug
+    raising_model = type("RaisingModel", (torch.nn.Module,),
+                         {"__init__": _raising_init, "__module__": "model.model"})
+    monkeypatch.setattr(module_arch, "RaisingModel", raising_model, raising=False)
+    config = ConfigParser(small_config(tmp_path), modification={"arch.type": "RaisingModel"})
+    with pytest.raises(BuildError, match=r"^arch: building RaisingModel raised KeyError") as error:
+        config.init_obj("arch", module_arch)
+    assert isinstance(error.value.__cause__, KeyError)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: config.init_obj("arch", module_arch))
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert stderr.startswith("error: arch: building RaisingModel raised KeyError")
+    assert "Traceback" in stderr and 'raise KeyError("my bug")' in stderr

@@ -34,6 +34,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from None
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:

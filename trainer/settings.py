@@ -1,11 +1,11 @@
 """The `trainer` section of the config as typed settings, and the monitored-metric rule."""
 import dataclasses
-import difflib
 import json
 import math
 from dataclasses import dataclass
 
 from utils.errors import ConfigError
+from utils.names import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class TrainerSettings:
     """What `BaseTrainer` reads from `config["trainer"]`, with the template's defaults."""
 
     epochs: int
-    save_dir: str = "saved/"
+    save_dir: str               # runs go to <save_dir>/models and <save_dir>/log
     save_period: int = 1        # write checkpoint-epochN.pth every this many epochs
     verbosity: int = 2          # 0 warnings, 1 info, 2 debug
     monitor: str = "off"
@@ -58,38 +58,58 @@ class TrainerSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
-        names = [field.name for field in dataclasses.fields(cls)]
-        for key in section:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"trainer.{key}: unknown key{hint}")
-        if "epochs" not in section:
-            raise ConfigError("trainer.epochs: missing from the config")
-        for key, value in section.items():
-            _check_value(key, value)
-        settings = cls(**section)
-        settings.parsed_monitor  # raises on a malformed monitor
-        return settings
+        """The settings of a checked `trainer` section; a `ConfigError` lists every problem."""
+        problems = cls.problems(section)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return cls(**section)
+
+    @classmethod
+    def known_keys(cls) -> list[str]:
+        return [field.name for field in dataclasses.fields(cls)]
+
+    @classmethod
+    def problems(cls, section: dict) -> list[str]:
+        """Every problem in a `trainer` section, each a line starting with its key path."""
+        names = cls.known_keys()
+        problems = [f"trainer.{key}: unknown key{did_you_mean(key, names)}"
+                    for key in section if key not in names]
+        problems += [f"trainer.{key}: missing from the config" for key in ("epochs", "save_dir")
+                     if key not in section]
+        problems += [problem for key, value in section.items()
+                     if key in names and (problem := _value_problem(key, value))]
+        if isinstance(section.get("monitor"), str):
+            try:
+                Monitor.parse(section["monitor"])
+            except ConfigError as error:
+                problems.append(str(error))
+        return problems
 
     @property
     def parsed_monitor(self) -> Monitor:
         return Monitor.parse(self.monitor)
 
 
-# key: (smallest allowed integer, or a type for non-integers; whether null is allowed)
-_RULES = {"epochs": (1, False), "save_period": (1, False), "early_stop": (0, False),
-          "len_epoch": (1, True), "log_step": (1, False), "tensorboard": (bool, False),
-          "save_dir": (str, False), "monitor": (str, False), "verbosity": (0, False)}
+# key: (smallest, largest) allowed integer, or a type for non-integers; whether null is allowed
+_RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
+          "early_stop": ((0, None), False), "len_epoch": ((1, None), True),
+          "log_step": ((1, None), False), "verbosity": ((0, 2), False),
+          "tensorboard": (bool, False), "save_dir": (str, False), "monitor": (str, False)}
 
 
-def _check_value(key: str, value) -> None:
+def _value_problem(key: str, value) -> str | None:
     rule, nullable = _RULES.get(key, (None, True))
     if rule is None or (value is None and nullable):
-        return
+        return None
     if isinstance(rule, type):
         if not isinstance(value, rule) or value == "":
-            raise ConfigError(f"trainer.{key}: expected a {'boolean' if rule is bool else 'string'}"
-                              f", got {json.dumps(value)}")
-    elif isinstance(value, bool) or not isinstance(value, int) or value < rule:
-        raise ConfigError(f"trainer.{key}: expected an integer >= {rule}, got {json.dumps(value)}")
+            return (f"trainer.{key}: expected {'true or false' if rule is bool else 'a string'}, "
+                    f"got {json.dumps(value)}")
+        return None
+    smallest, largest = rule
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest or \
+            (largest is not None and value > largest):
+        wanted = f"an integer >= {smallest}" if largest is None else \
+            f"an integer from {smallest} to {largest}"
+        return f"trainer.{key}: expected {wanted}, got {json.dumps(value)}"
+    return None

@@ -1,17 +1,24 @@
 """The edge between a command-line entry point and the user."""
 import sys
+import traceback
 from typing import Callable
 
-from utils.errors import UserError
+from utils.errors import BuildError, UserError
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run `main`; a `UserError` becomes one line on stderr and exit code 2."""
+    """Run `main`. A `UserError` becomes one `error:` line per problem on stderr and exit code 2;
+    a `BuildError` shows the user's traceback under a line naming the config block, exit code 1."""
     try:
         main()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        for line in str(error).splitlines() or [type(error).__name__]:
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
+    except BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        traceback.print_exception(error.__cause__, file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

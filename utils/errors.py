@@ -15,3 +15,11 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError):
     """A file given as a checkpoint that cannot be used; the message names the file."""
+
+
+class BuildError(Exception):
+    """The user's own code (a model, a data loader) raised while a config block was built.
+
+    That is a bug to fix in their code, so the CLI shows its traceback, introduced by this
+    message naming the block; `__cause__` is the original exception.
+    """

@@ -1,11 +1,15 @@
 """From a config's `type` string to a callable, safely, and checking its arguments.
 
-A `type` is a public name inside the module its config block belongs to, or a dotted path
-whose top-level package is in `ALLOWED_PACKAGES`. Everything reached on the way must be defined
-in an allowed package and outside `DENIED_MODULES`, so a config can never reach `os`,
-`subprocess`, `eval`, or torch's own loaders of code and pickles.
+A `type` is a public name inside the module its config block belongs to, or a dotted path inside
+one of `ALLOWED_MODULES` (the building blocks of a model and its training: layers, losses,
+optimizers, schedulers, torchvision models and transforms, this project's `model` and
+`data_loader`). Every module passed on the way must be one of those, and every object reached
+must be defined in an allowed package and outside `DENIED_MODULES`. So a config, including one
+stored in a checkpoint someone sent you, can never reach `os`, `subprocess`, `eval`, torch's
+loaders of code and pickles, or this template's own file writers; nothing else is imported.
 """
 import difflib
+import functools
 import importlib
 import inspect
 import json
@@ -14,27 +18,34 @@ from typing import Any, Callable
 
 from utils.errors import ConfigError
 
-# Top-level packages a dotted `type` may come from; nothing else is ever imported from a config.
-ALLOWED_PACKAGES = ("torch", "torchvision", "model", "data_loader", "trainer", "base", "utils",
-                    "logger")
+# Modules (with their submodules) a dotted `type` may name; nothing else is imported by a config.
+ALLOWED_MODULES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms",
+                   "torchvision.ops", "model", "data_loader")
+# Packages the objects reached may be defined in (`torch.nn.functional.conv2d` is torch's own).
+ALLOWED_PACKAGES = ("torch", "torchvision", "model", "data_loader")
 # Modules inside those packages whose functions load or run code, or fetch or write files.
-DENIED_MODULES = ("torch.hub", "torch.serialization", "torch.utils.cpp_extension", "torch._ops",
-                  "torch.ops", "torch.package", "torch.jit", "torch.onnx", "torch.export",
-                  "torch.distributed", "torch.multiprocessing", "torch.utils.model_zoo",
-                  "torchvision.io", "torchvision.datasets.utils", "utils.util", "utils.cli")
+DENIED_MODULES = ("torch.hub", "torch.serialization", "torch.utils", "torch._ops", "torch.ops",
+                  "torch.package", "torch.jit", "torch.onnx", "torch.export", "torch.distributed",
+                  "torch.multiprocessing", "torch.classes", "torch.backends", "torchvision.io",
+                  "torchvision.datasets", "torchvision.utils")
 
 
 def did_you_mean(word: str, choices: Any) -> str:
     """` (did you mean 'x'?)` for the closest of `choices`, or an empty string."""
     if not isinstance(choices, (dict, list, tuple, set)):
         return ""
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    names = [str(choice) for choice in choices]
+    close = ([name for name in names if name.lower() == word.lower()]
+             or difflib.get_close_matches(word, names, n=1, cutoff=0.75)
+             or [name for name in names if len(word) >= 3 and word.lower() in name.lower()]
+             or difflib.get_close_matches(word, names, n=1, cutoff=0.6))
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def resolve_type(name: Any, module: ModuleType, key_path: str) -> Callable:
-    """The callable a config's `type` names: a public name in `module`, or a dotted path whose
-    top-level package is in `ALLOWED_PACKAGES`. Nothing else is ever imported."""
+def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | None = None) -> Callable:
+    """The callable a config's `type` names: a public name in `module`, or a dotted path inside
+    `ALLOWED_MODULES`. Nothing else is ever imported. A class must be a subclass of `kind`
+    (a function is taken as a factory of one)."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{key_path}: expected a name, got {json.dumps(name)}")
     parts = name.split(".")
@@ -48,15 +59,24 @@ def resolve_type(name: Any, module: ModuleType, key_path: str) -> Callable:
         obj = _resolve_dotted(parts, key_path)
     if not callable(obj):
         raise ConfigError(f"{key_path}: {name!r} is not callable")
+    if kind is not None and inspect.isclass(obj) and not issubclass(obj, kind):
+        raise ConfigError(f"{key_path}: {name!r} is not a subclass of {kind.__name__} (it is "
+                          f"a {obj.__mro__[1].__name__} subclass)")
     return obj
 
 
+def _allowed_module(module_name: str) -> bool:
+    return any(module_name == m or module_name.startswith(m + ".") for m in ALLOWED_MODULES)
+
+
 def _resolve_dotted(parts: list[str], key_path: str) -> Any:
-    if parts[0] not in ALLOWED_PACKAGES:
-        raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the packages a config may "
-                          f"use ({', '.join(ALLOWED_PACKAGES)})")
-    for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+    if not _allowed_module(".".join(parts[:-1])):
+        raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the modules a config may "
+                          f"use ({', '.join(ALLOWED_MODULES)})")
+    for split in range(len(parts) - 1, 0, -1):  # the longest importable allowed module prefix
         module_name = ".".join(parts[:split])
+        if not _allowed_module(module_name):
+            continue
         try:
             obj = importlib.import_module(module_name)
         except ImportError:
@@ -72,43 +92,63 @@ def _public_attr(owner: Any, name: str, key_path: str, owner_name: str) -> Any:
     """`owner.name`, if public and defined in an allowed package (`torch.os` is not torch's)."""
     if not name.startswith("_") and hasattr(owner, name):
         obj = getattr(owner, name)
-        origin = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None)
-        if not isinstance(origin, str) or origin.split(".")[0] not in ALLOWED_PACKAGES:
-            raise ConfigError(f"{key_path}: {owner_name}.{name} comes from "
-                              f"{origin or 'an unknown module'}, outside the packages a config "
-                              f"may use ({', '.join(ALLOWED_PACKAGES)})")
-        for module in (origin, f"{owner_name}.{name}"):
-            if any(module == d or module.startswith(d + ".") for d in DENIED_MODULES):
-                raise ConfigError(f"{key_path}: {owner_name}.{name} is not allowed in a config "
-                                  f"(it loads or runs code, or fetches or writes files)")
+        problem = _origin_problem(obj, f"{owner_name}.{name}")
+        if problem:
+            raise ConfigError(f"{key_path}: {problem}")
         return obj
-    choices = [n for n in dir(owner) if not n.startswith("_") and callable(getattr(owner, n, None))]
+    choices = [n for n in dir(owner) if not n.startswith("_") and callable(getattr(owner, n, None))
+               and not _origin_problem(getattr(owner, n), n)]
     raise ConfigError(f"{key_path}: {name!r} is not in {owner_name}{did_you_mean(name, choices)}")
 
 
-def check_signature(factory: Callable, args: tuple, kwargs: dict, key_path: str,
-                    partial: bool = False) -> None:
-    """Raise a `ConfigError` naming `key_path` when `kwargs` do not fit `factory`'s signature."""
+def _origin_problem(obj: Any, shown: str) -> str | None:
+    """Why a config may not use `obj` (reached as `shown`), or None: a module must be one of
+    `ALLOWED_MODULES`; anything else must be defined in `ALLOWED_PACKAGES`, outside
+    `DENIED_MODULES` (`torch.os` is not torch's, `torch.nn.functional.torch.load` is denied)."""
+    if inspect.ismodule(obj):
+        if _allowed_module(obj.__name__):
+            return None
+        return (f"{shown} is the module {obj.__name__}, outside the modules a config may use "
+                f"({', '.join(ALLOWED_MODULES)})")
+    origin = getattr(obj, "__module__", None)
+    if not isinstance(origin, str) or origin.split(".")[0] not in ALLOWED_PACKAGES:
+        return (f"{shown} comes from {origin or 'an unknown module'}, outside the packages a "
+                f"config may use ({', '.join(ALLOWED_PACKAGES)})")
+    if any(origin == d or origin.startswith(d + ".") for d in DENIED_MODULES):
+        return f"{shown} is not allowed in a config (it loads or runs code, or fetches or writes files)"
+    return None
+
+
+def check_signature(factory: Callable, args: tuple, config_args: dict, key_path: str,
+                    partial: bool = False, code_kwargs: dict | None = None,
+                    display_name: str | None = None) -> None:
+    """Raise a `ConfigError` naming `key_path` when `config_args` (with the `args` and
+    `code_kwargs` the code passes) do not fit `factory`'s signature; one line per problem.
+    `display_name` is how messages call the factory (default: its qualified name)."""
+    display_name = display_name or _qualified_name(factory)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # some builtins have no signature to check against
         return
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    known = [n for n, p in signature.parameters.items()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not accepts_any:
-        for key in kwargs:
-            if key not in known:
-                raise ConfigError(f"{key_path}: unexpected argument {key!r} for "
-                                  f"{_qualified_name(factory)}{did_you_mean(key, known)}")
-    try:
-        (signature.bind_partial if partial else signature.bind)(*args, **kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{key_path}: {error} for {_qualified_name(factory)}") from None
-    for key, value in kwargs.items():
-        parameter = signature.parameters.get(key)
-        if parameter is not None:
-            _check_json_type(parameter, value, f"{key_path}.{key}")
+    parameters = signature.parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    known = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    problems = [] if accepts_any else [
+        f"{key_path}: unexpected argument {key!r} for {display_name}"
+        f"{did_you_mean(key, known)}" for key in config_args if key not in known]
+    for key, value in config_args.items():
+        problem = key in parameters and _json_type_problem(parameters[key], value,
+                                                          f"{key_path}.{key}")
+        if problem:
+            problems.append(problem)
+    if not problems:
+        try:
+            (signature.bind_partial if partial else signature.bind)(
+                *args, **config_args, **(code_kwargs or {}))
+        except TypeError as error:
+            problems.append(f"{key_path}: {error} for {display_name}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 _SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false",
@@ -135,12 +175,12 @@ def _expected_kinds(parameter: inspect.Parameter) -> set[str]:
     return set()
 
 
-def _check_json_type(parameter: inspect.Parameter, value: Any, key_path: str) -> None:
+def _json_type_problem(parameter: inspect.Parameter, value: Any, key_path: str) -> str | None:
     """A value whose JSON type cannot be what the parameter takes, e.g. `"0.1"` for a learning
     rate or `"abc"` for `StepLR`'s `step_size: int`."""
     kinds = _expected_kinds(parameter)
     if not kinds:
-        return
+        return None
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ((value is None and "None" in kinds)
           or (isinstance(value, bool) and "bool" in kinds)
@@ -148,8 +188,20 @@ def _check_json_type(parameter: inspect.Parameter, value: Any, key_path: str) ->
           or (isinstance(value, int) and is_number and "int" in kinds)
           or value is None and parameter.default is None)
     if not ok:
-        expected = " or ".join(_SIMPLE_TYPES[kind] for kind in sorted(kinds) if kind != "None")
-        raise ConfigError(f"{key_path}: expected {expected or 'null'}, got {json.dumps(value)}")
+        shown = kinds - {"None"} - ({"int"} if "float" in kinds else set())  # ints are numbers
+        expected = " or ".join(_SIMPLE_TYPES[kind] for kind in sorted(shown))
+        return f"{key_path}: expected {expected or 'null'}, got {json.dumps(value)}"
+    return None
+
+
+def callable_name(function: Callable) -> str:
+    """How a built loss or metric is called: its `__name__`, the wrapped function's for a
+    partial, the class name for an instance (`CrossEntropyLoss`)."""
+    if getattr(function, "__name__", None):
+        return function.__name__
+    if isinstance(function, functools.partial):
+        return callable_name(function.func)
+    return type(function).__name__
 
 
 def _qualified_name(obj: Callable) -> str:

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 import torch
 
@@ -28,11 +28,26 @@ def read_json(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: no such file") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: cannot be read ({error.__class__.__name__})") from None
+    duplicates = []
     try:
-        return json.loads(text)
+        data = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, duplicates))
     except json.JSONDecodeError as error:
         hint = next((h for key, h in _JSON_HINTS if error.msg.startswith(key)), "")
         raise ConfigError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}{hint}") from None
+    if duplicates:
+        raise ConfigError("\n".join(f"{path}: key {key!r} appears twice in one object (JSON "
+                                    f"keeps only the last); remove one" for key in duplicates))
+    return data
+
+
+def _object(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict:
+    """A JSON object; a key given twice is added to `duplicates`."""
+    result = {}
+    for key, value in pairs:
+        if key in result and key not in duplicates:
+            duplicates.append(key)
+        result[key] = value
+    return result
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:

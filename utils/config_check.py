@@ -1,0 +1,185 @@
+"""Check a whole config before anything is built, and report every problem at once.
+
+`train.py` and `test.py` describe the blocks they build (`Block`) and call
+`ConfigParser.validate`, which runs `find_problems` before any folder, file, data set or model
+exists. Each problem is one line that starts with its key path.
+"""
+import difflib
+import importlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from utils.errors import ConfigError
+from utils.names import callable_name, did_you_mean
+
+# Every top-level key the template reads; another key close to one of these is a likely typo.
+KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "loss", "metrics",
+                  "lr_scheduler", "trainer")
+# Data loader arguments every `BaseDataLoader` takes, with their smallest allowed value.
+_LOADER_MINIMUMS = {"batch_size": 1, "num_workers": 0}
+# Top-level integers and their ranges (a seed feeds NumPy, which takes 32 bits).
+_TOP_LEVEL_RANGES = {"seed": (0, 2**32 - 1), "n_gpu": (0, 1024)}
+
+
+@dataclass(frozen=True)
+class Block:
+    """A config block an entry point builds, and what its code passes besides the config args."""
+
+    key: str                     # "optimizer"
+    module: str                  # where a bare type name resolves: "torch.optim"
+    positional: int = 0          # arguments the code passes first (the optimizer's parameters)
+    given: tuple[str, ...] = ()  # keyword arguments the code passes (the data loader's seed)
+    function: bool = False       # built with init_ftn (a partial), not init_obj
+    many: bool = False           # a list of blocks, each with a unique name (metrics)
+    required: bool = True        # else absent or null means "none" (no lr_scheduler)
+    kind: str = ""               # a class `type` must derive from this: "torch.nn.Module"
+
+
+def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list[str]:
+    """Every problem in `config` (a `ConfigParser`) for building `blocks` and, with `trainer`,
+    for training; an empty list when there is none."""
+    raw = config.config
+    problems = top_level_problems(raw, trainer)
+    metric_names = None
+    for block in blocks:
+        if block.key not in raw and block.required:
+            problems.append(f"{block.key}: missing from the config ({_EXAMPLES[block.key]})"
+                            if block.key in _EXAMPLES else f"{block.key}: missing from the config")
+            continue
+        if raw.get(block.key) is None and not block.required:
+            continue
+        try:
+            built = _check_block(config, block)
+        except ConfigError as error:
+            problems += str(error).splitlines()
+            continue
+        if block.many and block.key == "metrics":
+            metric_names = [callable_name(function) for function in built]
+    problems += data_loader_problems(raw, problems)
+    if trainer and isinstance(raw.get("trainer"), dict):
+        from trainer.settings import TrainerSettings
+        problems += TrainerSettings.problems(raw["trainer"])
+        if metric_names is None:
+            metric_names = _metric_labels(raw.get("metrics"))
+        problems += monitor_problems(raw, metric_names)
+    return problems
+
+
+# How a missing required block is written, for the message.
+_EXAMPLES = {
+    "arch": '"arch": {"type": "DigitsModel", "args": {}}',
+    "data_loader": '"data_loader": {"type": "DigitsDataLoader", "args": {"data_dir": "data/", '
+                   '"batch_size": 64}}',
+    "optimizer": '"optimizer": {"type": "Adam", "args": {"lr": 0.001}}',
+    "loss": '"loss": "nll_loss"',
+    "metrics": '"metrics": ["accuracy"], or [] for none',
+}
+
+
+def _check_block(config, block: Block) -> Any:
+    module = importlib.import_module(block.module)
+    if block.many:
+        return config.init_ftn_list(block.key, module, reserved=["loss"])
+    args = (None,) * block.positional
+    kwargs = dict.fromkeys(block.given)
+    kind = None
+    if block.kind:
+        kind_module, _, kind_name = block.kind.rpartition(".")
+        kind = getattr(importlib.import_module(kind_module), kind_name)
+    return config.resolve_block(block.key, module, args, kwargs, partial=block.function, kind=kind)
+
+
+def _metric_labels(entries: Any) -> list[str]:
+    """The names the configured metrics will be logged under, read from the config alone (for
+    checking `monitor` when a metric itself has a problem)."""
+    labels = []
+    for entry in entries if isinstance(entries, list) else []:
+        label = entry.get("name") or entry.get("type") if isinstance(entry, dict) else entry
+        if isinstance(label, str):
+            labels.append(label.rsplit(".", 1)[-1])
+    return labels
+
+
+def top_level_problems(config: dict, trainer: bool = True) -> list[str]:
+    """`name`, `seed`, `n_gpu`, the `trainer` section and likely typos of section names."""
+    problems = []
+    name = config.get("name")
+    if not isinstance(name, str) or not is_plain_name(name):
+        problems.append(f"name: expected a plain folder name (letters, digits, '-', '_', '.'), "
+                        f"got {json.dumps(name)}")
+    for key, (smallest, largest) in _TOP_LEVEL_RANGES.items():
+        value = config.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not smallest <= value <= largest:
+            problems.append(f"{key}: expected an integer from {smallest} to {largest}, "
+                            f"got {json.dumps(value)}")
+    from trainer.settings import TrainerSettings
+    for key in config:
+        close = difflib.get_close_matches(key, KNOWN_SECTIONS, n=1, cutoff=0.75)
+        if key in KNOWN_SECTIONS:
+            continue
+        if close:  # other keys may be the user's own
+            problems.append(f"{key}: unknown key (did you mean {close[0]!r}?)")
+        elif key in TrainerSettings.known_keys():
+            problems.append(f"{key}: not read at the top level (did you mean 'trainer.{key}'?)")
+    if trainer and "trainer" not in config:
+        problems.append("trainer: missing from the config (needs at least epochs and save_dir)")
+    elif trainer and not isinstance(config["trainer"], dict):
+        problems.append(f"trainer: expected a JSON object, got {json.dumps(config['trainer'])}")
+    return problems
+
+
+def data_loader_problems(config: dict, found: Sequence[str] = ()) -> list[str]:
+    """Ranges of the arguments every `BaseDataLoader` takes (the data set size is checked when
+    the data is loaded); a key with a problem in `found` already is not reported again."""
+    from base.base_data_loader import validation_split_problem
+
+    args = _loader_args(config)
+    problems = []
+    for key, smallest in _LOADER_MINIMUMS.items():
+        value = args.get(key, smallest)
+        if isinstance(value, int) and not isinstance(value, bool) and value < smallest:
+            problems.append(f"data_loader.args.{key}: expected an integer >= {smallest}, "
+                            f"got {json.dumps(value)}")
+    key_path = "data_loader.args.validation_split"
+    split_problem = validation_split_problem(args.get("validation_split", 0.0))
+    if split_problem and not any(line.startswith(key_path + ":") for line in found):
+        problems.append(f"{key_path}: {split_problem}")
+    return problems
+
+
+def monitor_problems(config: dict, metric_names: Sequence[str]) -> list[str]:
+    """`trainer.monitor` must name a value the trainer logs: `loss`, a metric, or `val_` + one
+    of those when the data loader keeps a validation split."""
+    from trainer.settings import Monitor
+
+    try:
+        monitor = Monitor.parse(config["trainer"].get("monitor", "off"))
+    except ConfigError:
+        return []  # reported with the other trainer problems
+    keys = ["loss", *metric_names]
+    validating = bool(_loader_args(config).get("validation_split", 0.0))
+    if validating:
+        keys += [f"val_{key}" for key in keys]
+    if not monitor.enabled or monitor.metric in keys:
+        return []
+    hint = did_you_mean(monitor.metric, keys)
+    if monitor.metric.startswith("val_") and not validating:
+        hint = (" (val_ values exist only when data_loader.args.validation_split holds some "
+                "data back)")
+    return [f"trainer.monitor: {monitor.metric!r} is not a logged value (one of: "
+            f"{', '.join(keys)}){hint}"]
+
+
+def _loader_args(config: dict) -> dict:
+    """`data_loader.args` when it is an object, else an empty one (reported elsewhere)."""
+    loader = config.get("data_loader")
+    args = loader.get("args") if isinstance(loader, dict) else None
+    return args if isinstance(args, dict) else {}
+
+
+def is_plain_name(name: str) -> bool:
+    """A folder name without path separators: letters, digits, `-`, `_`, `.`."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..")

@@ -1,0 +1,87 @@
+"""Dotted key paths into a config (`optimizer.args.lr`, `metrics.0`): reading, setting, and
+the `-o key.path=value` overrides of the command line."""
+import copy
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from utils.config_check import KNOWN_SECTIONS
+from utils.errors import ConfigError
+from utils.names import did_you_mean
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """`["trainer.epochs=3", "name=x"]` -> `{"trainer.epochs": 3, "name": "x"}`."""
+    result = {}
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-o {override!r}: expected key.path=value, e.g. -o trainer.epochs=3")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word is a string: -o name=Digits2
+        result[key.strip()] = value
+    return result
+
+
+def get_by_path(tree: dict, path: str) -> Any:
+    """The value at a dotted key path; a list element is addressed by its index (`metrics.0`)."""
+    node = tree
+    for depth, key in enumerate(path.split(".")):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node, dict) or key not in node:
+            where = ".".join(path.split(".")[:depth + 1])
+            raise ConfigError(f"{where}: missing from the config{did_you_mean(key, node)}")
+        node = node[key]
+    return node
+
+
+def apply_modifications(config: dict, modification: dict[str, Any],
+                        problems: list[str] | None = None) -> dict:
+    """A deep copy of `config` with every `{dotted.key: value}` set.
+
+    The parents must exist. A new key may be added inside an `args` block, in `trainer` (whose
+    keys are checked against the known ones) or as a known top-level section; anywhere else a
+    missing key is a likely typo, reported with the nearest existing one. Problems are added to
+    `problems` when it is given (the other keys are still set), else raised together.
+    """
+    config = copy.deepcopy(config)
+    found = []
+    for path, value in modification.items():
+        try:
+            _set_by_path(config, path, value)
+        except ConfigError as error:
+            found.append(str(error))
+    if found and problems is None:
+        raise ConfigError("\n".join(found))
+    if problems is not None:
+        problems += found
+    return config
+
+
+def _set_by_path(config: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = get_by_path(config, ".".join(parents)) if parents else config
+    if isinstance(node, list):
+        if leaf.isdigit() and int(leaf) < len(node):
+            node[int(leaf)] = value  # -o metrics.1=top_k_acc
+            return
+        raise ConfigError(f"{path}: the list has {len(node)} entries (indices 0 to "
+                          f"{len(node) - 1}); to change its length set the whole list, e.g. "
+                          f"-o '{'.'.join(parents)}=[...]'")
+    if not isinstance(node, dict):
+        raise ConfigError(f"{'.'.join(parents)}: is {json.dumps(node)}, not a JSON object; cannot "
+                          f"set {leaf!r} in it")
+    if leaf not in node and not _may_add(parents, leaf):
+        raise ConfigError(f"{path}: not in the config{did_you_mean(leaf, node)}; new keys can "
+                          f"only be added inside an args block, in trainer, or as a section")
+    node[leaf] = value
+
+
+def _may_add(parents: list[str], leaf: str) -> bool:
+    if not parents:
+        return leaf in KNOWN_SECTIONS
+    return parents[-1] == "args" or parents == ["trainer"]
