@@ -30,6 +30,9 @@ _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 # Packages whose callables reject a bad value with ValueError / TypeError: that is a config
 # mistake (one line). The same from the project's own code is a bug shown with its traceback.
 _LIBRARIES = ("torch", "torchvision")
+# What those raise for a bad argument value (a wrong weights name is a KeyError, weights that
+# cannot be downloaded an OSError).
+_LIBRARY_ARG_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
 _BLOCK_KEYS = ("type", "args", "name")
 
 
@@ -94,7 +97,7 @@ class ConfigParser:
             checkpoint = load_checkpoint(resume, mmap=True)
             config = checkpoint["config"]
             # resuming the newest checkpoint of a run continues it; an older one branches off
-            continue_run = not evaluating and is_latest_in_run(resume, checkpoint["epoch"])
+            continue_run = not evaluating and is_latest_in_run(resume, checkpoint)
 
         modification = {option.target: getattr(args, _dest(option.flags))
                         for option in options}
@@ -123,16 +126,18 @@ class ConfigParser:
         return self._config
 
     def with_modification(self, modification: dict[str, Any]) -> "ConfigParser":
-        """A copy of this config with `{dotted.key: value}` applied; same run, same resume."""
+        """A copy of this config with `{dotted.key: value}` applied; same run, same resume.
+        A key that cannot be set is a problem `validate` reports with the others."""
         other = copy.copy(self)
-        other._config = apply_modifications(self._config, modification)
+        other._problems = list(self._problems)
+        other._config = apply_modifications(self._config, modification, other._problems)
         return other
 
     def validate(self, blocks: Sequence[Block], trainer: bool = True) -> None:
         """Check the whole config for building `blocks` (and, with `trainer`, for training)
         before anything is built; a `ConfigError` lists every problem, a line each (the
         command line's first)."""
-        problems = [*self._problems, *find_problems(self, blocks, trainer)]
+        problems = list(dict.fromkeys([*self._problems, *find_problems(self, blocks, trainer)]))
         if problems:
             raise ConfigError("\n".join(problems))
 
@@ -166,7 +171,7 @@ class ConfigParser:
             raise
         except Exception as error:
             origin = (getattr(factory, "__module__", None) or "").split(".")[0]
-            if origin in _LIBRARIES and isinstance(error, (ValueError, TypeError)):
+            if origin in _LIBRARIES and isinstance(error, _LIBRARY_ARG_ERRORS):
                 raise ConfigError(_prefixed(f"{name}.args", str(error))) from None
             raise BuildError(f"{name}: building {_type_name(self._config, name)} raised "
                              f"{type(error).__name__}; the traceback from its code:") from error
@@ -210,8 +215,9 @@ class ConfigParser:
         if not isinstance(block, dict) or "type" not in block:
             raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}} or a name, "
                               f"got {json.dumps(block)}")
+        keys = _BLOCK_KEYS if name.rpartition(".")[2].isdigit() else _BLOCK_KEYS[:2]  # in a list
         problems = [f"{name}.{key}: unknown key (a block has type, args and, in a list, name)"
-                    f"{did_you_mean(key, _BLOCK_KEYS)}" for key in block if key not in _BLOCK_KEYS]
+                    f"{did_you_mean(key, keys)}" for key in block if key not in keys]
         config_args = block.get("args", {})
         if not isinstance(config_args, dict):
             problems.append(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")

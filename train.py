@@ -22,9 +22,10 @@ BLOCKS = (
     Block("arch", "model.model", kind="torch.nn.Module"),
     Block("loss", "model.loss", function=True),
     Block("metrics", "model.metric", function=True, many=True),
-    Block("optimizer", "torch.optim", positional=1, kind="torch.optim.Optimizer"),
+    Block("optimizer", "torch.optim", positional=1, kind="torch.optim.Optimizer",
+          dry_run="parameters"),
     Block("lr_scheduler", "torch.optim.lr_scheduler", positional=1, required=False,
-          kind="torch.optim.lr_scheduler.LRScheduler"),
+          kind="torch.optim.lr_scheduler.LRScheduler", dry_run="optimizer"),
 )
 
 

@@ -1,14 +1,16 @@
 """A DataLoader with a seeded validation split and an epoch-determined shuffle order."""
 import json
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torch.utils.data.dataloader import default_collate
 
 from utils.errors import ConfigError
+from utils.interrupts import WorkerInit
 
 
 def derive_seed(*entropy: int) -> int:
@@ -22,7 +24,9 @@ class EpochSampler(Sampler[int]):
 
     `set_epoch(e)` makes the order of epoch e reproducible whatever ran before it in this
     process, which is what exact resume needs. Each further pass over the sampler within one
-    epoch (iteration-based training) draws a new permutation.
+    epoch (iteration-based training) draws a new permutation. `set_position(e, p, skip)` starts
+    the next pass as pass p of epoch e, without its first `skip` indices: a run resumed
+    mid-epoch continues the same order without replaying the data it has seen.
     """
 
     def __init__(self, indices: Sequence[int], shuffle: bool, seed: int):
@@ -30,22 +34,95 @@ class EpochSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self._pass = 0
+        self.pass_index = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._pass = 0
+        self.set_position(epoch, 0, 0)
+
+    def set_position(self, epoch: int, pass_index: int, skip: int) -> None:
+        self.epoch, self.pass_index, self.skip = epoch, pass_index, skip
 
     def __iter__(self):
         order = self.indices
         if self.shuffle:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self._pass))
-            order = order[torch.randperm(len(order), generator=generator)]
-        self._pass += 1
+            seed = derive_seed(self.seed, self.epoch, self.pass_index)
+            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))]
+        order = order[self.skip:]
+        self.pass_index += 1
+        self.skip = 0
         return iter(order.tolist())
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) - self.skip
+
+
+class SeededBatch(list):
+    """The indices of one batch, and the seed of that batch's random transforms.
+
+    A DataLoader worker fetches a batch by iterating its indices; iterating a `SeededBatch`
+    inside a worker first seeds the worker's Python, NumPy and torch generators with `seed`.
+    Random augmentation then gives the same batch whichever worker loads it, however many
+    workers there are, and after a resume mid-epoch. In the main process (`num_workers` 0)
+    nothing is reseeded: there the global generators run on and are saved in checkpoints.
+    """
+
+    seed: int = 0
+
+    def __iter__(self):
+        if get_worker_info() is not None:
+            random.seed(self.seed)
+            np.random.seed(self.seed % 2**32)
+            torch.manual_seed(self.seed)
+        return super().__iter__()
+
+
+class SeededBatchSampler(Sampler[list[int]]):
+    """`BatchSampler` over an `EpochSampler` whose batches are `SeededBatch`es, seeded from
+    (seed, epoch, pass, batch number); with `per_pass` False from (seed, batch number) only, so
+    that every validation sees the same transforms."""
+
+    def __init__(self, sampler: "EpochSampler", batch_size: int, drop_last: bool, seed: int,
+                 per_pass: bool = True):
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.seed, self.per_pass = seed, per_pass
+
+    def __iter__(self):
+        sampler = self.sampler
+        stream = (sampler.epoch, sampler.pass_index) if self.per_pass else (-1, 0)
+        number = sampler.skip // self.batch_size  # batches of this pass done before a resume
+        batch = SeededBatch()
+        for index in sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                batch.seed = derive_seed(self.seed, *stream, number)
+                yield batch
+                batch, number = SeededBatch(), number + 1
+        if batch and not self.drop_last:
+            batch.seed = derive_seed(self.seed, *stream, number)
+            yield batch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
+        return -(-len(self.sampler) // self.batch_size)
+
+
+class SeededDataLoader(DataLoader):
+    """A DataLoader over an `EpochSampler` whose batches carry seeds (`SeededBatch`).
+
+    It keeps DataLoader's public attributes (`sampler`, `batch_size`, `drop_last`) and hands its
+    iterators the seeded batches through `_index_sampler`, the property they read batches from.
+    """
+
+    def __init__(self, *args, batch_seed: int, per_pass: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seeded_batches = SeededBatchSampler(self.sampler, self.batch_size, self.drop_last,
+                                                  batch_seed, per_pass)
+
+    @property
+    def _index_sampler(self):
+        return self._seeded_batches
 
 
 def validation_split_problem(validation_split: Any, n_samples: int | None = None) -> str | None:
@@ -89,7 +166,7 @@ def split_indices(n_samples: int, validation_split: float | int,
     return sorted(permutation[n_valid:]), sorted(permutation[:n_valid])
 
 
-class BaseDataLoader(DataLoader):
+class BaseDataLoader(SeededDataLoader):
     """A DataLoader over `dataset` minus a validation part that `split_validation()` returns.
 
     Randomness comes from generators of its own, seeded from `seed`: building or iterating it
@@ -107,21 +184,33 @@ class BaseDataLoader(DataLoader):
         self.n_samples = len(train_indices)
         self._valid_sampler = EpochSampler(valid_indices, shuffle=False, seed=seed) \
             if valid_indices else None
+        loader_kwargs["worker_init_fn"] = WorkerInit(loader_kwargs.get("worker_init_fn"))
         self._init_kwargs = {"dataset": dataset, "batch_size": batch_size,
                              "collate_fn": collate_fn, "num_workers": num_workers, **loader_kwargs}
         # the generator only seeds workers here (the sampler shuffles); keeps the global RNG out
         super().__init__(sampler=EpochSampler(train_indices, shuffle, seed),
                          generator=torch.Generator().manual_seed(derive_seed(seed)),
-                         **self._init_kwargs)
+                         batch_seed=derive_seed(seed, 0xBA7C), **self._init_kwargs)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(derive_seed(self.seed, epoch))
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration epoch `epoch`'s, starting after its first `start_batch`
+        batches (a run resumed mid-epoch): the same batches, in the same order, with the same
+        worker seeds as in a run that was never interrupted."""
+        batches_per_pass = max(1, -(-len(self.sampler.indices) // self.batch_size))
+        pass_index, batch_in_pass = divmod(start_batch, batches_per_pass)
+        self.sampler.set_position(epoch, pass_index, batch_in_pass * self.batch_size)
+
+    def __iter__(self):
+        # worker seeds (torch's base seed + worker id) depend only on (seed, epoch, pass)
+        sampler = self.sampler
+        self.generator.manual_seed(derive_seed(self.seed, sampler.epoch, sampler.pass_index))
+        return super().__iter__()
 
     def split_validation(self) -> DataLoader | None:
         """A loader over the validation part, in a fixed order; None when there is none."""
         if self._valid_sampler is None:
             return None
-        return DataLoader(sampler=self._valid_sampler,
-                          generator=torch.Generator().manual_seed(derive_seed(self.seed, -1)),
-                          **self._init_kwargs)
+        return SeededDataLoader(sampler=self._valid_sampler,
+                                generator=torch.Generator().manual_seed(derive_seed(self.seed, -1)),
+                                batch_seed=derive_seed(self.seed, 0xBA7C, -1), per_pass=False,
+                                **self._init_kwargs)

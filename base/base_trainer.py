@@ -2,15 +2,18 @@
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from logger.visualization import TensorboardWriter
-from trainer.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_state, save_checkpoint,
-                                unwrap_model)
+from trainer.checkpoint import (FORMAT_VERSION, INTERRUPTED_NAME, load_checkpoint,
+                                load_model_state, prune_checkpoints, remove_partial_writes,
+                                save_checkpoint, unwrap_model)
 from trainer.settings import TrainerSettings
 from utils.errors import ConfigError
+from utils.interrupts import StopSignals, TrainingInterrupted, signal_name
 from utils.names import callable_name
 from utils.seeding import get_rng_state, set_rng_state
 
@@ -18,6 +21,10 @@ from utils.seeding import get_rng_state, set_rng_state
 def metric_name(metric_fn: Callable) -> str:
     """The name a metric is logged under (`accuracy`, or the wrapped function's for a partial)."""
     return callable_name(metric_fn)
+
+
+class StopRequested(Exception):
+    """Raised by `_train_epoch` after an optimizer step when a stop signal came in."""
 
 
 class BaseTrainer(ABC):
@@ -41,7 +48,10 @@ class BaseTrainer(ABC):
         self.writer: TensorboardWriter | None = None  # opened by train(), in the run's log folder
 
         self.start_epoch = 1
+        self.start_step = 0   # steps of start_epoch done before a resume (stopped mid-epoch)
+        self.epoch_step = 0   # steps done in the epoch being trained
         self.global_step = 0  # optimizer steps so far; TensorBoard's x axis
+        self.stop_signals = StopSignals()  # installed while train() runs
         self.monitor_best = self.monitor.worst
         self.not_improved_count = 0
 
@@ -67,35 +77,65 @@ class BaseTrainer(ABC):
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
-        """Train from `start_epoch` to `settings.epochs`, saving and stopping as configured."""
+        """Train from `start_epoch` to `settings.epochs`, saving and stopping as configured.
+
+        SIGINT / SIGTERM stop it after the current optimizer step with a resumable checkpoint
+        (`TrainingInterrupted`); a non-finite loss stops it without saving (`TrainingDiverged`).
+        """
         epochs = self.settings.epochs
         if self.start_epoch > epochs:
             self.logger.warning("Nothing to train: the checkpoint is at epoch %d and trainer.epochs "
                                 "is %d (raise it with --epochs).", self.start_epoch - 1, epochs)
             return
+        for leftover in remove_partial_writes(self.checkpoint_dir):
+            self.logger.info("Removed %s, left half-written by a killed run.", leftover.name)
         self.writer = TensorboardWriter(self.config.log_dir, self.settings.tensorboard)
         # a resumed run drops the points an interrupted run logged after its checkpoint
-        self.writer.open(purge_step=self.global_step + 1 if self.start_epoch > 1 else None)
+        self.writer.open(purge_step=self.global_step + 1 if self.global_step > 0 else None)
         try:
-            for epoch in range(self.start_epoch, epochs + 1):
-                log = self._train_epoch(epoch)
-                self._step_scheduler(log)
-                improved = self._update_monitor(log)
-                self._report_epoch(epoch, log, improved)
-                stop = 0 < self.settings.early_stop <= self.not_improved_count
-                if epoch % self.settings.save_period == 0 or epoch == epochs or stop:
-                    self._save_checkpoint(epoch, self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth")
-                if improved:
-                    self._save_checkpoint(epoch, self.checkpoint_dir / "model_best.pth")
-                if stop:
-                    self.logger.info("Validation performance didn't improve for %d epochs. "
-                                     "Training stops.", self.settings.early_stop)
-                    break
+            with self.stop_signals:
+                self._train_epochs(epochs)
         finally:
             self.writer.close()
         if self.monitor.enabled:
             self.logger.info("Best %s: %.6f. Best model: %s", self.monitor.metric,
                              self.monitor_best, self.checkpoint_dir / "model_best.pth")
+
+    def _train_epochs(self, epochs: int) -> None:
+        for epoch in range(self.start_epoch, epochs + 1):
+            try:
+                log = self._train_epoch(epoch)
+            except StopRequested:
+                self._stop_on_signal(epoch - 1, self.epoch_step)
+            self.start_step = 0
+            self._step_scheduler(log)
+            improved = self._update_monitor(log)
+            self._report_epoch(epoch, log, improved)
+            stop = 0 < self.settings.early_stop <= self.not_improved_count
+            saved = None
+            if epoch % self.settings.save_period == 0 or epoch == epochs or stop:
+                saved = self._save_epoch_checkpoint(epoch)
+            if improved:
+                self._save_checkpoint(epoch, self.checkpoint_dir / "model_best.pth")
+            if stop:
+                self.logger.info("Validation performance didn't improve for %d epochs. "
+                                 "Training stops.", self.settings.early_stop)
+                return
+            if self.stop_signals.requested and epoch < epochs:
+                self._stop_on_signal(epoch, 0, saved)
+
+    def _stop_on_signal(self, epoch: int, step: int, saved: Path | None = None) -> None:
+        """Save where training stands (`epoch` complete, `step` steps into the next), say how to
+        resume, and raise `TrainingInterrupted`."""
+        path = saved or self.checkpoint_dir / INTERRUPTED_NAME
+        if saved is None:
+            self._save_checkpoint(epoch, path, step)
+        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        name = signal_name(self.stop_signals.received)
+        message = (f"Stopped by {name} at {where} (global step {self.global_step}). Resume with: "
+                   f"python train.py -r {path}")
+        self.logger.warning(message)
+        raise TrainingInterrupted(self.stop_signals.received, message)
 
     def _step_scheduler(self, log: dict[str, float]) -> None:
         if self.lr_scheduler is None:
@@ -131,12 +171,15 @@ class BaseTrainer(ABC):
         self.writer.add_scalars(scalars, self.global_step)
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self, epoch: int) -> dict:
-        """Everything needed to continue training exactly, as plain data."""
+    def state(self, epoch: int, step: int = 0) -> dict:
+        """Everything needed to continue training exactly, as plain data: `epoch` epochs done
+        and, for a run stopped mid-epoch, `step` optimizer steps into the next one."""
         return {
             "format_version": FORMAT_VERSION,
-            "arch": self.config["arch"]["type"],
+            "arch": arch if isinstance(arch := self.config["arch"], str) else arch["type"],
             "epoch": epoch,
+            "epoch_step": step,
+            "epoch_state": self.epoch_state() if step else None,
             "global_step": self.global_step,
             "state_dict": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -148,15 +191,39 @@ class BaseTrainer(ABC):
             "config": self.config.config,
         }
 
-    def _save_checkpoint(self, epoch: int, path: os.PathLike) -> None:
-        save_checkpoint(self.state(epoch), path)
+    def epoch_state(self) -> dict:
+        """What a checkpoint taken mid-epoch needs besides the model and optimizer to finish
+        the epoch exactly (the running sums of the epoch's metrics); plain data."""
+        return {}
+
+    def load_epoch_state(self, state: dict) -> None:
+        """Restore `epoch_state()` from a checkpoint taken mid-epoch."""
+
+    def _save_checkpoint(self, epoch: int, path: os.PathLike, step: int = 0) -> None:
+        save_checkpoint(self.state(epoch, step), path)
         self.logger.info("Saving checkpoint: %s ...", path)
+
+    def _save_epoch_checkpoint(self, epoch: int) -> Path:
+        """`checkpoint-epochN.pth`; then the interrupted checkpoint it supersedes and, with
+        `keep_last`, the oldest epoch checkpoints go."""
+        path = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth"
+        self._save_checkpoint(epoch, path)
+        (self.checkpoint_dir / INTERRUPTED_NAME).unlink(missing_ok=True)
+        if self.settings.keep_last:
+            for old in prune_checkpoints(self.checkpoint_dir, self.settings.keep_last,
+                                         protect=self.config.resume):
+                self.logger.debug("Removed %s (trainer.keep_last: %d)", old.name,
+                                  self.settings.keep_last)
+        return path
 
     def resume(self, path: os.PathLike) -> None:
         """Continue exactly where the checkpoint at `path` stopped."""
         checkpoint = load_checkpoint(path)
         load_model_state(self.model, checkpoint["state_dict"], path)
         self.start_epoch = checkpoint["epoch"] + 1
+        self.start_step = checkpoint.get("epoch_step", 0)
+        if self.start_step:
+            self.load_epoch_state(checkpoint.get("epoch_state") or {})
         self.global_step = checkpoint.get("global_step", 0)
         self.monitor_best = checkpoint.get("monitor_best", self.monitor.worst)
         self.not_improved_count = checkpoint.get("not_improved_count", 0)

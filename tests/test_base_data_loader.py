@@ -92,3 +92,48 @@ def test_sampler_gives_a_new_order_on_each_pass_within_an_epoch():
     assert first != second and sorted(first) == sorted(second) == list(range(50))
     sampler.set_epoch(4)
     assert list(sampler) == first
+
+
+class NoisyDataset(torch.utils.data.Dataset):
+    """Random augmentation: each sample is its index plus noise from the global generator."""
+
+    def __len__(self):
+        return 30
+
+    def __getitem__(self, index):
+        return torch.tensor(float(index)) + torch.rand(()), index
+
+
+def noisy_batches(num_workers: int, epoch: int, start_batch: int = 0) -> list[tuple]:
+    loader = BaseDataLoader(NoisyDataset(), batch_size=4, shuffle=True, validation_split=0,
+                            num_workers=num_workers, seed=11)
+    loader.set_epoch(epoch, start_batch)
+    return [(values.tolist(), indices.tolist()) for values, indices in loader]
+
+
+def test_random_transforms_in_workers_are_the_same_whichever_worker_loads_a_batch():
+    two, one = noisy_batches(2, epoch=2), noisy_batches(1, epoch=2)
+    assert two == one and len(two) == 8
+    assert noisy_batches(2, epoch=3) != two
+
+
+def test_a_resumed_epoch_continues_with_the_same_batches_and_transforms():
+    full = noisy_batches(2, epoch=2)
+    assert noisy_batches(2, epoch=2, start_batch=3) == full[3:]
+    # iteration-based training: a second pass over the data within epoch 2
+    loader = BaseDataLoader(NoisyDataset(), batch_size=4, shuffle=True, validation_split=0,
+                            num_workers=2, seed=11)
+    loader.set_epoch(2)
+    first_pass = [(v.tolist(), i.tolist()) for v, i in loader]
+    second_pass = [(v.tolist(), i.tolist()) for v, i in loader]
+    assert first_pass == full and second_pass != full
+    assert noisy_batches(2, epoch=2, start_batch=8 + 5) == second_pass[5:]
+
+
+def test_a_resumed_epoch_in_the_main_process_skips_at_the_sampler():
+    loader = make_loader()
+    loader.set_epoch(4)
+    full = [target.tolist() for _, target in loader]
+    loader.set_epoch(4, start_batch=2)
+    assert len(loader) == len(full) - 2
+    assert [target.tolist() for _, target in loader] == full[2:]

@@ -106,5 +106,5 @@ def test_messages_say_what_kind_of_bad_file_it_is(tmp_path):
     torch.save({"state_dict": CreatesFile(str(tmp_path / "x"))}, exploit)
     with pytest.raises(CheckpointError, match="pickled objects, which are refused"):
         load_checkpoint(exploit)
-    with pytest.raises(CheckpointError, match="a folder with no checkpoint-epochN.pth"):
+    with pytest.raises(CheckpointError, match="a folder with no loadable checkpoint-epochN.pth"):
         find_checkpoint(tmp_path)

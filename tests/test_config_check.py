@@ -204,6 +204,27 @@ CASES = [
     ("val_monitor_needs_a_split", lambda t: C + [write(t, lambda c: (
         change("data_loader.args.validation_split", 0)(c), change("trainer.monitor", "min val_los")(c)))],
      ["val_ values exist only when data_loader.args.validation_split holds some data back"]),
+    ("infinite_number", lambda t: C + [write(t, text='{"name": "x",\n "seed": Infinity}')],
+     ["bad.json:2:10: invalid JSON: Infinity is not a number JSON allows"]),
+    ("unknown_weights", lambda t: C + [write(t, change("arch", {
+        "type": "torchvision.models.resnet18", "args": {"weights": "IMAGENET", "num_classes": 10}}))],
+     ["arch.args: "]),
+    ("loss_with_a_name", lambda t: C + [write(t, change("loss", {"type": "nll_loss", "name": "n"}))],
+     ["loss.name: unknown key"]),
+    ("nested_args", lambda t: C + [write(t, change("optimizer.args", {"args": {"lr": 0.1}}))],
+     ["optimizer.args: unexpected argument 'args' for torch.optim.Adam\n"]),
+    ("values_only_the_constructor_checks", lambda t: C + [write(t), "--lr", "-1", "--epochs", "0"],
+     ["optimizer.args: Invalid learning rate: -1.0", "trainer.epochs: expected an integer >= 1"]),
+    ("scheduler_value", lambda t: C + [write(t, change("lr_scheduler", {
+        "type": "OneCycleLR", "args": {"max_lr": 0.1}}))],
+     ["lr_scheduler.args: You must define either total_steps OR (epochs AND steps_per_epoch)"]),
+    ("name_as_number", lambda t: C + [write(t), "-o", "name=2024"],
+     ['name: expected a folder name as a string, got the number 2024; write "2024"']),
+    ("infinite_override", lambda t: C + [write(t), "-o", "optimizer.args.lr=Infinity"],
+     ['optimizer.args.lr: expected a number, got "Infinity"']),
+    ("override_into_null", lambda t: C + [write(t, change("lr_scheduler", None)),
+                                          "-o", "lr_scheduler.args.gamma=0.5"],
+     ["lr_scheduler: is null, not a JSON object; set the whole value instead"]),
     # ---- the command line
     ("override_typo", lambda t: C + [write(t), "-o", "optimzer.args.lr=0.1"],
      ["optimzer: missing from the config (did you mean 'optimizer'?)"]),
@@ -323,6 +344,9 @@ def dangerous_blocks(marker: Path) -> list[tuple[str, dict]]:
         ("loss", {"type": "utils.util.write_json", "args": {"content": {}, "path": str(marker)}}),
         ("data_loader", {"type": "torchvision.datasets.FakeData", "args": {}}),
         ("arch", {"type": "model.model.torch.save", "args": {"obj": 1, "f": str(marker)}}),
+        # a bound method of an enum member, which would call torch.hub's downloader and loader
+        ("arch", {"type": "torchvision.models.ResNet18_Weights.DEFAULT.get_state_dict",
+                  "args": {"model_dir": str(marker), "file_name": "x.pth"}}),
     ]
 
 
@@ -406,3 +430,35 @@ def test_test_py_prints_the_config_it_would_evaluate_with(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["metrics"] == [] and printed["arch"]["type"] == "DigitsModel"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_best.pth"]  # no report written
+
+
+def test_a_checkpoint_without_a_config_object_is_named(tmp_path, capsys):
+    from model.model import DigitsModel
+    from trainer.checkpoint import FORMAT_VERSION
+
+    path = tmp_path / "noconf.pth"
+    torch.save({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": 1,
+                "state_dict": DigitsModel().state_dict(), "config": None}, path)
+    for main in (test_script.main, train.main):
+        code, stderr = run_main(main, ["-r", str(path)], capsys)
+        assert code == 2 and stderr == f"error: {path}: not a checkpoint of this template " \
+                                       f"(config must be a dict)\n"
+
+
+def test_blocks_may_be_names_and_leave_out_args(tmp_path, capsys):
+    raw = small_config(tmp_path / "saved", epochs=1)
+    raw["arch"], raw["optimizer"] = "DigitsModel", {"type": "Adam"}
+    config = ConfigParser(raw, modification={"optimizer.args.lr": 0.01})
+    config.validate(train.BLOCKS)
+    trainer = train.build_trainer(config)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01
+    assert trainer.state(1)["arch"] == "DigitsModel"
+    # test.py on a data loader without args reports what is missing with everything else
+    raw["data_loader"] = {"type": "DigitsDataLoader"}
+    raw["metrics"] = ["acuracy"]
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    code, stderr = run_main(test_script.main, ["-r", junk_checkpoint(tmp_path), "-c",
+                                               str(tmp_path / "c.json")], capsys)
+    assert code == 2
+    assert "data_loader.args: missing a required argument: 'data_dir'" in stderr
+    assert "metrics.0: 'acuracy' is not in model.metric" in stderr and "junk.pth" in stderr

@@ -3,6 +3,7 @@
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(path, weights_only=True)` in a process where this project is not importable.
 """
+import logging
 import os
 import pickle
 import re
@@ -17,6 +18,8 @@ from utils.util import atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
+# Written when a signal stops a run mid-epoch; removed once a later epoch checkpoint exists.
+INTERRUPTED_NAME = "checkpoint-interrupted.pth"
 _MAX_LISTED = 5
 
 
@@ -57,10 +60,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint of this template (missing "
                               f"{', '.join(missing)})")
+    problem = _content_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"{path}: not a checkpoint of this template ({problem})")
     if checkpoint["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format_version']} is newer "
                               f"than this template reads ({FORMAT_VERSION}); update the template")
     return checkpoint
+
+
+def _content_problem(checkpoint: dict) -> str | None:
+    """What is wrong with the values of a loaded checkpoint's required keys, or None."""
+    def counter(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if not counter(checkpoint["format_version"]) or not counter(checkpoint["epoch"]) or \
+            not counter(checkpoint.get("epoch_step", 0)):
+        return "format_version, epoch and epoch_step must be counts"
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, dict) or \
+            not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        return "state_dict must map names to tensors"
+    if not isinstance(checkpoint["config"], dict):
+        return "config must be a dict"
+    return None
 
 
 def epoch_of(path: Path) -> int | None:
@@ -69,27 +91,84 @@ def epoch_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def progress_of(path: Path, checkpoint: dict | None = None) -> tuple[int, int]:
+    """(completed epochs, optimizer steps into the next one) a checkpoint holds; the name tells
+    for `checkpoint-epochN.pth`, the file for others. Later is larger."""
+    epoch = epoch_of(path)
+    if epoch is not None and checkpoint is None:
+        return epoch, 0
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path, mmap=True)
+    return checkpoint["epoch"], checkpoint.get("epoch_step", 0)
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """`path` itself, or for a run folder its newest `checkpoint-epochN.pth`."""
+    """`path` itself, or for a run folder its newest loadable checkpoint: the latest
+    `checkpoint-epochN.pth` or the interrupted one, whichever holds more training. A damaged
+    newer file (a run killed in a way no write could survive) is skipped, with a warning."""
     path = Path(path)
     if not path.is_dir():
         return path
-    epochs = [(epoch_of(p), p) for p in path.glob("checkpoint-epoch*.pth") if epoch_of(p)]
-    if not epochs:
-        raise CheckpointError(f"{path}: a folder with no checkpoint-epochN.pth in it")
-    return max(epochs)[1]
+    candidates, skipped = [], []
+    for file in [*path.glob("checkpoint-epoch*.pth"), path / INTERRUPTED_NAME]:
+        if file.is_file() and (epoch_of(file) is not None or file.name == INTERRUPTED_NAME):
+            try:
+                candidates.append((progress_of(file), file.name == INTERRUPTED_NAME, file))
+            except CheckpointError as error:
+                skipped.append(str(error))
+    for _, _, file in sorted(candidates, reverse=True):
+        try:
+            load_checkpoint(file, mmap=True)
+        except CheckpointError as error:
+            skipped.append(str(error))
+            continue
+        for reason in skipped:
+            logging.getLogger("resume").warning("Skipped %s", reason)
+        return file
+    detail = f" ({'; '.join(skipped)})" if skipped else ""
+    raise CheckpointError(f"{path}: a folder with no loadable checkpoint-epochN.pth or "
+                          f"{INTERRUPTED_NAME} in it{detail}")
 
 
-def is_latest_in_run(path: Path, epoch: int) -> bool:
-    """Whether `path` sits in a run folder with no checkpoint later than `epoch`.
+def is_latest_in_run(path: Path, checkpoint: dict) -> bool:
+    """Whether `path` sits in a run folder with no checkpoint holding more training.
 
     Resuming such a checkpoint continues its run; resuming an older one would overwrite the
     later checkpoints, so it starts a new run folder instead.
     """
     if not (path.parent / "config.json").is_file():
         return False
-    later = [p for p in path.parent.glob("checkpoint-epoch*.pth") if (epoch_of(p) or 0) > epoch]
-    return not later
+    mine = progress_of(path, checkpoint)
+    others = [p for p in path.parent.glob("checkpoint-*.pth") if p.name != path.name and
+              (epoch_of(p) is not None or p.name == INTERRUPTED_NAME)]
+    for other in others:
+        try:
+            if progress_of(other) > mine:
+                return False
+        except CheckpointError:
+            continue  # a damaged file holds nothing to protect
+    return True
+
+
+def prune_checkpoints(folder: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` `checkpoint-epochN.pth` in `folder`, never
+    `protect` (the one this run resumed from) nor `model_best.pth`; the deleted paths."""
+    epochs = sorted((epoch_of(p), p) for p in folder.glob("checkpoint-epoch*.pth")
+                    if epoch_of(p) is not None)
+    protected = protect.resolve() if protect is not None else None
+    deleted = []
+    for _, path in epochs[:-keep_last]:
+        if path.resolve() != protected:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temp files of saves that a killed process left half-written in `folder`."""
+    leftovers = [p for p in folder.glob(".*.pth.*.tmp") if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

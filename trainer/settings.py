@@ -55,6 +55,8 @@ class TrainerSettings:
     tensorboard: bool = False
     len_epoch: int | None = None  # optimizer steps per epoch (iteration-based training)
     log_step: int = 10          # read the loss back and log it every this many steps
+    keep_last: int | None = None  # keep only the newest N checkpoint-epochN.pth; null keeps all
+    nan_policy: str = "stop"    # a non-finite loss: "stop" the run, or "skip" that step
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
@@ -94,12 +96,18 @@ class TrainerSettings:
 _RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
           "early_stop": ((0, None), False), "len_epoch": ((1, None), True),
           "log_step": ((1, None), False), "verbosity": ((0, 2), False),
-          "tensorboard": (bool, False), "save_dir": (str, False), "monitor": (str, False)}
+          "tensorboard": (bool, False), "save_dir": (str, False), "monitor": (str, False),
+          "keep_last": ((1, None), True), "nan_policy": (("stop", "skip"), False)}
 
 
 def _value_problem(key: str, value) -> str | None:
     rule, nullable = _RULES.get(key, (None, True))
     if rule is None or (value is None and nullable):
+        return None
+    if isinstance(rule, tuple) and isinstance(rule[0], str):  # one of a few words
+        if value not in rule:
+            return (f"trainer.{key}: expected one of {', '.join(map(json.dumps, rule))}, "
+                    f"got {json.dumps(value)}{did_you_mean(str(value), rule)}")
         return None
     if isinstance(rule, type):
         if not isinstance(value, rule) or value == "":

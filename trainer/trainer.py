@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from base.base_trainer import BaseTrainer, metric_name
+from base.base_data_loader import BaseDataLoader
+from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
+from utils.errors import TrainingDiverged
 from utils.util import MetricTracker, inf_loop
 
 
@@ -30,6 +32,7 @@ class Trainer(BaseTrainer):
         self.iteration_based = bool(len_epoch or self.settings.len_epoch)
         self.metric_names = [metric_name(fn) for fn in self.metric_fns]
         self.train_metrics = MetricTracker("loss", *self.metric_names)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.check_monitor()
 
     def expected_log_keys(self) -> list[str]:
@@ -45,42 +48,94 @@ class Trainer(BaseTrainer):
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        self.train_metrics.reset()
-        for batch_idx, (data, target) in enumerate(self._epoch_batches(epoch)):
+        if epoch == self.start_epoch and self.start_step:  # resumed mid-epoch
+            self.epoch_step = self.start_step
+        else:
+            self.epoch_step = 0
+            self.train_metrics.reset()
+        for data, target in self._epoch_batches(epoch, self.epoch_step):
             data, target = to_device(self.device, data, target)
-            loss, output = self._train_step(data, target)
+            stepped = self._train_step(data, target)
             self.global_step += 1
-            track_batch(self.train_metrics, self.metric_fns, self.metric_names, loss, output, target)
-            if batch_idx % self.settings.log_step == 0:
-                self._log_progress(epoch, batch_idx, loss)
+            self.epoch_step += 1
+            if stepped is not None:
+                track_batch(self.train_metrics, self.metric_fns, self.metric_names, *stepped,
+                            target)
+            if (self.epoch_step - 1) % self.settings.log_step == 0:
+                self._check_finite(epoch)
+                if stepped is not None:
+                    self._log_progress(epoch, self.epoch_step, stepped[0])
+            if self.stop_signals.requested:
+                self._check_finite(epoch)  # never save weights a non-finite loss has reached
+                raise StopRequested
+        self._check_finite(epoch)
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
         return log
 
-    def _train_step(self, data: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _train_step(self, data: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:
+        """One optimizer step; None when `nan_policy: skip` skipped it for a non-finite loss."""
         self.optimizer.zero_grad(set_to_none=True)
         output = self.model(data)
         loss = self.criterion(output, target)
+        finite = torch.isfinite(loss)
+        if self.settings.nan_policy == "skip":
+            if not finite.item():  # deciding to skip needs the value on the host
+                self.logger.warning("Skipped step %d: the loss is %s.", self.global_step + 1,
+                                    loss.item())
+                return None
+        else:  # remember the first bad step on the device; checked at log steps and epoch end
+            self._first_bad_step = torch.where(finite | (self._first_bad_step >= 0),
+                                               self._first_bad_step, self.global_step + 1)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), output.detach()  # no .item(): keep the device running
+
+    def _check_finite(self, epoch: int) -> None:
+        """Raise `TrainingDiverged` if a loss of this epoch was NaN or infinite."""
+        bad_step = int(self._first_bad_step.item())
+        if bad_step >= 0:
+            step_in_epoch = bad_step - (self.global_step - self.epoch_step)
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} (global "
+                f"step {bad_step}); stopped without saving, so the newest checkpoint is the last "
+                f"good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
+
+    def epoch_state(self) -> dict:
+        return {"train_metrics": self.train_metrics.state_dict()}
+
+    def load_epoch_state(self, state: dict) -> None:
+        self.train_metrics.load_state_dict(state.get("train_metrics", {"sums": {}, "counts": {}}),
+                                           self.device)
 
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         return evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns,
                         self.metric_names, self.device)
 
-    def _epoch_batches(self, epoch: int) -> Iterator:
-        """The batches of `epoch`, in an order that depends only on the seed and `epoch`."""
-        set_epoch = getattr(self.data_loader, "set_epoch", None) or \
-            getattr(getattr(self.data_loader, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator:
+        """The batches of `epoch` after its first `start`, in an order that depends only on the
+        seed and `epoch`; the skipped ones are skipped by the sampler, not loaded."""
+        remaining = self.len_epoch - start
+        if remaining <= 0:
+            return iter(())
+        set_epoch = getattr(self.data_loader, "set_epoch", None)
+        skip = 0
+        if set_epoch is not None and isinstance(self.data_loader, BaseDataLoader):
+            set_epoch(epoch, start)
+        else:
+            set_epoch = set_epoch or getattr(getattr(self.data_loader, "sampler", None),
+                                             "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(epoch)
+            skip = start  # a loader of another kind can only be read past the seen batches
+            if skip:
+                self.logger.warning("%s cannot start mid-epoch: reading past %d batches.",
+                                    type(self.data_loader).__name__, skip)
         if self.iteration_based:
-            return itertools.islice(inf_loop(self.data_loader), self.len_epoch)
-        return iter(self.data_loader)
+            return itertools.islice(inf_loop(self.data_loader), skip, skip + remaining)
+        return itertools.islice(iter(self.data_loader), skip, None)
 
-    def _log_progress(self, epoch: int, batch_idx: int, loss: Tensor) -> None:
-        step = batch_idx + 1
+    def _log_progress(self, epoch: int, step: int, loss: Tensor) -> None:
         self.logger.debug("Train Epoch: %d [%d/%d (%.0f%%)] Loss: %.6f", epoch, step,
                           self.len_epoch, 100.0 * step / self.len_epoch, loss.item())

@@ -3,7 +3,8 @@ import sys
 import traceback
 from typing import Callable
 
-from utils.errors import BuildError, UserError
+from utils.errors import BuildError, TrainingDiverged, UserError
+from utils.interrupts import TrainingInterrupted
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -15,6 +16,11 @@ def run_cli(main: Callable[[], object]) -> None:
         for line in str(error).splitlines() or [type(error).__name__]:
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as error:  # the trainer has logged where it stopped
+        sys.exit(error.exit_code)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         traceback.print_exception(error.__cause__, file=sys.stderr)

@@ -36,6 +36,11 @@ class Block:
     many: bool = False           # a list of blocks, each with a unique name (metrics)
     required: bool = True        # else absent or null means "none" (no lr_scheduler)
     kind: str = ""               # a class `type` must derive from this: "torch.nn.Module"
+    # Build it during the check, on stand-ins, to catch values its constructor rejects (a
+    # negative learning rate): "parameters" (one stand-in parameter) or the key of an earlier
+    # block whose stand-in it takes (a scheduler takes the optimizer). Only for side-effect-free
+    # constructors.
+    dry_run: str = ""
 
 
 def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list[str]:
@@ -43,7 +48,7 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
     for training; an empty list when there is none."""
     raw = config.config
     problems = top_level_problems(raw, trainer)
-    metric_names = None
+    metric_names, stand_ins = None, {}
     for block in blocks:
         if block.key not in raw and block.required:
             problems.append(f"{block.key}: missing from the config ({_EXAMPLES[block.key]})"
@@ -58,6 +63,11 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
             continue
         if block.many and block.key == "metrics":
             metric_names = [callable_name(function) for function in built]
+        if block.dry_run:
+            try:
+                stand_ins[block.key] = _dry_run(config, block, stand_ins)
+            except ConfigError as error:
+                problems += str(error).splitlines()
     problems += data_loader_problems(raw, problems)
     if trainer and isinstance(raw.get("trainer"), dict):
         from trainer.settings import TrainerSettings
@@ -92,6 +102,19 @@ def _check_block(config, block: Block) -> Any:
     return config.resolve_block(block.key, module, args, kwargs, partial=block.function, kind=kind)
 
 
+def _dry_run(config, block: Block, stand_ins: dict) -> Any:
+    """`block` built on a stand-in first argument; None when that stand-in is missing."""
+    import torch
+
+    if block.dry_run == "parameters":
+        first = [torch.nn.Parameter(torch.zeros(1))]
+    elif stand_ins.get(block.dry_run) is not None:
+        first = stand_ins[block.dry_run]
+    else:
+        return None  # the block it builds on has a problem of its own
+    return config.init_obj(block.key, importlib.import_module(block.module), first)
+
+
 def _metric_labels(entries: Any) -> list[str]:
     """The names the configured metrics will be logged under, read from the config alone (for
     checking `monitor` when a metric itself has a problem)."""
@@ -107,7 +130,10 @@ def top_level_problems(config: dict, trainer: bool = True) -> list[str]:
     """`name`, `seed`, `n_gpu`, the `trainer` section and likely typos of section names."""
     problems = []
     name = config.get("name")
-    if not isinstance(name, str) or not is_plain_name(name):
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        problems.append(f"name: expected a folder name as a string, got the number {name}; write "
+                        f"\"{name}\" in the file, or --name {name} on the command line")
+    elif not isinstance(name, str) or not is_plain_name(name):
         problems.append(f"name: expected a plain folder name (letters, digits, '-', '_', '.'), "
                         f"got {json.dumps(name)}")
     for key, (smallest, largest) in _TOP_LEVEL_RANGES.items():

@@ -23,3 +23,7 @@ class BuildError(Exception):
     That is a bug to fix in their code, so the CLI shows its traceback, introduced by this
     message naming the block; `__cause__` is the original exception.
     """
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the run stopped without saving. One line, exit code 1."""

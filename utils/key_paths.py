@@ -18,11 +18,15 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"-o {override!r}: expected key.path=value, e.g. -o trainer.epochs=3")
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
+            value = json.loads(text, parse_constant=_not_a_number)
+        except (json.JSONDecodeError, ValueError):
             value = text  # a bare word is a string: -o name=Digits2
         result[key.strip()] = value
     return result
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def get_by_path(tree: dict, path: str) -> Any:
@@ -32,8 +36,13 @@ def get_by_path(tree: dict, path: str) -> Any:
         if isinstance(node, list) and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
             continue
+        keys = path.split(".")
+        if not isinstance(node, (dict, list)):
+            where = ".".join(keys[:depth])
+            raise ConfigError(f"{where}: is {json.dumps(node)}, not a JSON object; set the whole "
+                              f"value instead (e.g. -o '{where}={{...}}')")
         if not isinstance(node, dict) or key not in node:
-            where = ".".join(path.split(".")[:depth + 1])
+            where = ".".join(keys[:depth + 1])
             raise ConfigError(f"{where}: missing from the config{did_you_mean(key, node)}")
         node = node[key]
     return node
@@ -64,6 +73,10 @@ def apply_modifications(config: dict, modification: dict[str, Any],
 
 def _set_by_path(config: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
+    if parents and parents[-1] == "args":  # a block may leave out its args: --lr on {"type": "Adam"}
+        block = get_by_path(config, ".".join(parents[:-1])) if parents[:-1] else config
+        if isinstance(block, dict) and "type" in block and "args" not in block:
+            block["args"] = {}
     node = get_by_path(config, ".".join(parents)) if parents else config
     if isinstance(node, list):
         if leaf.isdigit() and int(leaf) < len(node):

@@ -57,8 +57,8 @@ def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | None
         obj = _public_attr(module, name, key_path, module.__name__)
     else:
         obj = _resolve_dotted(parts, key_path)
-    if not callable(obj):
-        raise ConfigError(f"{key_path}: {name!r} is not callable")
+    if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+        raise ConfigError(f"{key_path}: {name!r} is not a class or a function")
     if kind is not None and inspect.isclass(obj) and not issubclass(obj, kind):
         raise ConfigError(f"{key_path}: {name!r} is not a subclass of {kind.__name__} (it is "
                           f"a {obj.__mro__[1].__name__} subclass)")
@@ -82,6 +82,9 @@ def _resolve_dotted(parts: list[str], key_path: str) -> Any:
         except ImportError:
             continue
         for part in parts[split:]:
+            if not inspect.ismodule(obj):  # no walks through classes, enums or instances
+                raise ConfigError(f"{key_path}: {'.'.join(parts)!r} reaches into {module_name}, "
+                                  f"which is not a module; name a class or function of a module")
             obj = _public_attr(obj, part, key_path, module_name)
             module_name += "." + part
         return obj
@@ -133,9 +136,11 @@ def check_signature(factory: Callable, args: tuple, config_args: dict, key_path:
     parameters = signature.parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     known = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    given_by_code = {*list(parameters)[:len(args)], *(code_kwargs or {})}  # not to suggest
     problems = [] if accepts_any else [
         f"{key_path}: unexpected argument {key!r} for {display_name}"
-        f"{did_you_mean(key, known)}" for key in config_args if key not in known]
+        f"{did_you_mean(key, [n for n in known if n not in given_by_code])}"
+        for key in config_args if key not in known]
     for key, value in config_args.items():
         problem = key in parameters and _json_type_problem(parameters[key], value,
                                                           f"{key_path}.{key}")

@@ -30,14 +30,29 @@ def read_json(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: cannot be read ({error.__class__.__name__})") from None
     duplicates = []
     try:
-        data = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, duplicates))
+        data = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, duplicates),
+                          parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         hint = next((h for key, h in _JSON_HINTS if error.msg.startswith(key)), "")
         raise ConfigError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}{hint}") from None
+    except _NonFinite as error:
+        offset = max(text.find(str(error)), 0)
+        line = text.count("\n", 0, offset) + 1
+        column = offset - text.rfind("\n", 0, offset)
+        raise ConfigError(f"{path}:{line}:{column}: invalid JSON: {error} is not a number JSON "
+                          f"allows; use a finite number") from None
     if duplicates:
         raise ConfigError("\n".join(f"{path}: key {key!r} appears twice in one object (JSON "
                                     f"keeps only the last); remove one" for key in duplicates))
     return data
+
+
+class _NonFinite(ValueError):
+    """NaN or Infinity in a JSON file: Python's reader takes them, a config may not."""
+
+
+def _refuse_constant(name: str):
+    raise _NonFinite(name)
 
 
 def _object(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict:
@@ -128,6 +143,18 @@ class MetricTracker:
 
     def count(self, key: str) -> int:
         return self._counts[key]
+
+    def state_dict(self) -> dict:
+        """The running sums and counts, as plain data (a checkpoint taken mid-epoch holds them)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        """Continue from `state_dict()`'s sums and counts, the sums moved to `device`."""
+        self.reset()
+        for key in self._keys:
+            total = state["sums"].get(key, 0.0)
+            self._sums[key] = total.to(device) if isinstance(total, torch.Tensor) else total
+            self._counts[key] = int(state["counts"].get(key, 0))
 
     def avg(self, key: str) -> float:
         return self.result()[key]

@@ -1,0 +1,84 @@
+"""SIGINT / SIGTERM as a request to stop after the current step, not as an exception anywhere.
+
+While training, `StopSignals` replaces the handlers of both signals with one that only records
+the signal; the loop polls `requested` after each optimizer step, saves a resumable checkpoint
+and exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM). Further signals while
+it saves are noted and ignored, so a second Ctrl-C cannot tear a checkpoint in half (the write
+is atomic anyway). Only SIGKILL stops it at once.
+"""
+import os
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving; the CLI exits with `exit_code`."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """A context in which SIGINT and SIGTERM set `received` instead of stopping the process.
+
+    Handlers can only be installed from the main thread; elsewhere (a trainer driven from
+    another thread) the context changes nothing and the default behaviour stays.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            note = "finishing the current step and saving a checkpoint"
+        else:
+            note = "already stopping; the checkpoint is being saved (SIGKILL stops at once, " \
+                   "losing the steps since the last checkpoint)"
+        # os.write, not logging or print: a handler may run in the middle of either
+        os.write(2, f"\n{signal.Signals(signum).name} received: {note}.\n".encode())
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+class WorkerInit:
+    """A DataLoader `worker_init_fn` that leaves SIGINT / SIGTERM to the main process, then
+    runs the user's own `worker_init_fn`, if any.
+
+    A terminal's Ctrl-C reaches every process of the group; a worker that died of it would make
+    the main process fail while it finishes its step. Workers end when the main process does.
+    """
+
+    def __init__(self, then=None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
