@@ -1,6 +1,7 @@
 """Train a model from a config: `python train.py -c config.json`, resume with `-r checkpoint`."""
 import argparse
 import json
+import sys
 
 from parse_config import ConfigParser, CustomArgs
 from utils.cli import run_cli
@@ -82,19 +83,33 @@ def main(argv=None) -> None:
     if config.resume is not None:  # load before creating anything: a bad file writes nothing
         (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
 
+    open_run(config, trainer, list(argv if argv is not None else sys.argv[1:]))
+    trainer.train()
+
+
+def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
+    """Create the run folder (or reopen it, resuming), write the effective config, add this
+    session to the manifest, start the log file and say where training starts."""
+    from logger.logger import setup_logging
+    from utils.manifest import add_session, session_record
+
     config.make_run_dirs()
     config.write_config()
+    resumed_from = str(config.resume) if config.resume is not None else None
+    add_session(config.save_dir, session_record(argv, config.config, resumed_from))
     setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)
     logger.info(trainer.model)
-    if config.resume is not None:
-        logger.info("%s %s; training from epoch %d.", "Fine-tuning weights from" if config.fine_tune
-                    else "Resumed from", config.resume, trainer.start_epoch)
-        if not config.fine_tune and config.save_dir != config.resume.parent:
-            logger.info("The checkpoint is not the newest of its run: this run branches off "
-                        "into a new run folder and leaves the old one as it was.")
-    trainer.train()
+    if config.resume is None:
+        return
+    where = f"epoch {trainer.start_epoch}" + (f", step {trainer.start_step + 1}"
+                                              if trainer.start_step else "")
+    logger.info("%s %s; training from %s.", "Fine-tuning weights from" if config.fine_tune
+                else "Resumed from", config.resume, where)
+    if not config.fine_tune and config.save_dir != config.resume.parent:
+        logger.info("The checkpoint is not the newest of its run: this run branches off into a "
+                    "new run folder and leaves the old one as it was.")
 
 
 if __name__ == "__main__":

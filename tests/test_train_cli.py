@@ -75,12 +75,22 @@ def test_print_config_shows_the_effective_config_and_writes_nothing(config_file,
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py"])
-def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script):
-    path = tmp_path / "junk.pth"
-    path.write_bytes(b"not a checkpoint")
+@pytest.mark.parametrize("kind", ["junk", "exploit"])
+def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script, kind):
+    import torch
+
+    from tests.test_checkpoint import CreatesFile
+
+    path, marker = tmp_path / f"{kind}.pth", tmp_path / "pwned"
+    if kind == "junk":
+        path.write_bytes(b"not a checkpoint")
+    else:  # unpickled without weights_only, this creates `marker` (tests/ is importable there)
+        torch.save({"format_version": 1, "arch": "x", "epoch": 1, "config": {},
+                    "state_dict": CreatesFile(str(marker))}, path)
     result = run_script(script, "-r", str(path), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(path) in result.stderr and result.stderr.count("\n") == 1
+    assert not marker.exists()
 
 
 def test_checkpoint_of_another_architecture_exits_2(config_file, tmp_path):

@@ -8,6 +8,7 @@ import train
 from parse_config import ConfigParser
 from tests.conftest import run_folders, small_config
 from trainer.checkpoint import load_checkpoint
+from utils.errors import ConfigError
 
 
 def write_config(tmp_path, name="c.json", **trainer):
@@ -160,3 +161,49 @@ def test_a_real_checkpoint_loads_where_the_project_is_not_importable(tmp_path):
         assert set(result.stdout.split()) >= {
             "arch", "epoch", "global_step", "state_dict", "optimizer", "lr_scheduler",
             "monitor_best", "not_improved_count", "rng_state", "config", "format_version"}
+
+
+@pytest.mark.parametrize("extra, stop_at", [([], 30), (["-o", "trainer.len_epoch=30"], 55),
+                                            (["-o", "data_loader.args.num_workers=2"], 25)],
+                         ids=["epochs", "iteration_based_second_pass", "workers"])
+def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, extra, stop_at):
+    """The signal arrives (in this process: set by the step) at `stop_at`; the stopped run,
+    resumed from its folder, ends exactly where the straight run does."""
+    import signal
+
+    from trainer.trainer import Trainer
+    from utils.interrupts import TrainingInterrupted
+
+    config = write_config(tmp_path, epochs=3)
+    train.main(["-c", str(config), "--run-id", "straight", *extra])
+    original = Trainer._train_step
+
+    def step(self, data, target):
+        if self.global_step + 1 == stop_at:
+            self.stop_signals.received = signal.SIGTERM
+        return original(self, data, target)
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train.main(["-c", str(config), "--run-id", "stopped", *extra])
+    assert stopped.value.exit_code == 143
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    assert load_checkpoint(runs / "stopped" / "checkpoint-interrupted.pth")["global_step"] == stop_at
+    with pytest.raises(ConfigError, match=r"^data_loader\.args\.batch_size: the checkpoint "
+                                          r"stopped mid-epoch with batch_size 64; resuming with 32"):
+        train.main(["-r", str(runs / "stopped"), "--bs", "32"])
+    train.main(["-r", str(runs / "stopped")])
+    assert_same_training_state(load_checkpoint(runs / "straight" / "checkpoint-epoch3.pth"),
+                               load_checkpoint(runs / "stopped" / "checkpoint-epoch3.pth"))
+
+
+def test_keep_last_leaves_the_newest_epoch_checkpoints_and_the_best(tmp_path):
+    train.main(["-c", str(write_config(tmp_path, epochs=4, keep_last=2, monitor="max accuracy"))])
+    run, = run_folders(tmp_path / "saved")
+    assert sorted(p.name for p in run.glob("*.pth")) == [
+        "checkpoint-epoch3.pth", "checkpoint-epoch4.pth", "model_best.pth"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    session, = manifest["sessions"]
+    assert session["config"]["trainer"]["keep_last"] == 2 and session["seed"] == 123
+    assert session["torch"] == torch.__version__ and session["command"][1:3] == ["-c", str(
+        tmp_path / "c.json")]
+    assert session["git"] is None or len(session["git"]["commit"]) == 40

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from base.base_data_loader import BaseDataLoader
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
-from utils.errors import TrainingDiverged
+from utils.errors import ConfigError, TrainingDiverged
 from utils.util import MetricTracker, inf_loop
 
 
@@ -103,9 +103,19 @@ class Trainer(BaseTrainer):
                 f"good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
 
     def epoch_state(self) -> dict:
-        return {"train_metrics": self.train_metrics.state_dict()}
+        return {"train_metrics": self.train_metrics.state_dict(),
+                "batch_size": self.data_loader.batch_size, "len_epoch": self.len_epoch}
 
     def load_epoch_state(self, state: dict) -> None:
+        """The epoch's running metric sums; the position in it only means the same batches
+        with the same batch size and epoch length."""
+        for key, now, path in (("batch_size", self.data_loader.batch_size,
+                                "data_loader.args.batch_size"),
+                               ("len_epoch", self.len_epoch, "trainer.len_epoch")):
+            if state.get(key, now) != now:
+                raise ConfigError(f"{path}: the checkpoint stopped mid-epoch with {key} "
+                                  f"{state[key]}; resuming with {now} would not continue the same "
+                                  f"epoch. Keep {state[key]}, or resume from an epoch checkpoint")
         self.train_metrics.load_state_dict(state.get("train_metrics", {"sums": {}, "counts": {}}),
                                            self.device)
 

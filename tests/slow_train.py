@@ -1,0 +1,80 @@
+"""`python tests/slow_train.py <train.py arguments>`: the real train.py, slowed down so that a
+test can send it signals at known points.
+
+Environment:
+  STEP_DELAY   seconds to sleep before each optimizer step (default 0)
+  SAVE_DELAY   seconds to sleep in the middle of writing each checkpoint (default 0)
+  NAN_AT_STEP  make the loss NaN at this global step (default: never)
+
+Prints `STEP <global step>` after each step and `SAVING <file>` when a checkpoint write is half
+done, flushed, so the test can wait for them on stdout.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import data_loader.data_loaders as module_data  # noqa: E402
+import train  # noqa: E402
+import trainer.trainer as module_trainer  # noqa: E402
+import utils.util as module_util  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+
+STEP_DELAY = float(os.environ.get("STEP_DELAY", 0))
+SAVE_DELAY = float(os.environ.get("SAVE_DELAY", 0))
+NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
+
+
+def slow_step(original):
+    def step(self, data, target):
+        time.sleep(STEP_DELAY)
+        if self.global_step + 1 == NAN_AT_STEP:
+            data = data * float("nan")
+        result = original(self, data, target)
+        print(f"STEP {self.global_step + 1}", flush=True)
+        return result
+    return step
+
+
+def slow_write(original):
+    def atomic_write(path, write):
+        def half_then_wait(file):
+            buffer = __import__("io").BytesIO()
+            write(buffer)
+            data = buffer.getvalue()
+            file.write(data[:len(data) // 2])
+            file.flush()
+            print(f"SAVING {Path(path).name}", flush=True)
+            time.sleep(SAVE_DELAY)
+            file.write(data[len(data) // 2:])
+        return original(path, half_then_wait if SAVE_DELAY else write)
+    return atomic_write
+
+
+class NoisyDigitsDataLoader(module_data.DigitsDataLoader):
+    """The digits with noise drawn in `__getitem__`, i.e. in the worker processes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dataset.__class__ = NoisyTensorDataset
+
+
+class NoisyTensorDataset(torch.utils.data.TensorDataset):
+    def __getitem__(self, index):
+        image, label = super().__getitem__(index)
+        return image + 0.1 * torch.randn_like(image), label
+
+
+NoisyDigitsDataLoader.__module__ = "data_loader.data_loaders"  # a config may name it
+module_data.NoisyDigitsDataLoader = NoisyDigitsDataLoader
+module_trainer.Trainer._train_step = slow_step(module_trainer.Trainer._train_step)
+import trainer.checkpoint as module_checkpoint  # noqa: E402
+
+module_checkpoint.atomic_write = slow_write(module_util.atomic_write)
+
+if __name__ == "__main__":
+    run_cli(lambda: train.main(sys.argv[1:]))

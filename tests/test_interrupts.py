@@ -1,0 +1,209 @@
+"""Signals, kills and NaNs on real training processes (tests/slow_train.py is the real train.py,
+slowed down and printing `STEP n` / `SAVING file` so that a signal lands where the test wants).
+
+The yardstick is a run that was never interrupted: a run stopped by SIGTERM or Ctrl-C (or killed)
+and resumed must end with the same weights, optimizer state, learning rate and logged epoch
+metrics, compared with `torch.equal` and `==`.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_script, small_config
+from trainer.checkpoint import INTERRUPTED_NAME, load_checkpoint
+
+EPOCHS = 3
+
+
+def write_config(tmp_path: Path, name: str, mutate=None, **trainer) -> Path:
+    """The shrunk real config (3 epochs of the digits) saving under `tmp_path/name`."""
+    config = small_config(tmp_path / name / "saved", epochs=EPOCHS, **trainer)
+    if mutate is not None:
+        mutate(config)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def noisy_with_workers(config: dict) -> None:
+    config["data_loader"]["type"] = "NoisyDigitsDataLoader"
+    config["data_loader"]["args"]["num_workers"] = 2
+    config["trainer"]["tensorboard"] = True
+
+
+def start(*args: str, env: dict | None = None, session: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "slow_train.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONHASHSEED": "0", **(env or {})},
+                            start_new_session=session)
+
+
+def wait_for(process: subprocess.Popen, line: str, seen: list[str]) -> None:
+    """Read `process`'s stdout until `line`; fail if it ends first."""
+    for text in process.stdout:
+        seen.append(text)
+        if text.strip() == line:
+            return
+    raise AssertionError(f"the run ended before printing {line!r}: "
+                         f"{''.join(seen[-20:])}{process.stderr.read()[-3000:]}")
+
+
+def finish(process: subprocess.Popen, seen: list[str]) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=120)
+    return process.returncode, "".join(seen) + out, err
+
+
+def run_folder(tmp_path: Path, name: str) -> Path:
+    (folder,) = (tmp_path / name / "saved" / "models" / "Digits_CNN").iterdir()
+    return folder
+
+
+def epoch_metrics(tmp_path: Path, name: str) -> dict[int, dict[str, str]]:
+    """The epoch tables in the run's info.log, as logged (text, so equality is exact)."""
+    (log,) = (tmp_path / name / "saved" / "log" / "Digits_CNN").glob("*/info.log")
+    epochs, current = {}, None
+    for line in log.read_text().splitlines():
+        message = line.split(" - INFO - ", 1)[-1]
+        match = re.fullmatch(r"\s+(\w+)\s*: (\S+)", message)
+        if match and match.group(1) == "epoch":
+            current = epochs.setdefault(int(match.group(2)), {})
+        elif match and current is not None:
+            current[match.group(1)] = match.group(2)
+    return epochs
+
+
+def assert_same_training(tmp_path: Path, name: str, reference: str) -> None:
+    ours = load_checkpoint(run_folder(tmp_path, name) / f"checkpoint-epoch{EPOCHS}.pth")
+    theirs = load_checkpoint(run_folder(tmp_path, reference) / f"checkpoint-epoch{EPOCHS}.pth")
+    for key, tensor in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], tensor), key
+    for index, state in theirs["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(ours["optimizer"]["state"][index][key], value), (index, key)
+    assert ours["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+    assert ours["lr_scheduler"] == theirs["lr_scheduler"]
+    assert ours["global_step"] == theirs["global_step"]
+    assert ours["monitor_best"] == theirs["monitor_best"]
+    assert epoch_metrics(tmp_path, name) == epoch_metrics(tmp_path, reference)
+    assert len(epoch_metrics(tmp_path, name)) == EPOCHS
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory) -> Path:
+    """Uninterrupted runs: with the data loaded in the main process, and with two workers adding
+    random noise to every image (so worker seeding matters)."""
+    root = tmp_path_factory.mktemp("references")
+    for config in (write_config(root, "plain"), write_config(root, "noisy", noisy_with_workers)):
+        run_script("tests/slow_train.py", "-c", str(config))
+    return root
+
+
+def copy_config(references: Path, name: str, tmp_path: Path, new_name: str) -> Path:
+    config = json.loads((references / f"{name}.json").read_text())
+    config["trainer"]["save_dir"] = str(tmp_path / new_name / "saved")
+    path = tmp_path / f"{new_name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(references, tmp_path):
+    config = copy_config(references, "plain", tmp_path, "stopped")
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.01"}), []
+    wait_for(process, "STEP 30", seen)  # epoch 2 of 3 (21 steps an epoch)
+    process.send_signal(signal.SIGTERM)
+    code, out, err = finish(process, seen)
+    assert code == 143, err
+    folder = run_folder(tmp_path, "stopped")
+    stopped = load_checkpoint(folder / INTERRUPTED_NAME)
+    assert stopped["epoch"] == 1 and 9 <= stopped["epoch_step"] <= 21
+    assert f"Stopped by SIGTERM at epoch 2, step {stopped['epoch_step']}" in out
+    assert f"Resume with: python train.py -r {folder / INTERRUPTED_NAME}" in out
+
+    run_script("tests/slow_train.py", "-r", str(folder))  # a run folder: its newest checkpoint
+    assert run_folder(tmp_path, "stopped") == folder  # continued in the same folder
+    assert not (folder / INTERRUPTED_NAME).exists()  # superseded by checkpoint-epoch2.pth
+    assert_same_training(tmp_path, "stopped", references / "plain")
+    sessions = json.loads((folder / "manifest.json").read_text())["sessions"]
+    assert [s["resumed_from"] for s in sessions] == [None, str(folder / INTERRUPTED_NAME)]
+
+
+def test_ctrl_c_with_workers_and_a_second_ctrl_c_while_saving(references, tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group, the loader's workers included."""
+    config = copy_config(references, "noisy", tmp_path, "stopped")
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.01", "SAVE_DELAY": "1"},
+                          session=True), []
+    wait_for(process, "STEP 33", seen)
+    os.killpg(process.pid, signal.SIGINT)
+    wait_for(process, f"SAVING {INTERRUPTED_NAME}", seen)
+    os.killpg(process.pid, signal.SIGINT)  # impatient: while the checkpoint is half written
+    code, out, err = finish(process, seen)
+    assert code == 130, err
+    assert "already stopping; the checkpoint is being saved" in err and "Traceback" not in err
+    folder = run_folder(tmp_path, "stopped")
+    assert load_checkpoint(folder / INTERRUPTED_NAME)["epoch"] == 1
+    run_script("tests/slow_train.py", "-r", str(folder / INTERRUPTED_NAME))
+    assert_same_training(tmp_path, "stopped", references / "noisy")
+    assert tensorboard_points(tmp_path / "stopped") == tensorboard_points(references / "noisy")
+
+
+def tensorboard_points(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's event files, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (log_dir,) = (root / "saved" / "log" / "Digits_CNN").iterdir()
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_sigkill_at_any_point_leaves_every_checkpoint_loadable(references, tmp_path):
+    config = copy_config(references, "plain", tmp_path, "killed")
+    folder_of = lambda: run_folder(tmp_path, "killed")  # noqa: E731
+    torn = []
+    for wait, resume in (("SAVING model_best.pth", False), ("SAVING checkpoint-epoch2.pth", True),
+                         ("STEP 50", True)):
+        args = ["-r", str(folder_of())] if resume else ["-c", str(config)]
+        process, seen = start(*args, env={"STEP_DELAY": "0.01", "SAVE_DELAY": "0.5"}), []
+        wait_for(process, wait, seen)
+        process.kill()
+        process.wait(timeout=60)
+        for path in folder_of().glob("*.pth"):  # every checkpoint on disk loads
+            load_checkpoint(path)
+        torn += [path.name for path in folder_of().glob(".*.tmp")]
+    assert torn == [name for name in torn if name.startswith((".model_best.pth.",
+                                                              ".checkpoint-epoch2.pth."))]
+    assert len(torn) >= 2  # the kills inside a save left their half-written temp files aside
+    run_script("tests/slow_train.py", "-r", str(folder_of()))
+    assert not list(folder_of().glob(".*.tmp"))  # cleaned up by the resumed run
+    assert_same_training(tmp_path, "killed", references / "plain")
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = write_config(tmp_path, "nan")
+    process, seen = start("-c", str(config), env={"NAN_AT_STEP": "30"}), []
+    code, out, err = finish(process, seen)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == ("error: the loss became NaN or infinite at epoch 2, step 9 (global "
+                           "step 30); stopped without saving, so the newest checkpoint is the last "
+                           "good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
+    assert sorted(p.name for p in run_folder(tmp_path, "nan").glob("*.pth")) == [
+        "checkpoint-epoch1.pth", "model_best.pth"]
+
+
+def test_nan_policy_skip_leaves_out_the_bad_step(tmp_path):
+    config = write_config(tmp_path, "skip", nan_policy="skip")
+    process, seen = start("-c", str(config), env={"NAN_AT_STEP": "30"}), []
+    code, out, err = finish(process, seen)
+    assert code == 0, err
+    assert "Skipped step 30: the loss is nan." in out
+    final = load_checkpoint(run_folder(tmp_path, "skip") / f"checkpoint-epoch{EPOCHS}.pth")
+    assert all(torch.isfinite(t).all() for t in final["state_dict"].values())
+    assert final["global_step"] == 3 * 21
