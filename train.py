@@ -83,6 +83,8 @@ def main(argv=None) -> None:
     if config.resume is not None:  # load before creating anything: a bad file writes nothing
         (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
 
+    if trainer.nothing_to_train():  # before a run folder is made for nothing
+        return
     open_run(config, trainer, list(argv if argv is not None else sys.argv[1:]))
     trainer.train()
 
@@ -103,8 +105,11 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     logger.info(trainer.model)
     if config.resume is None:
         return
-    where = f"epoch {trainer.start_epoch}" + (f", step {trainer.start_step + 1}"
-                                              if trainer.start_step else "")
+    where = f"epoch {trainer.start_epoch}"
+    if trainer.start_step >= getattr(trainer, "len_epoch", trainer.start_step + 1):
+        where += "'s validation (its training steps were done)"
+    elif trainer.start_step:
+        where += f", step {trainer.start_step + 1}"
     logger.info("%s %s; training from %s.", "Fine-tuning weights from" if config.fine_tune
                 else "Resumed from", config.resume, where)
     if not config.fine_tune and config.save_dir != config.resume.parent:

@@ -1,4 +1,5 @@
 """A DataLoader with a seeded validation split and an epoch-determined shuffle order."""
+import itertools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -61,19 +62,21 @@ class SeededBatch(list):
     """The indices of one batch, and the seed of that batch's random transforms.
 
     A DataLoader worker fetches a batch by iterating its indices; iterating a `SeededBatch`
-    inside a worker first seeds the worker's Python, NumPy and torch generators with `seed`.
+    inside a worker first seeds the worker's Python, NumPy and torch generators from
+    `seed_key`.
     Random augmentation then gives the same batch whichever worker loads it, however many
     workers there are, and after a resume mid-epoch. In the main process (`num_workers` 0)
     nothing is reseeded: there the global generators run on and are saved in checkpoints.
     """
 
-    seed: int = 0
+    seed_key: tuple[int, ...] = ()  # the seed is derive_seed(*seed_key), computed in the worker
 
     def __iter__(self):
-        if get_worker_info() is not None:
-            random.seed(self.seed)
-            np.random.seed(self.seed % 2**32)
-            torch.manual_seed(self.seed)
+        if self.seed_key and get_worker_info() is not None:
+            seed = derive_seed(*self.seed_key)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed costs ~90 us more
         return super().__iter__()
 
 
@@ -91,16 +94,13 @@ class SeededBatchSampler(Sampler[list[int]]):
         sampler = self.sampler
         stream = (sampler.epoch, sampler.pass_index) if self.per_pass else (-1, 0)
         number = sampler.skip // self.batch_size  # batches of this pass done before a resume
-        batch = SeededBatch()
-        for index in sampler:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                batch.seed = derive_seed(self.seed, *stream, number)
-                yield batch
-                batch, number = SeededBatch(), number + 1
-        if batch and not self.drop_last:
-            batch.seed = derive_seed(self.seed, *stream, number)
+        indices = iter(sampler)
+        while batch := SeededBatch(itertools.islice(indices, self.batch_size)):
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            batch.seed_key = (self.seed, *stream, number)
             yield batch
+            number += 1
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -196,7 +196,9 @@ class BaseDataLoader(SeededDataLoader):
         """Make the next iteration epoch `epoch`'s, starting after its first `start_batch`
         batches (a run resumed mid-epoch): the same batches, in the same order, with the same
         worker seeds as in a run that was never interrupted."""
-        batches_per_pass = max(1, -(-len(self.sampler.indices) // self.batch_size))
+        n_samples = len(self.sampler.indices)
+        batches_per_pass = max(1, n_samples // self.batch_size if self.drop_last else
+                               -(-n_samples // self.batch_size))
         pass_index, batch_in_pass = divmod(start_batch, batches_per_pass)
         self.sampler.set_position(epoch, pass_index, batch_in_pass * self.batch_size)
 

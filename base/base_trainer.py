@@ -1,5 +1,6 @@
 """The epoch loop: monitoring, early stopping, checkpoints and resume."""
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +53,9 @@ class BaseTrainer(ABC):
         self.epoch_step = 0   # steps done in the epoch being trained
         self.global_step = 0  # optimizer steps so far; TensorBoard's x axis
         self.stop_signals = StopSignals()  # installed while train() runs
+        # the generators' state at the point a stop saves, when work past it (an aborted
+        # validation) has drawn from them since
+        self.position_rng_state: dict | None = None
         self.monitor_best = self.monitor.worst
         self.not_improved_count = 0
 
@@ -83,10 +87,9 @@ class BaseTrainer(ABC):
         (`TrainingInterrupted`); a non-finite loss stops it without saving (`TrainingDiverged`).
         """
         epochs = self.settings.epochs
-        if self.start_epoch > epochs:
-            self.logger.warning("Nothing to train: the checkpoint is at epoch %d and trainer.epochs "
-                                "is %d (raise it with --epochs).", self.start_epoch - 1, epochs)
+        if self.nothing_to_train():
             return
+        self.position_rng_state = None
         for leftover in remove_partial_writes(self.checkpoint_dir):
             self.logger.info("Removed %s, left half-written by a killed run.", leftover.name)
         self.writer = TensorboardWriter(self.config.log_dir, self.settings.tensorboard)
@@ -100,6 +103,15 @@ class BaseTrainer(ABC):
         if self.monitor.enabled:
             self.logger.info("Best %s: %.6f. Best model: %s", self.monitor.metric,
                              self.monitor_best, self.checkpoint_dir / "model_best.pth")
+
+    def nothing_to_train(self) -> bool:
+        """True, with a warning, when the resumed checkpoint is already at `trainer.epochs`."""
+        if self.start_epoch <= self.settings.epochs:
+            return False
+        self.logger.warning("Nothing to train: the checkpoint is at epoch %d and trainer.epochs is "
+                            "%d (raise it with --epochs).", self.start_epoch - 1,
+                            self.settings.epochs)
+        return True
 
     def _train_epochs(self, epochs: int) -> None:
         for epoch in range(self.start_epoch, epochs + 1):
@@ -123,6 +135,8 @@ class BaseTrainer(ABC):
                 return
             if self.stop_signals.requested and epoch < epochs:
                 self._stop_on_signal(epoch, 0, saved)
+        if self.stop_signals.requested:
+            self.logger.info("The signal came during the last epoch's end: training is complete.")
 
     def _stop_on_signal(self, epoch: int, step: int, saved: Path | None = None) -> None:
         """Save where training stands (`epoch` complete, `step` steps into the next), say how to
@@ -145,7 +159,9 @@ class BaseTrainer(ABC):
                 ("val_loss" if "val_loss" in log else "loss")
             self.lr_scheduler.step(log[metric])
         else:
-            self.lr_scheduler.step()
+            with warnings.catch_warnings():  # resumed after the epoch's last step: no step here
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step")
+                self.lr_scheduler.step()
 
     def _update_monitor(self, log: dict[str, float]) -> bool:
         """Whether this epoch improved the monitored metric; updates the best and the counter."""
@@ -187,7 +203,7 @@ class BaseTrainer(ABC):
             "scaler": None,
             "monitor_best": self.monitor_best,
             "not_improved_count": self.not_improved_count,
-            "rng_state": get_rng_state(),
+            "rng_state": self.position_rng_state or get_rng_state(),
             "config": self.config.config,
         }
 

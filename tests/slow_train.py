@@ -5,11 +5,14 @@ Environment:
   STEP_DELAY   seconds to sleep before each optimizer step (default 0)
   SAVE_DELAY   seconds to sleep in the middle of writing each checkpoint (default 0)
   NAN_AT_STEP  make the loss NaN at this global step (default: never)
+  SIGTERM_IN_VALIDATION  send this process SIGTERM after the first batch of this validation
+               (1 = the first epoch's); default: never
 
 Prints `STEP <global step>` after each step and `SAVING <file>` when a checkpoint write is half
 done, flushed, so the test can wait for them on stdout.
 """
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,21 @@ from utils.cli import run_cli  # noqa: E402
 STEP_DELAY = float(os.environ.get("STEP_DELAY", 0))
 SAVE_DELAY = float(os.environ.get("SAVE_DELAY", 0))
 NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
+SIGTERM_IN_VALIDATION = int(os.environ.get("SIGTERM_IN_VALIDATION", -1))
+validations = 0
+
+
+def signalled_evaluate(original):
+    def evaluate(*args, stop=None, **kwargs):
+        global validations
+        validations += 1
+        if validations == SIGTERM_IN_VALIDATION and stop is not None:
+            def stop_after_first_batch():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return stop()
+            return original(*args, stop=stop_after_first_batch, **kwargs)
+        return original(*args, stop=stop, **kwargs)
+    return evaluate
 
 
 def slow_step(original):
@@ -72,6 +90,7 @@ class NoisyTensorDataset(torch.utils.data.TensorDataset):
 NoisyDigitsDataLoader.__module__ = "data_loader.data_loaders"  # a config may name it
 module_data.NoisyDigitsDataLoader = NoisyDigitsDataLoader
 module_trainer.Trainer._train_step = slow_step(module_trainer.Trainer._train_step)
+module_trainer.evaluate = signalled_evaluate(module_trainer.evaluate)
 import trainer.checkpoint as module_checkpoint  # noqa: E402
 
 module_checkpoint.atomic_write = slow_write(module_util.atomic_write)

@@ -137,3 +137,31 @@ def test_a_resumed_epoch_in_the_main_process_skips_at_the_sampler():
     loader.set_epoch(4, start_batch=2)
     assert len(loader) == len(full) - 2
     assert [target.tolist() for _, target in loader] == full[2:]
+
+
+def test_a_resumed_iteration_based_epoch_with_drop_last_starts_at_the_right_batch():
+    from itertools import islice
+
+    from utils.util import inf_loop
+
+    def batches(start: int, count: int) -> list[list[int]]:
+        loader = BaseDataLoader(NoisyDataset(), batch_size=4, shuffle=True, validation_split=0,
+                                num_workers=0, seed=1, drop_last=True)  # 7 batches a pass
+        loader.set_epoch(3, start)
+        return [indices.tolist() for _, indices in islice(inf_loop(loader), count)]
+    full = batches(0, 20)
+    assert batches(9, 11) == full[9:] and batches(14, 6) == full[14:]
+
+
+def test_stop_signals_are_forgotten_when_training_starts_again():
+    import signal
+
+    from utils.interrupts import StopSignals
+
+    signals = StopSignals()
+    with signals:
+        signal.raise_signal(signal.SIGTERM)
+        assert signals.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with signals:
+        assert not signals.requested

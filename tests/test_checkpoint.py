@@ -8,7 +8,7 @@ from torch import nn
 
 from model.model import DigitsModel
 from trainer.checkpoint import (FORMAT_VERSION, INTERRUPTED_NAME, find_checkpoint,
-                                load_checkpoint, load_model_state, prune_checkpoints,
+                                is_latest_in_run, load_checkpoint, load_model_state, prune_checkpoints,
                                 save_checkpoint, unwrap_model)
 from utils.errors import CheckpointError
 
@@ -135,3 +135,14 @@ def test_keep_last_keeps_the_newest_and_the_one_resumed_from(tmp_path):
     assert sorted(p.name for p in deleted) == ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint-epoch1.pth", "checkpoint-epoch4.pth", "checkpoint-epoch5.pth", "model_best.pth"]
+
+
+def test_a_torn_later_checkpoint_does_not_make_a_resume_branch_off(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    for epoch in (2, 3):
+        state = {**minimal_checkpoint(DigitsModel()), "epoch": epoch}
+        save_checkpoint(state, tmp_path / f"checkpoint-epoch{epoch}.pth")
+    second = load_checkpoint(tmp_path / "checkpoint-epoch2.pth")
+    assert not is_latest_in_run(tmp_path / "checkpoint-epoch2.pth", second)
+    (tmp_path / "checkpoint-epoch3.pth").write_bytes(b"torn")
+    assert is_latest_in_run(tmp_path / "checkpoint-epoch2.pth", second)

@@ -32,8 +32,14 @@ def write_config(tmp_path: Path, name: str, mutate=None, **trainer) -> Path:
     return path
 
 
-def noisy_with_workers(config: dict) -> None:
+def noisy(config: dict) -> None:
+    """Random noise on every image, drawn in the main process from the global generators."""
     config["data_loader"]["type"] = "NoisyDigitsDataLoader"
+
+
+def noisy_with_workers(config: dict) -> None:
+    """Random noise drawn in two worker processes, so their seeding matters; TensorBoard on."""
+    noisy(config)
     config["data_loader"]["args"]["num_workers"] = 2
     config["trainer"]["tensorboard"] = True
 
@@ -97,10 +103,11 @@ def assert_same_training(tmp_path: Path, name: str, reference: str) -> None:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory) -> Path:
-    """Uninterrupted runs: with the data loaded in the main process, and with two workers adding
-    random noise to every image (so worker seeding matters)."""
+    """Uninterrupted runs of noisy digits: "plain" loads in the main process, "noisy" in two
+    workers."""
     root = tmp_path_factory.mktemp("references")
-    for config in (write_config(root, "plain"), write_config(root, "noisy", noisy_with_workers)):
+    for config in (write_config(root, "plain", noisy),
+                   write_config(root, "noisy", noisy_with_workers)):
         run_script("tests/slow_train.py", "-c", str(config))
     return root
 
@@ -207,3 +214,21 @@ def test_nan_policy_skip_leaves_out_the_bad_step(tmp_path):
     final = load_checkpoint(run_folder(tmp_path, "skip") / f"checkpoint-epoch{EPOCHS}.pth")
     assert all(torch.isfinite(t).all() for t in final["state_dict"].values())
     assert final["global_step"] == 3 * 21
+
+
+def test_a_signal_during_validation_stops_there_and_resumes_exactly(references, tmp_path):
+    """Validation may be long: the run stops after the current validation batch, and the
+    checkpoint holds the point before validation (generators included: the noise is drawn from
+    them while loading)."""
+    config = copy_config(references, "plain", tmp_path, "stopped")
+    process, seen = start("-c", str(config), env={"SIGTERM_IN_VALIDATION": "2"}), []
+    code, out, err = finish(process, seen)
+    assert code == 143, err
+    folder = run_folder(tmp_path, "stopped")
+    stopped = load_checkpoint(folder / INTERRUPTED_NAME)
+    assert (stopped["epoch"], stopped["epoch_step"]) == (1, 21)
+    assert "Stopped by SIGTERM at epoch 2, step 21" in out
+    result = run_script("tests/slow_train.py", "-r", str(folder))
+    assert "training from epoch 2's validation" in result.stdout
+    assert "Warning" not in result.stderr
+    assert_same_training(tmp_path, "stopped", references / "plain")

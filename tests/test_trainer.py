@@ -207,3 +207,12 @@ def test_keep_last_leaves_the_newest_epoch_checkpoints_and_the_best(tmp_path):
     assert session["torch"] == torch.__version__ and session["command"][1:3] == ["-c", str(
         tmp_path / "c.json")]
     assert session["git"] is None or len(session["git"]["commit"]) == 40
+
+
+def test_nothing_to_train_writes_nothing(tmp_path, capsys):
+    train.main(["-c", str(write_config(tmp_path, epochs=3))])
+    run, = run_folders(tmp_path / "saved")
+    before = sorted(p.name for p in run.iterdir())
+    train.main(["-r", str(run / "checkpoint-epoch2.pth"), "--epochs", "2"])  # would branch off
+    assert "Nothing to train" in capsys.readouterr().out
+    assert run_folders(tmp_path / "saved") == [run] and sorted(p.name for p in run.iterdir()) == before

@@ -143,6 +143,7 @@ def is_latest_in_run(path: Path, checkpoint: dict) -> bool:
     for other in others:
         try:
             if progress_of(other) > mine:
+                load_checkpoint(other, mmap=True)
                 return False
         except CheckpointError:
             continue  # a damaged file holds nothing to protect
@@ -165,7 +166,7 @@ def prune_checkpoints(folder: Path, keep_last: int, protect: Path | None = None)
 
 def remove_partial_writes(folder: Path) -> list[Path]:
     """Delete the temp files of saves that a killed process left half-written in `folder`."""
-    leftovers = [p for p in folder.glob(".*.pth.*.tmp") if p.is_file()]
+    leftovers = [p for p in folder.glob(".*.tmp") if p.is_file()]  # atomic_write's temp names
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers

@@ -30,15 +30,18 @@ def track_batch(tracker: MetricTracker, metric_fns: Sequence[Callable], names: S
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
-             metric_fns: Sequence[Callable], names: Sequence[str],
-             device: torch.device) -> dict[str, float]:
-    """Sample-weighted mean loss and metrics of `model` over `batches`, in eval mode."""
+             metric_fns: Sequence[Callable], names: Sequence[str], device: torch.device,
+             stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+    """Sample-weighted mean loss and metrics of `model` over `batches`, in eval mode; None when
+    `stop()` turned true after a batch (a stop signal)."""
     model.eval()
     tracker = MetricTracker("loss", *names)
     for data, target in batches:
         data, target = to_device(device, data, target)
         output = model(data)
         track_batch(tracker, metric_fns, names, criterion(output, target), output, target)
+        if stop is not None and stop():
+            return None
     return tracker.result()
 
 

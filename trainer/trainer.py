@@ -10,6 +10,7 @@ from base.base_data_loader import BaseDataLoader
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
 from utils.errors import ConfigError, TrainingDiverged
+from utils.seeding import get_rng_state
 from utils.util import MetricTracker, inf_loop
 
 
@@ -120,8 +121,15 @@ class Trainer(BaseTrainer):
                                            self.device)
 
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
-        return evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns,
-                        self.metric_names, self.device)
+        """Validation; a stop signal ends it early, and the checkpoint then holds the point
+        before it (with the generators as they were, as loading data may draw from them)."""
+        rng_state = get_rng_state()
+        log = evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns,
+                       self.metric_names, self.device, stop=lambda: self.stop_signals.requested)
+        if log is None:
+            self.position_rng_state = rng_state
+            raise StopRequested
+        return log
 
     def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator:
         """The batches of `epoch` after its first `start`, in an order that depends only on the

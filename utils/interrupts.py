@@ -41,6 +41,7 @@ class StopSignals:
         return self.received is not None
 
     def __enter__(self) -> "StopSignals":
+        self.received = None  # a trainer may train again after a stop (a notebook, a sweep)
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
