@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from utils.config_check import Block, find_problems, is_plain_name
+from utils.config_check import BLOCK_OPTIONS, Block, find_problems, is_plain_name
 from utils.errors import BuildError, ConfigError, UserError
 from utils.key_paths import apply_modifications, get_by_path, parse_overrides
 from utils.names import callable_name, check_signature, did_you_mean, resolve_type
@@ -216,8 +216,13 @@ class ConfigParser:
             raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}} or a name, "
                               f"got {json.dumps(block)}")
         keys = _BLOCK_KEYS if name.rpartition(".")[2].isdigit() else _BLOCK_KEYS[:2]  # in a list
+        options = BLOCK_OPTIONS.get(name, {})
         problems = [f"{name}.{key}: unknown key (a block has type, args and, in a list, name)"
-                    f"{did_you_mean(key, keys)}" for key in block if key not in keys]
+                    f"{did_you_mean(key, [*keys, *options])}" for key in block
+                    if key not in keys and key not in options]
+        problems += [f"{name}.{key}: expected one of {', '.join(map(json.dumps, choices))}, got "
+                     f"{json.dumps(block[key])}" for key, choices in options.items()
+                     if key in block and block[key] not in choices]
         config_args = block.get("args", {})
         if not isinstance(config_args, dict):
             problems.append(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")

@@ -74,9 +74,13 @@ def main(argv=None) -> None:
         return
 
     from logger.logger import setup_logging
+    from trainer.precision import configure_backends
     from utils.seeding import seed_everything
 
     setup_logging(None)  # console only until the run folder exists
+    trainer_section = config["trainer"]
+    configure_backends(trainer_section.get("cudnn_benchmark", True),
+                       trainer_section.get("deterministic", False))
     seed_everything(config.get("seed", 0))
     trainer = build_trainer(config)
     trainer.check_first_batch()  # before the resume restores the RNG: resume stays exact

@@ -185,6 +185,7 @@ class BaseDataLoader(SeededDataLoader):
         self._valid_sampler = EpochSampler(valid_indices, shuffle=False, seed=seed) \
             if valid_indices else None
         loader_kwargs["worker_init_fn"] = WorkerInit(loader_kwargs.get("worker_init_fn"))
+        loader_kwargs.setdefault("pin_memory", torch.cuda.is_available())  # async copies to GPU
         self._init_kwargs = {"dataset": dataset, "batch_size": batch_size,
                              "collate_fn": collate_fn, "num_workers": num_workers, **loader_kwargs}
         # the generator only seeds workers here (the sampler shuffles); keeps the global RNG out

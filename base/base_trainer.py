@@ -17,6 +17,7 @@ from utils.errors import ConfigError
 from utils.interrupts import StopSignals, TrainingInterrupted, signal_name
 from utils.names import callable_name
 from utils.seeding import get_rng_state, set_rng_state
+from utils.util import atomic_link
 
 
 def metric_name(metric_fn: Callable) -> str:
@@ -45,6 +46,11 @@ class BaseTrainer(ABC):
         self.metric_fns = list(metric_fns)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        scheduler_block = config.get("lr_scheduler")
+        # "epoch": step the scheduler after each epoch; "step": after each optimizer step
+        self.scheduler_interval = scheduler_block.get("interval", "epoch") \
+            if isinstance(scheduler_block, dict) and lr_scheduler is not None else "epoch"
+        self.scaler: torch.amp.GradScaler | None = None  # set by a trainer that uses fp16
         self.monitor = self.settings.parsed_monitor
         self.writer: TensorboardWriter | None = None  # opened by train(), in the run's log folder
 
@@ -128,7 +134,7 @@ class BaseTrainer(ABC):
             if epoch % self.settings.save_period == 0 or epoch == epochs or stop:
                 saved = self._save_epoch_checkpoint(epoch)
             if improved:
-                self._save_checkpoint(epoch, self.checkpoint_dir / "model_best.pth")
+                self._save_best(epoch, saved)
             if stop:
                 self.logger.info("Validation performance didn't improve for %d epochs. "
                                  "Training stops.", self.settings.early_stop)
@@ -152,7 +158,8 @@ class BaseTrainer(ABC):
         raise TrainingInterrupted(self.stop_signals.received, message)
 
     def _step_scheduler(self, log: dict[str, float]) -> None:
-        if self.lr_scheduler is None:
+        """The epoch-end scheduler step (a step-wise scheduler steps in `_train_epoch`)."""
+        if self.lr_scheduler is None or self.scheduler_interval != "epoch":
             return
         if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             metric = self.monitor.metric if self.monitor.enabled else \
@@ -200,7 +207,7 @@ class BaseTrainer(ABC):
             "state_dict": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
-            "scaler": None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": self.monitor_best,
             "not_improved_count": self.not_improved_count,
             "rng_state": self.position_rng_state or get_rng_state(),
@@ -218,6 +225,15 @@ class BaseTrainer(ABC):
     def _save_checkpoint(self, epoch: int, path: os.PathLike, step: int = 0) -> None:
         save_checkpoint(self.state(epoch, step), path)
         self.logger.info("Saving checkpoint: %s ...", path)
+
+    def _save_best(self, epoch: int, saved: Path | None) -> None:
+        """`model_best.pth`: a hard link to this epoch's checkpoint when there is one (the same
+        bytes; no second write), else its own file."""
+        path = self.checkpoint_dir / "model_best.pth"
+        if saved is not None and atomic_link(saved, path):
+            self.logger.info("Saving checkpoint: %s ...", path)
+            return
+        self._save_checkpoint(epoch, path)
 
     def _save_epoch_checkpoint(self, epoch: int) -> Path:
         """`checkpoint-epochN.pth`; then the interrupted checkpoint it supersedes and, with
@@ -255,6 +271,8 @@ class BaseTrainer(ABC):
                 (saved.get("lr_scheduler") or {}).get("type") == self.config["lr_scheduler"]["type"]:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
             self._apply_changed_args("lr_scheduler", saved, vars(self.lr_scheduler))
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
 

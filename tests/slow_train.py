@@ -48,11 +48,11 @@ def signalled_evaluate(original):
 
 
 def slow_step(original):
-    def step(self, data, target):
+    def step(self, group):
         time.sleep(STEP_DELAY)
         if self.global_step + 1 == NAN_AT_STEP:
-            data = data * float("nan")
-        result = original(self, data, target)
+            group = [(data * float("nan"), target) for data, target in group]
+        result = original(self, group)
         print(f"STEP {self.global_step + 1}", flush=True)
         return result
     return step

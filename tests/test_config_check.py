@@ -225,6 +225,22 @@ CASES = [
     ("override_into_null", lambda t: C + [write(t, change("lr_scheduler", None)),
                                           "-o", "lr_scheduler.args.gamma=0.5"],
      ["lr_scheduler: is null, not a JSON object; set the whole value instead"]),
+    ("amp_word", lambda t: C + [write(t, change("trainer.amp", "fp32"))],
+     ['trainer.amp: expected one of "bf16", "fp16", got "fp32"']),
+    ("accumulation_zero", lambda t: C + [write(t, change("trainer.grad_accum_steps", 0))],
+     ["trainer.grad_accum_steps: expected an integer >= 1, got 0"]),
+    ("clip_negative", lambda t: C + [write(t, change("trainer.grad_clip_norm", -1))],
+     ["trainer.grad_clip_norm: expected a number > 0, got -1"]),
+    ("compile_option_typo", lambda t: C + [write(t, change("trainer.compile", {"mod": "max"}))],
+     ["trainer.compile.mod: unknown key (one of mode, backend, fullgraph, dynamic) (did you "
+      "mean 'mode'?)"]),
+    ("interval_word", lambda t: C + [write(t, change("lr_scheduler.interval", "batch"))],
+     ['lr_scheduler.interval: expected one of "epoch", "step", got "batch"']),
+    ("interval_typo", lambda t: C + [write(t, change("lr_scheduler.intervall", "step"))],
+     ["lr_scheduler.intervall: unknown key", "(did you mean 'interval'?)"]),
+    ("plateau_per_step", lambda t: C + [write(t, change("lr_scheduler", {
+        "type": "ReduceLROnPlateau", "interval": "step"}))],
+     ["lr_scheduler.interval: ReduceLROnPlateau steps on a validation value once an epoch"]),
     # ---- the command line
     ("override_typo", lambda t: C + [write(t), "-o", "optimzer.args.lr=0.1"],
      ["optimzer: missing from the config (did you mean 'optimizer'?)"]),

@@ -163,9 +163,17 @@ def test_a_real_checkpoint_loads_where_the_project_is_not_importable(tmp_path):
             "monitor_best", "not_improved_count", "rng_state", "config", "format_version"}
 
 
-@pytest.mark.parametrize("extra, stop_at", [([], 30), (["-o", "trainer.len_epoch=30"], 55),
-                                            (["-o", "data_loader.args.num_workers=2"], 25)],
-                         ids=["epochs", "iteration_based_second_pass", "workers"])
+ONE_CYCLE = json.dumps({"type": "OneCycleLR", "interval": "step",
+                        "args": {"max_lr": 0.01, "total_steps": 63}})
+
+
+@pytest.mark.parametrize("extra, stop_at", [
+    ([], 30), (["-o", "trainer.len_epoch=30"], 55), (["-o", "data_loader.args.num_workers=2"], 25),
+    (["-o", "trainer.grad_accum_steps=3", "-o", "trainer.len_epoch=10"], 17),
+    (["-o", "trainer.grad_accum_steps=4"], 8),
+    (["-o", f"lr_scheduler={ONE_CYCLE}", "-o", "trainer.amp=bf16"], 33)],
+    ids=["epochs", "iteration_based_second_pass", "workers", "accumulation_iteration_based",
+         "accumulation", "step_scheduler_bf16"])
 def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, extra, stop_at):
     """The signal arrives (in this process: set by the step) at `stop_at`; the stopped run,
     resumed from its folder, ends exactly where the straight run does."""
@@ -178,10 +186,10 @@ def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, extr
     train.main(["-c", str(config), "--run-id", "straight", *extra])
     original = Trainer._train_step
 
-    def step(self, data, target):
+    def step(self, group):
         if self.global_step + 1 == stop_at:
             self.stop_signals.received = signal.SIGTERM
-        return original(self, data, target)
+        return original(self, group)
     monkeypatch.setattr(Trainer, "_train_step", step)
     with pytest.raises(TrainingInterrupted) as stopped:
         train.main(["-c", str(config), "--run-id", "stopped", *extra])
@@ -201,6 +209,9 @@ def test_keep_last_leaves_the_newest_epoch_checkpoints_and_the_best(tmp_path):
     run, = run_folders(tmp_path / "saved")
     assert sorted(p.name for p in run.glob("*.pth")) == [
         "checkpoint-epoch3.pth", "checkpoint-epoch4.pth", "model_best.pth"]
+    best = load_checkpoint(run / "model_best.pth")  # a hard link, outliving a pruned epoch file
+    if best["epoch"] >= 3:
+        assert (run / "model_best.pth").samefile(run / f"checkpoint-epoch{best['epoch']}.pth")
     manifest = json.loads((run / "manifest.json").read_text())
     session, = manifest["sessions"]
     assert session["config"]["trainer"]["keep_last"] == 2 and session["seed"] == 123

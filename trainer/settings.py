@@ -57,6 +57,12 @@ class TrainerSettings:
     log_step: int = 10          # read the loss back and log it every this many steps
     keep_last: int | None = None  # keep only the newest N checkpoint-epochN.pth; null keeps all
     nan_policy: str = "stop"    # a non-finite loss: "stop" the run, or "skip" that step
+    amp: str | None = None      # mixed precision: null, "bf16" or "fp16" (with a grad scaler)
+    grad_accum_steps: int = 1   # micro-batches per optimizer step
+    grad_clip_norm: float | None = None  # clip the global gradient norm to this
+    compile: bool | dict = False  # torch.compile the model: true, or its keyword arguments
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest kernels (off when deterministic)
+    deterministic: bool = False   # torch.use_deterministic_algorithms(True)
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
@@ -97,7 +103,12 @@ _RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
           "early_stop": ((0, None), False), "len_epoch": ((1, None), True),
           "log_step": ((1, None), False), "verbosity": ((0, 2), False),
           "tensorboard": (bool, False), "save_dir": (str, False), "monitor": (str, False),
-          "keep_last": ((1, None), True), "nan_policy": (("stop", "skip"), False)}
+          "keep_last": ((1, None), True), "nan_policy": (("stop", "skip"), False),
+          "amp": (("bf16", "fp16"), True), "grad_accum_steps": ((1, None), False),
+          "grad_clip_norm": (float, True), "compile": (dict, False),
+          "cudnn_benchmark": (bool, False), "deterministic": (bool, False)}
+# What `trainer.compile` may pass to torch.compile.
+COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic")
 
 
 def _value_problem(key: str, value) -> str | None:
@@ -109,6 +120,20 @@ def _value_problem(key: str, value) -> str | None:
             return (f"trainer.{key}: expected one of {', '.join(map(json.dumps, rule))}, "
                     f"got {json.dumps(value)}{did_you_mean(str(value), rule)}")
         return None
+    if rule is float:  # a positive number
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \
+                value == float("inf"):
+            return f"trainer.{key}: expected a number > 0, got {json.dumps(value)}"
+        return None
+    if rule is dict:  # compile: true / false, or torch.compile's options
+        if isinstance(value, bool):
+            return None
+        if not isinstance(value, dict):
+            return (f"trainer.{key}: expected true, false or an object of "
+                    f"{', '.join(COMPILE_OPTIONS)}, got {json.dumps(value)}")
+        unknown = [k for k in value if k not in COMPILE_OPTIONS]
+        return (f"trainer.{key}.{unknown[0]}: unknown key (one of {', '.join(COMPILE_OPTIONS)})"
+                f"{did_you_mean(unknown[0], COMPILE_OPTIONS)}") if unknown else None
     if isinstance(rule, type):
         if not isinstance(value, rule) or value == "":
             return (f"trainer.{key}: expected {'true or false' if rule is bool else 'a string'}, "

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from base.base_data_loader import BaseDataLoader
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
+from trainer.precision import StepMechanics
 from utils.errors import ConfigError, TrainingDiverged
 from utils.seeding import get_rng_state
 from utils.util import MetricTracker, inf_loop
@@ -29,11 +30,21 @@ class Trainer(BaseTrainer):
         self.device = device
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader
-        self.len_epoch = len_epoch or self.settings.len_epoch or len(data_loader)
+        self.accum = self.settings.grad_accum_steps
+        # optimizer steps per epoch; a pass's last group of micro-batches may be short
+        self.len_epoch = len_epoch or self.settings.len_epoch or -(-len(data_loader) // self.accum)
         self.iteration_based = bool(len_epoch or self.settings.len_epoch)
         self.metric_names = [metric_name(fn) for fn in self.metric_fns]
         self.train_metrics = MetricTracker("loss", *self.metric_names)
-        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        # whether each step's loss was finite, since the last check (at most log_step steps)
+        self._finite = torch.ones(self.settings.log_step, dtype=torch.bool, device=device)
+        self._finite_count = 0
+        self.mechanics = StepMechanics(self.model, optimizer, device, self.settings.amp,
+                                       self.settings.grad_clip_norm)
+        self.scaler = self.mechanics.scaler
+        if self.settings.compile:  # checkpoints keep the uncompiled keys (unwrap_model)
+            options = self.settings.compile if isinstance(self.settings.compile, dict) else {}
+            self.model = torch.compile(self.model, **options)
         self.check_monitor()
 
     def expected_log_keys(self) -> list[str]:
@@ -54,18 +65,19 @@ class Trainer(BaseTrainer):
         else:
             self.epoch_step = 0
             self.train_metrics.reset()
-        for data, target in self._epoch_batches(epoch, self.epoch_step):
-            data, target = to_device(self.device, data, target)
-            stepped = self._train_step(data, target)
+        for group in self._step_groups(epoch, self.epoch_step):
+            stepped = self._train_step(group)
             self.global_step += 1
             self.epoch_step += 1
-            if stepped is not None:
-                track_batch(self.train_metrics, self.metric_fns, self.metric_names, *stepped,
+            for loss, output, target in stepped or ():
+                track_batch(self.train_metrics, self.metric_fns, self.metric_names, loss, output,
                             target)
+            if stepped is not None and self.scheduler_interval == "step":
+                self.lr_scheduler.step()
             if (self.epoch_step - 1) % self.settings.log_step == 0:
                 self._check_finite(epoch)
                 if stepped is not None:
-                    self._log_progress(epoch, self.epoch_step, stepped[0])
+                    self._log_progress(epoch, self.epoch_step, stepped[-1][0])
             if self.stop_signals.requested:
                 self._check_finite(epoch)  # never save weights a non-finite loss has reached
                 raise StopRequested
@@ -75,44 +87,57 @@ class Trainer(BaseTrainer):
             log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
         return log
 
-    def _train_step(self, data: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:
-        """One optimizer step; None when `nan_policy: skip` skipped it for a non-finite loss."""
+    def _train_step(self, group: list) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+        """One optimizer step over a group of micro-batches, each loss weighted by its share of
+        the group's samples (so N micro-batches of B step like one batch of N*B); the (loss,
+        output, target) of each, or None when `nan_policy: skip` skipped the step."""
         self.optimizer.zero_grad(set_to_none=True)
-        output = self.model(data)
-        loss = self.criterion(output, target)
-        finite = torch.isfinite(loss)
+        total = sum(target.size(0) for _, target in group)
+        results, finite = [], None
+        for data, target in group:
+            data, target = to_device(self.device, data, target)
+            with self.mechanics.autocast():
+                output = self.model(data)
+                loss = self.criterion(output, target)
+            self.mechanics.backward(loss * (target.size(0) / total) if len(group) > 1 else loss)
+            finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
+            results.append((loss.detach(), output.detach(), target))  # no .item(): no host sync
         if self.settings.nan_policy == "skip":
             if not finite.item():  # deciding to skip needs the value on the host
                 self.logger.warning("Skipped step %d: the loss is %s.", self.global_step + 1,
-                                    loss.item())
+                                    ", ".join(str(loss.item()) for loss, _, _ in results))
                 return None
-        else:  # remember the first bad step on the device; checked at log steps and epoch end
-            self._first_bad_step = torch.where(finite | (self._first_bad_step >= 0),
-                                               self._first_bad_step, self.global_step + 1)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), output.detach()  # no .item(): keep the device running
+        else:  # noted on the device, one copy; read back at log steps and at the epoch's end
+            self._finite[self._finite_count] = finite
+            self._finite_count += 1
+        self.mechanics.step()
+        return results
 
     def _check_finite(self, epoch: int) -> None:
-        """Raise `TrainingDiverged` if a loss of this epoch was NaN or infinite."""
-        bad_step = int(self._first_bad_step.item())
-        if bad_step >= 0:
-            step_in_epoch = bad_step - (self.global_step - self.epoch_step)
-            raise TrainingDiverged(
-                f"the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} (global "
-                f"step {bad_step}); stopped without saving, so the newest checkpoint is the last "
-                f"good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
+        """Raise `TrainingDiverged` if a loss since the last check was NaN or infinite."""
+        count, self._finite_count = self._finite_count, 0
+        if count == 0 or bool(self._finite[:count].all()):
+            return
+        first_bad = int((~self._finite[:count]).nonzero()[0])
+        step_in_epoch = self.epoch_step - count + first_bad + 1
+        bad_step = self.global_step - count + first_bad + 1
+        raise TrainingDiverged(
+            f"the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} (global "
+            f"step {bad_step}); stopped without saving, so the newest checkpoint is the last "
+            f"good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
 
     def epoch_state(self) -> dict:
         return {"train_metrics": self.train_metrics.state_dict(),
-                "batch_size": self.data_loader.batch_size, "len_epoch": self.len_epoch}
+                "batch_size": self.data_loader.batch_size, "len_epoch": self.len_epoch,
+                "grad_accum_steps": self.accum}
 
     def load_epoch_state(self, state: dict) -> None:
         """The epoch's running metric sums; the position in it only means the same batches
         with the same batch size and epoch length."""
         for key, now, path in (("batch_size", self.data_loader.batch_size,
                                 "data_loader.args.batch_size"),
-                               ("len_epoch", self.len_epoch, "trainer.len_epoch")):
+                               ("len_epoch", self.len_epoch, "trainer.len_epoch"),
+                               ("grad_accum_steps", self.accum, "trainer.grad_accum_steps")):
             if state.get(key, now) != now:
                 raise ConfigError(f"{path}: the checkpoint stopped mid-epoch with {key} "
                                   f"{state[key]}; resuming with {now} would not continue the same "
@@ -124,18 +149,28 @@ class Trainer(BaseTrainer):
         """Validation; a stop signal ends it early, and the checkpoint then holds the point
         before it (with the generators as they were, as loading data may draw from them)."""
         rng_state = get_rng_state()
-        log = evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns,
-                       self.metric_names, self.device, stop=lambda: self.stop_signals.requested)
+        with self.mechanics.autocast():
+            log = evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns,
+                           self.metric_names, self.device,
+                           stop=lambda: self.stop_signals.requested)
         if log is None:
             self.position_rng_state = rng_state
             raise StopRequested
         return log
 
-    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator:
-        """The batches of `epoch` after its first `start`, in an order that depends only on the
-        seed and `epoch`; the skipped ones are skipped by the sampler, not loaded."""
-        remaining = self.len_epoch - start
-        if remaining <= 0:
+    def _step_groups(self, epoch: int, start: int) -> Iterator[list]:
+        """Lists of `grad_accum_steps` micro-batches, one per optimizer step, from step `start`
+        of `epoch` on; a pass's last list may be shorter."""
+        batches = self._epoch_batches(epoch, start * self.accum, (self.len_epoch - start) *
+                                      self.accum if self.iteration_based else None)
+        while group := list(itertools.islice(batches, self.accum)):
+            yield group
+
+    def _epoch_batches(self, epoch: int, start: int = 0, count: int | None = None) -> Iterator:
+        """The (micro-)batches of `epoch` after its first `start`, in an order that depends only
+        on the seed and `epoch` — `count` of them cycling through the data (iteration-based), or
+        the rest of one pass; the skipped ones are skipped by the sampler, not loaded."""
+        if count is not None and count <= 0 or count is None and start >= len(self.data_loader):
             return iter(())
         set_epoch = getattr(self.data_loader, "set_epoch", None)
         skip = 0
@@ -150,8 +185,8 @@ class Trainer(BaseTrainer):
             if skip:
                 self.logger.warning("%s cannot start mid-epoch: reading past %d batches.",
                                     type(self.data_loader).__name__, skip)
-        if self.iteration_based:
-            return itertools.islice(inf_loop(self.data_loader), skip, skip + remaining)
+        if count is not None:
+            return itertools.islice(inf_loop(self.data_loader), skip, skip + count)
         return itertools.islice(iter(self.data_loader), skip, None)
 
     def _log_progress(self, epoch: int, step: int, loss: Tensor) -> None:

@@ -18,6 +18,8 @@ from utils.names import callable_name, did_you_mean
 # Every top-level key the template reads; another key close to one of these is a likely typo.
 KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "loss", "metrics",
                   "lr_scheduler", "trainer")
+# Keys a block may have besides type and args, and their allowed values.
+BLOCK_OPTIONS = {"lr_scheduler": {"interval": ("epoch", "step")}}
 # Data loader arguments every `BaseDataLoader` takes, with their smallest allowed value.
 _LOADER_MINIMUMS = {"batch_size": 1, "num_workers": 0}
 # Top-level integers and their ranges (a seed feeds NumPy, which takes 32 bits).
@@ -69,6 +71,11 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
             except ConfigError as error:
                 problems += str(error).splitlines()
     problems += data_loader_problems(raw, problems)
+    scheduler = raw.get("lr_scheduler")
+    if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and \
+            str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau":
+        problems.append("lr_scheduler.interval: ReduceLROnPlateau steps on a validation value "
+                        "once an epoch; use \"epoch\"")
     if trainer and isinstance(raw.get("trainer"), dict):
         from trainer.settings import TrainerSettings
         problems += TrainerSettings.problems(raw["trainer"])

@@ -86,6 +86,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     _fsync_dir(path.parent)
 
 
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Make `path` a hard link to the complete file `source`, atomically (a link under a temp
+    name, then `os.replace`); False where the file system has no hard links."""
+    path = Path(path)
+    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+    try:
+        tmp_name.unlink(missing_ok=True)
+        os.link(source, tmp_name)
+    except OSError:
+        return False
+    os.replace(tmp_name, path)
+    _fsync_dir(path.parent)
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
@@ -134,11 +149,15 @@ class MetricTracker:
 
     def update(self, key: str, value: torch.Tensor | float, n: int = 1) -> None:
         """Add `value`, the mean over `n` samples, to the running mean of `key`."""
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
+        total = self._sums[key]
+        if isinstance(value, torch.Tensor) and isinstance(total, torch.Tensor):
+            total.add_(value.detach(), alpha=n)  # one in-place op: no allocation per batch
+        elif isinstance(value, torch.Tensor):
             # float64 sums keep long epochs exact; MPS has no float64
-            value = value.to(torch.float32 if value.device.type == "mps" else torch.float64)
-        self._sums[key] = self._sums[key] + value * n
+            dtype = torch.float32 if value.device.type == "mps" else torch.float64
+            self._sums[key] = value.detach().to(dtype) * n + total
+        else:
+            self._sums[key] = total + value * n
         self._counts[key] += n
 
     def count(self, key: str) -> int:
@@ -146,7 +165,9 @@ class MetricTracker:
 
     def state_dict(self) -> dict:
         """The running sums and counts, as plain data (a checkpoint taken mid-epoch holds them)."""
-        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+        sums = {key: total.clone() if isinstance(total, torch.Tensor) else total
+                for key, total in self._sums.items()}  # the tracker goes on adding in place
+        return {"sums": sums, "counts": dict(self._counts)}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         """Continue from `state_dict()`'s sums and counts, the sums moved to `device`."""

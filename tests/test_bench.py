@@ -1,0 +1,18 @@
+"""The benchmark scripts still run (tiny sizes; their figures are not checked here: timing
+belongs in bench/, not in tests)."""
+from tests.conftest import run_script
+
+
+def test_overhead_benchmark_runs_and_reports_both_workloads():
+    result = run_script("bench/overhead.py", "--repeats", "1", "--mnist-samples", "640",
+                        "--digits-epochs", "1", "--no-memory")
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("mnist: 640 samples x 1 epochs") and "time ratio" in lines[1]
+    assert lines[2].startswith("digits: ") and lines[-1].startswith("reproduce: ")
+
+
+def test_throughput_benchmark_runs_on_the_cpu():
+    result = run_script("bench/throughput.py", "--epochs", "1", "-o", "trainer.len_epoch=3")
+    lines = result.stdout.splitlines()
+    assert "as configured" in lines[1] and '{"amp": "bf16"}' in lines[2]
+    assert all(float(line.split()[-2]) > 0 for line in lines[1:3])

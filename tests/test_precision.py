@@ -1,0 +1,132 @@
+"""Mixed precision, gradient accumulation, clipping, compile, step-wise schedulers and kernel
+settings: each on the CPU through the real `train.main`; the CUDA-only paths skip without a GPU."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import train
+from tests.conftest import run_folders, small_config
+from trainer.checkpoint import load_checkpoint
+from trainer.precision import StepMechanics, configure_backends
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def train_run(tmp_path, run_id: str, *argv: str, epochs: int = 1, **trainer) -> dict:
+    """Train the shrunk real config (no dropout, so runs can be compared) and return its last
+    checkpoint."""
+    config = small_config(tmp_path / "saved", epochs=epochs, **trainer)
+    config["arch"]["args"]["dropout"] = 0.0
+    path = tmp_path / f"{run_id}.json"
+    path.write_text(json.dumps(config))
+    train.main(["-c", str(path), "--run-id", run_id, *argv])
+    return load_checkpoint(tmp_path / "saved" / "models" / "Digits_CNN" / run_id /
+                           f"checkpoint-epoch{epochs}.pth")
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    model = nn.Linear(4, 2)
+    mechanics = StepMechanics(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                              torch.device("cpu"), amp="bf16")
+    with mechanics.autocast():
+        assert model(torch.randn(3, 4)).dtype == torch.bfloat16
+    full = train_run(tmp_path, "fp32")
+    bf16 = train_run(tmp_path, "bf16", "-o", "trainer.amp=bf16")
+    weights = bf16["state_dict"]["fc2.weight"]
+    assert weights.dtype == torch.float32 and torch.isfinite(weights).all()
+    assert not torch.equal(weights, full["state_dict"]["fc2.weight"])  # autocast did something
+    assert torch.allclose(weights, full["state_dict"]["fc2.weight"], atol=0.05)
+    assert bf16["scaler"] is None
+
+
+def test_fp16_keeps_its_grad_scaler_in_checkpoints_and_resumes_exactly(tmp_path):
+    straight = train_run(tmp_path, "straight", "-o", "trainer.amp=fp16", epochs=2)
+    assert straight["scaler"]["scale"] > 0 and straight["scaler"]["_growth_tracker"] > 0
+    train_run(tmp_path, "resumed", "-o", "trainer.amp=fp16", epochs=1)
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    train.main(["-r", str(runs / "resumed" / "checkpoint-epoch1.pth"), "--epochs", "2"])
+    resumed = load_checkpoint(runs / "resumed" / "checkpoint-epoch2.pth")
+    assert resumed["scaler"] == straight["scaler"]
+    for key, tensor in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], tensor), key
+
+
+def test_accumulating_n_micro_batches_steps_like_one_batch_of_n_times_the_size(tmp_path):
+    whole = train_run(tmp_path, "whole", "--bs", "64", "-o", "optimizer.type=SGD",
+                      "-o", "optimizer.args={\"lr\": 0.05}")
+    micro = train_run(tmp_path, "micro", "--bs", "16", "-o", "optimizer.type=SGD",
+                      "-o", "optimizer.args={\"lr\": 0.05}", grad_accum_steps=4)
+    assert whole["global_step"] == micro["global_step"] == 21  # ceil(1295 / 64)
+    for key, tensor in whole["state_dict"].items():
+        assert torch.allclose(micro["state_dict"][key], tensor, atol=1e-5), key
+    assert not torch.equal(micro["state_dict"]["fc2.weight"], whole["state_dict"]["fc2.weight"])
+
+
+@pytest.mark.parametrize("amp", [None, "fp16"])
+def test_clipping_bounds_the_global_gradient_norm(amp):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 50), nn.ReLU(), nn.Linear(50, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves grads be
+    mechanics = StepMechanics(model, optimizer, torch.device("cpu"), amp=amp, grad_clip_norm=0.01)
+    with mechanics.autocast():
+        loss = model(torch.randn(32, 10) * 3).float().pow(2).mean()
+    mechanics.backward(loss)
+    scale = mechanics.scaler.get_scale() if mechanics.scaler is not None else 1.0
+    unclipped = grad_norm(model) / scale  # fp16: the grads are scaled until step() unscales
+    mechanics.step()
+    assert 1.0 < unclipped < float("inf")
+    assert grad_norm(model) <= 0.01 * (1 + 1e-4)
+
+
+def grad_norm(model: nn.Module) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
+                                                       for p in model.parameters()])))
+
+
+def test_a_compiled_model_trains_and_checkpoints_plain_keys(tmp_path):
+    checkpoint = train_run(tmp_path, "compiled", "-o", 'trainer.compile={"backend": "eager"}')
+    assert set(checkpoint["state_dict"]) == {f"{layer}.{kind}" for layer in
+                                             ("conv1", "conv2", "fc1", "fc2")
+                                             for kind in ("weight", "bias")}
+
+
+def test_a_step_wise_scheduler_steps_every_optimizer_step(tmp_path):
+    scheduler = json.dumps({"type": "OneCycleLR", "interval": "step",
+                            "args": {"max_lr": 0.01, "total_steps": 42}})
+    checkpoint = train_run(tmp_path, "onecycle", "-o", f"lr_scheduler={scheduler}", epochs=2)
+    assert checkpoint["lr_scheduler"]["last_epoch"] == 42 == checkpoint["global_step"]
+
+
+def test_deterministic_turns_on_deterministic_algorithms_and_off_autotuning(tmp_path):
+    try:
+        train_run(tmp_path, "det", deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        configure_backends(cudnn_benchmark=True, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+
+
+@cuda
+def test_fp16_on_the_gpu_trains_with_a_scaler(tmp_path):
+    checkpoint = train_run(tmp_path, "gpu", "-o", "trainer.amp=fp16", "-o", "n_gpu=1")
+    assert checkpoint["scaler"]["scale"] > 0
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+@cuda
+def test_loaders_pin_memory_on_a_gpu_machine(tmp_path):
+    import data_loader.data_loaders as module_data
+    from tests.conftest import ROOT
+
+    loader = module_data.DigitsDataLoader(str(ROOT / "data"), batch_size=8)
+    assert loader.pin_memory
+    data, _ = next(iter(loader))
+    assert data.is_pinned()
+
+
+def test_run_folders_helper_still_sees_one_run(tmp_path):
+    train_run(tmp_path, "only")
+    assert [p.name for p in run_folders(tmp_path / "saved")] == ["only"]
