@@ -40,6 +40,7 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int]:
     import model.loss as module_loss
     import model.metric as module_metric
     import model.model as module_arch
+    from base.base_data_loader import release_workers
     from base.base_trainer import metric_name
     from logger.logger import setup_logging
     from trainer.checkpoint import load_checkpoint, load_model_state
@@ -59,6 +60,7 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int]:
     names = [metric_name(fn) for fn in metric_fns]
     check_first_batch(model, data_loader, criterion, metric_fns, device)
     results = evaluate(model, data_loader, criterion, metric_fns, names, device)
+    release_workers(data_loader)
     results["n_samples"] = len(data_loader.sampler)
     return results, checkpoint["epoch"]
 

@@ -185,7 +185,9 @@ class BaseDataLoader(SeededDataLoader):
         self._valid_sampler = EpochSampler(valid_indices, shuffle=False, seed=seed) \
             if valid_indices else None
         loader_kwargs["worker_init_fn"] = WorkerInit(loader_kwargs.get("worker_init_fn"))
-        loader_kwargs.setdefault("pin_memory", torch.cuda.is_available())  # async copies to GPU
+        # async copies to the GPU; persistent_workers stays off unless asked for: on the CPU
+        # it measured 1.4x slower per epoch (bench/data_loading.py, README's Performance)
+        loader_kwargs.setdefault("pin_memory", torch.cuda.is_available())
         self._init_kwargs = {"dataset": dataset, "batch_size": batch_size,
                              "collate_fn": collate_fn, "num_workers": num_workers, **loader_kwargs}
         # the generator only seeds workers here (the sampler shuffles); keeps the global RNG out
@@ -217,3 +219,17 @@ class BaseDataLoader(SeededDataLoader):
                                 generator=torch.Generator().manual_seed(derive_seed(self.seed, -1)),
                                 batch_seed=derive_seed(self.seed, 0xBA7C, -1), per_pass=False,
                                 **self._init_kwargs)
+
+
+def release_workers(*loaders: DataLoader | None) -> None:
+    """Stop the persistent worker processes of `loaders` now.
+
+    With `persistent_workers` a DataLoader keeps its workers (in its `_iterator`) until it is
+    garbage-collected; left to then — a loader referenced by a traceback, a test, a notebook —
+    shutting them down can take seconds per worker. The trainer calls this when training ends.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None

@@ -165,3 +165,16 @@ def test_stop_signals_are_forgotten_when_training_starts_again():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     with signals:
         assert not signals.requested
+
+
+def test_release_workers_stops_persistent_workers_at_once():
+    from base.base_data_loader import release_workers
+
+    loader = BaseDataLoader(NoisyDataset(), batch_size=4, shuffle=True, validation_split=0,
+                            num_workers=2, seed=1, persistent_workers=True)
+    next(iter(loader))  # left part-way, as a first-batch check or a stop leaves it
+    workers = loader._iterator._workers
+    assert all(worker.is_alive() for worker in workers)
+    release_workers(loader, None)
+    assert loader._iterator is None and not any(worker.is_alive() for worker in workers)
+    assert len(list(loader)) == 8  # and the loader still works

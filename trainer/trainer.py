@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from base.base_data_loader import BaseDataLoader
+from base.base_data_loader import BaseDataLoader, release_workers
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
 from trainer.precision import StepMechanics
@@ -53,10 +53,17 @@ class Trainer(BaseTrainer):
             keys += [f"val_{key}" for key in keys]
         return keys
 
+    def train(self) -> None:
+        try:
+            super().train()
+        finally:  # persistent workers end with training, not whenever the loaders are collected
+            release_workers(self.data_loader, self.valid_data_loader)
+
     def check_first_batch(self) -> None:
         """Fail now, with one clear line, if a batch does not fit model, loss and metrics."""
         loader = self.valid_data_loader if self.valid_data_loader is not None else self.data_loader
         check_first_batch(self.model, loader, self.criterion, self.metric_fns, self.device)
+        release_workers(loader)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
