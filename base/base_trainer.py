@@ -269,12 +269,27 @@ class BaseTrainer(ABC):
                                 "its state is not restored.")
         if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None and \
                 (saved.get("lr_scheduler") or {}).get("type") == self.config["lr_scheduler"]["type"]:
-            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-            self._apply_changed_args("lr_scheduler", saved, vars(self.lr_scheduler))
+            self._restore_scheduler(checkpoint["lr_scheduler"], saved)
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
+
+    def _restore_scheduler(self, state: dict, saved_config: dict) -> None:
+        """The checkpoint's scheduler state; with args changed since (`total_steps` raised on
+        resume), the scheduler built from the new args continues from the checkpoint's step
+        instead: schedules such as OneCycleLR derive their phases from their args."""
+        saved_args = (saved_config.get("lr_scheduler") or {}).get("args", {})
+        changed = {key: value for key, value in self.config["lr_scheduler"].get("args", {}).items()
+                   if saved_args.get(key) != value}
+        if not changed:
+            self.lr_scheduler.load_state_dict(state)
+            return
+        for key in ("last_epoch", "_step_count", "_last_lr"):
+            if key in state:
+                setattr(self.lr_scheduler, key, state[key])
+        self.logger.info("lr_scheduler args changed since the checkpoint: %s; the schedule "
+                         "continues from step %s with them.", changed, state.get("last_epoch"))
 
     def _apply_changed_args(self, section: str, saved_config: dict, target: dict) -> None:
         """Args the config changed since the checkpoint (`--lr` on resume) win over its state.

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+from base.base_data_loader import split_indices  # noqa: E402
 from data_loader.datasets import digits_dataset  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
@@ -79,7 +80,6 @@ def template_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
 
 def bare_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
     """Seconds for the same work written by hand."""
-    from base.base_data_loader import split_indices
     import model.model as module_arch
 
     seed_everything(config["seed"])
@@ -165,7 +165,9 @@ def main() -> None:
                     if repeat:
                         times[side].append(seconds)
         template_s, bare_s = (statistics.median(times[side]) for side in ("template", "bare"))
-        line = (f"{name}: {len(dataset)} samples x {config['trainer']['epochs']} epochs, "
+        n_train = len(dataset) - len(split_indices(len(dataset), config["data_loader"]["args"][
+            "validation_split"], config["seed"])[1])
+        line = (f"{name}: {n_train} training samples x {config['trainer']['epochs']} epochs, "
                 f"template {template_s:.3f} s, bare {bare_s:.3f} s, time ratio "
                 f"{template_s / bare_s:.3f}")
         if not args.no_memory:

@@ -3,8 +3,10 @@
     python bench/throughput.py [-c config.json] [--epochs 3] [-o key.path=value ...]
 
 On the CPU it measures the config as given and with `trainer.amp` bf16; with CUDA also fp16
-and `trainer.compile`, each alone and together. The first epoch of each setting warms up
-(compilation, cuDNN autotuning) and is not counted.
+and `trainer.compile`, each alone and together (on the CPU, add `-o trainer.compile=true` to
+measure compile). A timed epoch is what an epoch costs a user — training, validation and the
+epoch's checkpoint — and the rate counts the training samples. The first epoch of each setting
+warms up (compilation, cuDNN autotuning) and is not counted.
 """
 import argparse
 import dataclasses

@@ -7,7 +7,7 @@ def test_overhead_benchmark_runs_and_reports_both_workloads():
     result = run_script("bench/overhead.py", "--repeats", "1", "--mnist-samples", "640",
                         "--digits-epochs", "1", "--no-memory")
     lines = result.stdout.splitlines()
-    assert lines[1].startswith("mnist: 640 samples x 1 epochs") and "time ratio" in lines[1]
+    assert lines[1].startswith("mnist: 576 training samples x 1 epochs") and "time ratio" in lines[1]
     assert lines[2].startswith("digits: ") and lines[-1].startswith("reproduce: ")
 
 

@@ -241,6 +241,10 @@ CASES = [
     ("plateau_per_step", lambda t: C + [write(t, change("lr_scheduler", {
         "type": "ReduceLROnPlateau", "interval": "step"}))],
      ["lr_scheduler.interval: ReduceLROnPlateau steps on a validation value once an epoch"]),
+    ("one_cycle_too_short", lambda t: C + [write(t, change("lr_scheduler", {
+        "type": "OneCycleLR", "interval": "step", "args": {"max_lr": 0.01, "total_steps": 25}}))],
+     ["lr_scheduler.args.total_steps: the schedule has 25 steps but training runs 63 (3 epochs "
+      "x 21 optimizer steps); set total_steps to 63"]),
     # ---- the command line
     ("override_typo", lambda t: C + [write(t), "-o", "optimzer.args.lr=0.1"],
      ["optimzer: missing from the config (did you mean 'optimizer'?)"]),

@@ -107,6 +107,7 @@ def test_deterministic_turns_on_deterministic_algorithms_and_off_autotuning(tmp_
     finally:
         configure_backends(cudnn_benchmark=True, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.deterministic  # nothing left over for the next run
 
 
 @cuda
@@ -130,3 +131,27 @@ def test_loaders_pin_memory_on_a_gpu_machine(tmp_path):
 def test_run_folders_helper_still_sees_one_run(tmp_path):
     train_run(tmp_path, "only")
     assert [p.name for p in run_folders(tmp_path / "saved")] == ["only"]
+
+
+def test_an_empty_compile_object_compiles_with_the_defaults(tmp_path):
+    from parse_config import ConfigParser
+
+    config = ConfigParser(small_config(tmp_path), modification={"trainer.compile": {}})
+    assert hasattr(train.build_trainer(config).model, "_orig_mod")  # wrapped; compiles lazily
+    config = ConfigParser(small_config(tmp_path), modification={"trainer.compile": False})
+    assert not hasattr(train.build_trainer(config).model, "_orig_mod")
+
+
+def test_a_longer_one_cycle_on_resume_continues_on_the_new_schedule(tmp_path):
+    def one_cycle(total: int) -> str:
+        return json.dumps({"type": "OneCycleLR", "interval": "step",
+                           "args": {"max_lr": 0.01, "total_steps": total}})
+    straight = train_run(tmp_path, "straight", "-o", f"lr_scheduler={one_cycle(63)}", epochs=2)
+    train_run(tmp_path, "short", "-o", f"lr_scheduler={one_cycle(21)}", epochs=1)
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    train.main(["-r", str(runs / "short" / "checkpoint-epoch1.pth"), "--epochs", "2",
+                "-o", "lr_scheduler.args.total_steps=63"])
+    resumed = load_checkpoint(runs / "short" / "checkpoint-epoch2.pth")
+    assert resumed["lr_scheduler"]["total_steps"] == 63 and resumed["global_step"] == 42
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == \
+        straight["optimizer"]["param_groups"][0]["lr"]  # step 42 of the 63-step cycle

@@ -56,7 +56,7 @@ def configure_backends(cudnn_benchmark: bool, deterministic: bool) -> None:
     """Process-wide kernel choices, set by train.py before anything is built: cuDNN autotuning,
     or deterministic algorithms everywhere (which rules autotuning out)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
-        torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(deterministic)

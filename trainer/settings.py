@@ -109,6 +109,7 @@ _RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
           "cudnn_benchmark": (bool, False), "deterministic": (bool, False)}
 # What `trainer.compile` may pass to torch.compile.
 COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _value_problem(key: str, value) -> str | None:
@@ -132,8 +133,10 @@ def _value_problem(key: str, value) -> str | None:
             return (f"trainer.{key}: expected true, false or an object of "
                     f"{', '.join(COMPILE_OPTIONS)}, got {json.dumps(value)}")
         unknown = [k for k in value if k not in COMPILE_OPTIONS]
-        return (f"trainer.{key}.{unknown[0]}: unknown key (one of {', '.join(COMPILE_OPTIONS)})"
-                f"{did_you_mean(unknown[0], COMPILE_OPTIONS)}") if unknown else None
+        if unknown:
+            return (f"trainer.{key}.{unknown[0]}: unknown key (one of "
+                    f"{', '.join(COMPILE_OPTIONS)}){did_you_mean(unknown[0], COMPILE_OPTIONS)}")
+        return _compile_option_problem(value)
     if isinstance(rule, type):
         if not isinstance(value, rule) or value == "":
             return (f"trainer.{key}: expected {'true or false' if rule is bool else 'a string'}, "
@@ -145,4 +148,25 @@ def _value_problem(key: str, value) -> str | None:
         wanted = f"an integer >= {smallest}" if largest is None else \
             f"an integer from {smallest} to {largest}"
         return f"trainer.{key}: expected {wanted}, got {json.dumps(value)}"
+    return None
+
+
+def _compile_option_problem(options: dict) -> str | None:
+    """The first bad value among torch.compile's options, or None."""
+    mode, backend = options.get("mode", "default"), options.get("backend", "inductor")
+    if mode not in COMPILE_MODES:
+        return (f"trainer.compile.mode: expected one of {', '.join(map(json.dumps, COMPILE_MODES))}"
+                f", got {json.dumps(mode)}{did_you_mean(str(mode), COMPILE_MODES)}")
+    for flag, nullable in (("fullgraph", False), ("dynamic", True)):
+        value = options.get(flag, False)
+        if not isinstance(value, bool) and not (nullable and value is None):
+            return (f"trainer.compile.{flag}: expected true or false"
+                    f"{' or null' if nullable else ''}, got {json.dumps(value)}")
+    if backend != "inductor":
+        import torch._dynamo  # slow import: only when a backend is named
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in backends:
+            return (f"trainer.compile.backend: {json.dumps(backend)} is not a torch.compile "
+                    f"backend{did_you_mean(str(backend), backends)}")
     return None

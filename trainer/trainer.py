@@ -42,10 +42,23 @@ class Trainer(BaseTrainer):
         self.mechanics = StepMechanics(self.model, optimizer, device, self.settings.amp,
                                        self.settings.grad_clip_norm)
         self.scaler = self.mechanics.scaler
-        if self.settings.compile:  # checkpoints keep the uncompiled keys (unwrap_model)
-            options = self.settings.compile if isinstance(self.settings.compile, dict) else {}
-            self.model = torch.compile(self.model, **options)
+        compile_options = self.settings.compile
+        if compile_options is True or isinstance(compile_options, dict):  # {} = the defaults
+            options = compile_options if isinstance(compile_options, dict) else {}
+            self.model = torch.compile(self.model, **options)  # checkpoints: unwrap_model
         self.check_monitor()
+        self._check_schedule_length()
+
+    def _check_schedule_length(self) -> None:
+        """A step-wise schedule with a fixed length (OneCycleLR's total_steps) must cover the
+        run: else it fails part-way, after hours."""
+        total = getattr(self.lr_scheduler, "total_steps", None)
+        needed = self.settings.epochs * self.len_epoch
+        if self.scheduler_interval == "step" and isinstance(total, int) and total < needed:
+            raise ConfigError(
+                f"lr_scheduler.args.total_steps: the schedule has {total} steps but training runs "
+                f"{needed} ({self.settings.epochs} epochs x {self.len_epoch} optimizer steps); "
+                f"set total_steps to {needed}")
 
     def expected_log_keys(self) -> list[str]:
         keys = super().expected_log_keys()
