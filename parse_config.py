@@ -10,21 +10,19 @@ import inspect
 import json
 import logging
 import os
-from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from utils.command_line import CustomArgs, checked_checkpoint, option_dest, parse_command_line
 from utils.config_check import BLOCK_OPTIONS, Block, find_problems, is_plain_name
 from utils.errors import BuildError, ConfigError, UserError
 from utils.key_paths import apply_modifications, get_by_path, parse_overrides
 from utils.names import callable_name, check_signature, did_you_mean, resolve_type
 from utils.util import read_json, write_json
 
-# `flags` as argparse takes them, `type` the value's type, `target` the dotted config key it sets.
-CustomArgs = namedtuple("CustomArgs", "flags type target")
 
 _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 # Packages whose callables reject a bad value with ValueError / TypeError: that is a config
@@ -82,7 +80,7 @@ class ConfigParser:
         overrides, the run id and a checkpoint given with `-c` are reported by `validate`, with
         the config's own.
         """
-        args = _parse_command_line(parser, options, argv, evaluating)
+        args = parse_command_line(parser, options, argv, evaluating)
         problems: list[str] = []
         resume, continue_run = None, False
         if args.config is not None:
@@ -90,7 +88,7 @@ class ConfigParser:
             if not isinstance(config, dict):
                 raise ConfigError(f"{args.config}: the config must be a JSON object")
             if args.resume is not None:
-                resume = _checked_checkpoint(args.resume, problems)
+                resume = checked_checkpoint(args.resume, problems)
         else:  # the config stored in the checkpoint: nothing to check without it
             from trainer.checkpoint import find_checkpoint, is_latest_in_run, load_checkpoint
             resume = find_checkpoint(args.resume)  # a file, or the newest in a run folder
@@ -99,7 +97,7 @@ class ConfigParser:
             # resuming the newest checkpoint of a run continues it; an older one branches off
             continue_run = not evaluating and is_latest_in_run(resume, checkpoint)
 
-        modification = {option.target: getattr(args, _dest(option.flags))
+        modification = {option.target: getattr(args, option_dest(option.flags))
                         for option in options}
         modification = {key: value for key, value in modification.items() if value is not None}
         modification.update(parse_overrides(args.override))
@@ -299,58 +297,6 @@ class ConfigParser:
         logger = logging.getLogger(name)
         logger.setLevel(_LOG_LEVELS[verbosity])
         return logger
-
-
-# -------------------------------------------------------------------- command line
-def _parse_command_line(parser: argparse.ArgumentParser, options: Iterable[CustomArgs],
-                        argv: Sequence[str] | None, evaluating: bool) -> argparse.Namespace:
-    add_standard_args(parser, evaluating)
-    for option in options:
-        parser.add_argument(*option.flags, type=option.type, default=None,
-                            help=f"sets {option.target}")
-    args = parser.parse_args(argv)
-    if args.device is not None:  # must happen before CUDA is first touched
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-    if evaluating and args.resume is None:
-        raise UserError("give the checkpoint to evaluate with -r path/to/model_best.pth")
-    if args.config is None and args.resume is None:
-        raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
-    return args
-
-
-def _checked_checkpoint(path: str, problems: list[str]) -> Path:
-    """The checkpoint `-r path` names (the newest in a run folder), loaded once to check it: a
-    problem is added to `problems` so that it is reported with the config's."""
-    from trainer.checkpoint import find_checkpoint, load_checkpoint
-
-    try:
-        resume = find_checkpoint(path)
-        load_checkpoint(resume, mmap=True)
-    except UserError as error:
-        problems.append(f"-r {error}")
-        return Path(path)
-    return resume
-
-
-def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False) -> None:
-    parser.add_argument("-c", "--config", default=None,
-                        help="config file (default for -r: the config stored in the checkpoint)")
-    parser.add_argument("-r", "--resume", default=None,
-                        help="checkpoint to evaluate" if evaluating else
-                        "checkpoint (or run folder: its newest checkpoint) to resume from")
-    parser.add_argument("-d", "--device", default=None,
-                        help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="set any config key, e.g. -o trainer.epochs=3 (value parsed as JSON "
-                             "when it can be); may be repeated")
-    if not evaluating:
-        parser.add_argument("--run-id", default=None,
-                            help="name of the run folder (default: a timestamp)")
-
-
-def _dest(flags: Sequence[str]) -> str:
-    long_flags = [flag for flag in flags if flag.startswith("--")]
-    return (long_flags or flags)[0].lstrip("-").replace("-", "_")
 
 
 def _prefixed(key_path: str, message: str) -> str:
