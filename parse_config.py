@@ -88,10 +88,11 @@ class ConfigParser:
             if not isinstance(config, dict):
                 raise ConfigError(f"{args.config}: the config must be a JSON object")
             if args.resume is not None:
-                resume = checked_checkpoint(args.resume, problems)
+                resume = checked_checkpoint(args.resume, problems, prefer_best=evaluating)
         else:  # the config stored in the checkpoint: nothing to check without it
             from trainer.checkpoint import find_checkpoint, is_latest_in_run, load_checkpoint
-            resume = find_checkpoint(args.resume)  # a file, or the newest in a run folder
+            # a file, or in a run folder the newest (test.py: model_best.pth)
+            resume = find_checkpoint(args.resume, prefer_best=evaluating)
             checkpoint = load_checkpoint(resume, mmap=True)
             config = checkpoint["config"]
             # resuming the newest checkpoint of a run continues it; an older one branches off

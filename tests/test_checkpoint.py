@@ -146,3 +146,12 @@ def test_a_torn_later_checkpoint_does_not_make_a_resume_branch_off(tmp_path):
     assert not is_latest_in_run(tmp_path / "checkpoint-epoch2.pth", second)
     (tmp_path / "checkpoint-epoch3.pth").write_bytes(b"torn")
     assert is_latest_in_run(tmp_path / "checkpoint-epoch2.pth", second)
+
+
+def test_evaluating_a_run_folder_means_its_best_model(tmp_path):
+    for name in ("checkpoint-epoch1.pth", "checkpoint-epoch2.pth"):
+        save_checkpoint(minimal_checkpoint(DigitsModel()), tmp_path / name)
+    assert find_checkpoint(tmp_path, prefer_best=True).name == "checkpoint-epoch2.pth"
+    save_checkpoint(minimal_checkpoint(DigitsModel()), tmp_path / "model_best.pth")
+    assert find_checkpoint(tmp_path, prefer_best=True).name == "model_best.pth"
+    assert find_checkpoint(tmp_path).name == "checkpoint-epoch2.pth"  # resuming: the newest

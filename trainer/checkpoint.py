@@ -101,13 +101,16 @@ def progress_of(path: Path, checkpoint: dict | None = None) -> tuple[int, int]:
     return checkpoint["epoch"], checkpoint.get("epoch_step", 0)
 
 
-def find_checkpoint(path: str | os.PathLike) -> Path:
+def find_checkpoint(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     """`path` itself, or for a run folder its newest loadable checkpoint: the latest
     `checkpoint-epochN.pth` or the interrupted one, whichever holds more training. A damaged
-    newer file (a run killed in a way no write could survive) is skipped, with a warning."""
+    newer file (a run killed in a way no write could survive) is skipped, with a warning.
+    With `prefer_best` (evaluating) a run folder means its `model_best.pth` when it has one."""
     path = Path(path)
     if not path.is_dir():
         return path
+    if prefer_best and (path / "model_best.pth").is_file():
+        return path / "model_best.pth"
     candidates, skipped = [], []
     for file in [*path.glob("checkpoint-epoch*.pth"), path / INTERRUPTED_NAME]:
         if file.is_file() and (epoch_of(file) is not None or file.name == INTERRUPTED_NAME):

@@ -28,13 +28,13 @@ def parse_command_line(parser: argparse.ArgumentParser, options: Iterable[Custom
     return args
 
 
-def checked_checkpoint(path: str, problems: list[str]) -> Path:
+def checked_checkpoint(path: str, problems: list[str], prefer_best: bool = False) -> Path:
     """The checkpoint `-r path` names (the newest in a run folder), loaded once to check it: a
     problem is added to `problems` so that it is reported with the config's."""
     from trainer.checkpoint import find_checkpoint, load_checkpoint
 
     try:
-        resume = find_checkpoint(path)
+        resume = find_checkpoint(path, prefer_best)
         load_checkpoint(resume, mmap=True)
     except UserError as error:
         problems.append(f"-r {error}")

@@ -196,7 +196,7 @@ def prepare_device(n_gpu_use: int) -> tuple[torch.device, list[int]]:
     logger = logging.getLogger("utils")
     n_gpu = torch.cuda.device_count()
     if n_gpu_use > 0 and n_gpu == 0:
-        logger.warning("Warning: n_gpu is %d but no CUDA GPU is available; training on the CPU.",
+        logger.warning("Warning: n_gpu is %d but no CUDA GPU is available; running on the CPU.",
                        n_gpu_use)
         n_gpu_use = 0
     if n_gpu_use > n_gpu:
