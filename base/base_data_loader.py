@@ -103,9 +103,13 @@ class SeededBatchSampler(Sampler[list[int]]):
             number += 1
 
     def __len__(self) -> int:
+        return self.batch_count(len(self.sampler))
+
+    def batch_count(self, n_samples: int) -> int:
+        """How many batches `n_samples` indices make."""
         if self.drop_last:
-            return len(self.sampler) // self.batch_size
-        return -(-len(self.sampler) // self.batch_size)
+            return n_samples // self.batch_size
+        return -(-n_samples // self.batch_size)
 
 
 class SeededDataLoader(DataLoader):
@@ -199,9 +203,7 @@ class BaseDataLoader(SeededDataLoader):
         """Make the next iteration epoch `epoch`'s, starting after its first `start_batch`
         batches (a run resumed mid-epoch): the same batches, in the same order, with the same
         worker seeds as in a run that was never interrupted."""
-        n_samples = len(self.sampler.indices)
-        batches_per_pass = max(1, n_samples // self.batch_size if self.drop_last else
-                               -(-n_samples // self.batch_size))
+        batches_per_pass = max(1, self._seeded_batches.batch_count(len(self.sampler.indices)))
         pass_index, batch_in_pass = divmod(start_batch, batches_per_pass)
         self.sampler.set_position(epoch, pass_index, batch_in_pass * self.batch_size)
 

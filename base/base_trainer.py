@@ -20,10 +20,7 @@ from utils.seeding import get_rng_state, set_rng_state
 from utils.util import atomic_link
 
 
-def metric_name(metric_fn: Callable) -> str:
-    """The name a metric is logged under (`accuracy`, or the wrapped function's for a partial)."""
-    return callable_name(metric_fn)
-
+metric_name = callable_name  # the name a metric is logged under
 
 class StopRequested(Exception):
     """Raised by `_train_epoch` after an optimizer step when a stop signal came in."""
@@ -279,9 +276,7 @@ class BaseTrainer(ABC):
         """The checkpoint's scheduler state; with args changed since (`total_steps` raised on
         resume), the scheduler built from the new args continues from the checkpoint's step
         instead: schedules such as OneCycleLR derive their phases from their args."""
-        saved_args = (saved_config.get("lr_scheduler") or {}).get("args", {})
-        changed = {key: value for key, value in self.config["lr_scheduler"].get("args", {}).items()
-                   if saved_args.get(key) != value}
+        changed = self._changed_args("lr_scheduler", saved_config)
         if not changed:
             self.lr_scheduler.load_state_dict(state)
             return
@@ -291,15 +286,17 @@ class BaseTrainer(ABC):
         self.logger.info("lr_scheduler args changed since the checkpoint: %s; the schedule "
                          "continues from step %s with them.", changed, state.get("last_epoch"))
 
-    def _apply_changed_args(self, section: str, saved_config: dict, target: dict) -> None:
-        """Args the config changed since the checkpoint (`--lr` on resume) win over its state.
-
-        `target` is where the restored object keeps them: an optimizer's param group, or a
-        scheduler's attributes.
-        """
+    def _changed_args(self, section: str, saved_config: dict) -> dict:
+        """The `args` of block `section` whose values differ from the checkpoint's config."""
         saved_args = (saved_config.get(section) or {}).get("args", {})
-        changed = {key: value for key, value in self.config[section].get("args", {}).items()
-                   if saved_args.get(key) != value and key in target}
+        return {key: value for key, value in self.config[section].get("args", {}).items()
+                if saved_args.get(key) != value}
+
+    def _apply_changed_args(self, section: str, saved_config: dict, target: dict) -> None:
+        """Args the config changed since the checkpoint (`--lr` on resume) win over its state;
+        `target` is where the restored object keeps them (an optimizer's param group)."""
+        changed = {key: value for key, value in self._changed_args(section, saved_config).items()
+                   if key in target}
         target.update(changed)
         if changed:
             self.logger.info("%s args changed since the checkpoint: %s", section, changed)

@@ -192,13 +192,12 @@ class Trainer(BaseTrainer):
         the rest of one pass; the skipped ones are skipped by the sampler, not loaded."""
         if count is not None and count <= 0 or count is None and start >= len(self.data_loader):
             return iter(())
-        set_epoch = getattr(self.data_loader, "set_epoch", None)
         skip = 0
-        if set_epoch is not None and isinstance(self.data_loader, BaseDataLoader):
-            set_epoch(epoch, start)
+        if isinstance(self.data_loader, BaseDataLoader):
+            self.data_loader.set_epoch(epoch, start)
         else:
-            set_epoch = set_epoch or getattr(getattr(self.data_loader, "sampler", None),
-                                             "set_epoch", None)
+            set_epoch = getattr(self.data_loader, "set_epoch", None) or \
+                getattr(getattr(self.data_loader, "sampler", None), "set_epoch", None)
             if set_epoch is not None:
                 set_epoch(epoch)
             skip = start  # a loader of another kind can only be read past the seen batches
