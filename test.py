@@ -1,10 +1,12 @@
 """Evaluate a checkpoint on the test split: `python test.py -r path/to/model_best.pth`."""
 import argparse
 import json
+import os
 
 import train
 from parse_config import ConfigParser
 from utils.cli import run_cli
+from utils.errors import UserError
 
 # The blocks test.py builds: train.py's, without the optimizer and the scheduler.
 BLOCKS = tuple(block for block in train.BLOCKS if block.key not in ("optimizer", "lr_scheduler"))
@@ -15,6 +17,8 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (checkpoint's or -c, + overrides) and exit")
     config = ConfigParser.from_args(parser, argv=argv, evaluating=True)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise UserError("test.py evaluates in one process: start it with python, not torchrun")
     test_config = config.with_modification({"data_loader.args.training": False,
                                             "data_loader.args.shuffle": False,
                                             "data_loader.args.validation_split": 0.0})

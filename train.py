@@ -30,8 +30,10 @@ BLOCKS = (
 )
 
 
-def build_trainer(config: ConfigParser):
-    """Every object the config describes, wired into a Trainer; touches no file."""
+def build_trainer(config: ConfigParser, device=None):
+    """Every object the config describes, wired into a Trainer; touches no file. `device`:
+    this process's device under torchrun (the Trainer wraps the model in DDP); None picks
+    one from `n_gpu`, with DataParallel over several GPUs."""
     import torch
 
     import data_loader.data_loaders as module_data
@@ -46,9 +48,11 @@ def build_trainer(config: ConfigParser):
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch", module_arch)
-    device, device_ids = prepare_device(config.get("n_gpu", 1))
+    device_ids = []
+    if device is None:
+        device, device_ids = prepare_device(config.get("n_gpu", 1))
     model = model.to(device)
-    if len(device_ids) > 1:
+    if len(device_ids) > 1:  # one process, several GPUs
         model = torch.nn.DataParallel(model, device_ids=device_ids)
 
     criterion = config.init_ftn("loss", module_loss)
@@ -74,22 +78,58 @@ def main(argv=None) -> None:
         return
 
     from logger.logger import setup_logging
-    from trainer.precision import configure_backends
-    from utils.seeding import seed_everything
+    from utils import distributed
 
     setup_logging(None)  # console only until the run folder exists
+    device = start_processes(config) if distributed.launched_world_size() > 1 else None
+    try:
+        train(config, device, list(argv if argv is not None else sys.argv[1:]))
+    finally:  # also on errors and signals
+        distributed.stop()
+
+
+def start_processes(config: ConfigParser):
+    """Under torchrun: join the other processes; this one's device. Only rank 0 logs."""
+    import logging
+
+    import torch
+
+    from utils import distributed
+
+    use_cuda = config.get("n_gpu", 1) > 0 and torch.cuda.is_available()
+    if config.get("n_gpu", 1) > 0 and not use_cuda and distributed.launched_rank() == 0:
+        logging.getLogger("train").warning("Warning: n_gpu is %d but no CUDA GPU is available; "
+                                           "each process runs on the CPU.", config["n_gpu"])
+    device = distributed.start(use_cuda)
+    if not distributed.is_main():  # the other ranks report errors only
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.ERROR)
+    return device
+
+
+def train(config: ConfigParser, device, argv: list[str]) -> None:
+    """Build, check, resume if asked, open the run folder and train (on every process)."""
+    from trainer.precision import configure_backends
+    from utils import distributed
+    from utils.seeding import derive_seed, seed_everything
+
     trainer_section = config["trainer"]
     configure_backends(trainer_section.get("cudnn_benchmark", True),
                        trainer_section.get("deterministic", False))
-    seed_everything(config.get("seed", 0))
-    trainer = build_trainer(config)
+    seed = config.get("seed", 0)
+    seed_everything(seed)  # the same initial weights in every process
+    trainer = build_trainer(config, device)
+    if distributed.rank() > 0:  # dropout and augmentation differ between processes
+        seed_everything(derive_seed(seed, distributed.rank()))
     trainer.check_first_batch()  # before the resume restores the RNG: resume stays exact
     if config.resume is not None:  # load before creating anything: a bad file writes nothing
         (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
 
     if trainer.nothing_to_train():  # before a run folder is made for nothing
         return
-    open_run(config, trainer, list(argv if argv is not None else sys.argv[1:]))
+    if distributed.is_main():
+        open_run(config, trainer, argv)
+    config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
     trainer.train()
 
 
@@ -97,6 +137,7 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     """Create the run folder (or reopen it, resuming), write the effective config, add this
     session to the manifest, start the log file and say where training starts."""
     from logger.logger import setup_logging
+    from utils import distributed
     from utils.manifest import add_session, session_record
 
     config.make_run_dirs()
@@ -106,6 +147,11 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)
+    if distributed.active():
+        logger.info("%d processes (torchrun), global batch %d = %d per process x %d",
+                    distributed.world_size(),
+                    trainer.data_loader.batch_size * distributed.world_size(),
+                    trainer.data_loader.batch_size, distributed.world_size())
     logger.info(trainer.model)
     if config.resume is None:
         return

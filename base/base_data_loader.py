@@ -10,14 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torch.utils.data.dataloader import default_collate
 
+from utils import distributed
 from utils.errors import ConfigError
 from utils.interrupts import WorkerInit
-
-
-def derive_seed(*entropy: int) -> int:
-    """A 64-bit seed that depends on every number in `entropy` (and on nothing else)."""
-    words = [int(value) % 2**64 for value in entropy]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+from utils.seeding import derive_seed
 
 
 class EpochSampler(Sampler[int]):
@@ -83,33 +79,59 @@ class SeededBatch(list):
 class SeededBatchSampler(Sampler[list[int]]):
     """`BatchSampler` over an `EpochSampler` whose batches are `SeededBatch`es, seeded from
     (seed, epoch, pass, batch number); with `per_pass` False from (seed, batch number) only, so
-    that every validation sees the same transforms."""
+    that every validation sees the same transforms.
+
+    With several processes (`world_size` > 1) each batch of the single-process run is cut
+    into `world_size` pieces: the sampler takes `batch_size * world_size` indices of the shared
+    permutation (a global batch) and yields piece `rank` of it. Two processes with batch B then
+    see exactly the samples one process with batch 2B sees, step by step. A short last global
+    batch is split as evenly as it goes (sizes differ by at most one). With `even` (training)
+    every process yields the same number of batches — each of them takes part in every step —
+    so a last global batch with fewer samples than processes is left out; without it
+    (validation) every sample is yielded once, and a process may get one batch fewer.
+    """
 
     def __init__(self, sampler: "EpochSampler", batch_size: int, drop_last: bool, seed: int,
-                 per_pass: bool = True):
+                 per_pass: bool = True, rank: int = 0, world_size: int = 1, even: bool = True):
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
         self.seed, self.per_pass = seed, per_pass
+        self.rank, self.world_size, self.even = rank, world_size, even
+        self.global_batch = batch_size * world_size
 
     def __iter__(self):
         sampler = self.sampler
         stream = (sampler.epoch, sampler.pass_index) if self.per_pass else (-1, 0)
-        number = sampler.skip // self.batch_size  # batches of this pass done before a resume
+        process = (self.rank,) if self.world_size > 1 else ()  # augmentation differs per piece
+        number = sampler.skip // self.global_batch  # batches of this pass done before a resume
         indices = iter(sampler)
-        while batch := SeededBatch(itertools.islice(indices, self.batch_size)):
-            if len(batch) < self.batch_size and self.drop_last:
+        while chunk := list(itertools.islice(indices, self.global_batch)):
+            if len(chunk) < self.global_batch and (self.drop_last or
+                                                   self.even and len(chunk) < self.world_size):
                 return
-            batch.seed_key = (self.seed, *stream, number)
-            yield batch
+            batch = SeededBatch(self._piece(chunk))
+            if batch:
+                batch.seed_key = (self.seed, *stream, number, *process)
+                yield batch
             number += 1
+
+    def _piece(self, chunk: list[int]) -> list[int]:
+        """This process's contiguous share of a global batch."""
+        if self.world_size == 1:
+            return chunk
+        base, extra = divmod(len(chunk), self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return chunk[start:start + base + (self.rank < extra)]
 
     def __len__(self) -> int:
         return self.batch_count(len(self.sampler))
 
     def batch_count(self, n_samples: int) -> int:
-        """How many batches `n_samples` indices make."""
-        if self.drop_last:
-            return n_samples // self.batch_size
-        return -(-n_samples // self.batch_size)
+        """How many batches this process yields from `n_samples` indices."""
+        count, tail = divmod(n_samples, self.global_batch)
+        if tail and not self.drop_last and (tail >= self.world_size or
+                                            not self.even and self.rank < tail):
+            count += 1
+        return count
 
 
 class SeededDataLoader(DataLoader):
@@ -117,12 +139,15 @@ class SeededDataLoader(DataLoader):
 
     It keeps DataLoader's public attributes (`sampler`, `batch_size`, `drop_last`) and hands its
     iterators the seeded batches through `_index_sampler`, the property they read batches from.
+    With `world_size` > 1 it loads process `rank`'s share of each global batch
+    (`SeededBatchSampler`); `batch_size` is then per process.
     """
 
-    def __init__(self, *args, batch_seed: int, per_pass: bool = True, **kwargs):
+    def __init__(self, *args, batch_seed: int, per_pass: bool = True, rank: int = 0,
+                 world_size: int = 1, even: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self._seeded_batches = SeededBatchSampler(self.sampler, self.batch_size, self.drop_last,
-                                                  batch_seed, per_pass)
+                                                  batch_seed, per_pass, rank, world_size, even)
 
     @property
     def _index_sampler(self):
@@ -176,6 +201,10 @@ class BaseDataLoader(SeededDataLoader):
     Randomness comes from generators of its own, seeded from `seed`: building or iterating it
     never touches the global RNG. Call `set_epoch(e)` before each epoch (the trainer does) so the
     shuffle order and worker seeds of epoch e depend only on (seed, e).
+
+    Under `torchrun` it is the distributed sampler as well: every process shuffles the same
+    permutation and loads its own share of each global batch of `batch_size * world_size`
+    (training) and of the validation data (each sample once, on one process).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool,
@@ -186,6 +215,7 @@ class BaseDataLoader(SeededDataLoader):
         self.seed = seed
         train_indices, valid_indices = split_indices(len(dataset), validation_split, seed)
         self.n_samples = len(train_indices)
+        self._processes = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         self._valid_sampler = EpochSampler(valid_indices, shuffle=False, seed=seed) \
             if valid_indices else None
         loader_kwargs["worker_init_fn"] = WorkerInit(loader_kwargs.get("worker_init_fn"))
@@ -197,7 +227,8 @@ class BaseDataLoader(SeededDataLoader):
         # the generator only seeds workers here (the sampler shuffles); keeps the global RNG out
         super().__init__(sampler=EpochSampler(train_indices, shuffle, seed),
                          generator=torch.Generator().manual_seed(derive_seed(seed)),
-                         batch_seed=derive_seed(seed, 0xBA7C), **self._init_kwargs)
+                         batch_seed=derive_seed(seed, 0xBA7C), **self._processes,
+                         **self._init_kwargs)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next iteration epoch `epoch`'s, starting after its first `start_batch`
@@ -205,7 +236,8 @@ class BaseDataLoader(SeededDataLoader):
         worker seeds as in a run that was never interrupted."""
         batches_per_pass = max(1, self._seeded_batches.batch_count(len(self.sampler.indices)))
         pass_index, batch_in_pass = divmod(start_batch, batches_per_pass)
-        self.sampler.set_position(epoch, pass_index, batch_in_pass * self.batch_size)
+        self.sampler.set_position(epoch, pass_index,
+                                  batch_in_pass * self._seeded_batches.global_batch)
 
     def __iter__(self):
         # worker seeds (torch's base seed + worker id) depend only on (seed, epoch, pass)
@@ -220,7 +252,7 @@ class BaseDataLoader(SeededDataLoader):
         return SeededDataLoader(sampler=self._valid_sampler,
                                 generator=torch.Generator().manual_seed(derive_seed(self.seed, -1)),
                                 batch_seed=derive_seed(self.seed, 0xBA7C, -1), per_pass=False,
-                                **self._init_kwargs)
+                                even=False, **self._processes, **self._init_kwargs)
 
 
 def release_workers(*loaders: DataLoader | None) -> None:

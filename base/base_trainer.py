@@ -13,10 +13,11 @@ from trainer.checkpoint import (FORMAT_VERSION, INTERRUPTED_NAME, load_checkpoin
                                 load_model_state, prune_checkpoints, remove_partial_writes,
                                 save_checkpoint, unwrap_model)
 from trainer.settings import TrainerSettings
+from utils import distributed
 from utils.errors import ConfigError
 from utils.interrupts import StopSignals, TrainingInterrupted, signal_name
 from utils.names import callable_name
-from utils.seeding import get_rng_state, set_rng_state
+from utils.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
 from utils.util import atomic_link
 
 
@@ -25,12 +26,19 @@ metric_name = callable_name  # the name a metric is logged under
 class StopRequested(Exception):
     """Raised by `_train_epoch` after an optimizer step when a stop signal came in."""
 
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
 
 class BaseTrainer(ABC):
     """Runs `_train_epoch` for each epoch, tracks the monitored metric, saves and resumes.
 
     Reads `config["trainer"]` once, here, into `self.settings`. The constructor only stores:
     `resume`/`load_weights` and `train` are the explicit actions.
+
+    Under torchrun every process runs the loop; rank 0 alone writes (checkpoints, TensorBoard)
+    and its decisions (best model, early stop) are every process's.
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, metric_fns: Sequence[Callable],
@@ -93,9 +101,10 @@ class BaseTrainer(ABC):
         if self.nothing_to_train():
             return
         self.position_rng_state = None
-        for leftover in remove_partial_writes(self.checkpoint_dir):
+        main = distributed.is_main()
+        for leftover in remove_partial_writes(self.checkpoint_dir) if main else ():
             self.logger.info("Removed %s, left half-written by a killed run.", leftover.name)
-        self.writer = TensorboardWriter(self.config.log_dir, self.settings.tensorboard)
+        self.writer = TensorboardWriter(self.config.log_dir, self.settings.tensorboard and main)
         # a resumed run drops the points an interrupted run logged after its checkpoint
         self.writer.open(purge_step=self.global_step + 1 if self.global_step > 0 else None)
         try:
@@ -120,9 +129,10 @@ class BaseTrainer(ABC):
         for epoch in range(self.start_epoch, epochs + 1):
             try:
                 log = self._train_epoch(epoch)
-            except StopRequested:
-                self._stop_on_signal(epoch - 1, self.epoch_step)
+            except StopRequested as stop_request:
+                self._stop_on_signal(epoch - 1, self.epoch_step, stop_request.signum)
             self.start_step = 0
+            log = distributed.from_main(log)  # the same values on every process, exactly
             self._step_scheduler(log)
             improved = self._update_monitor(log)
             self._report_epoch(epoch, log, improved)
@@ -136,23 +146,24 @@ class BaseTrainer(ABC):
                 self.logger.info("Validation performance didn't improve for %d epochs. "
                                  "Training stops.", self.settings.early_stop)
                 return
-            if self.stop_signals.requested and epoch < epochs:
-                self._stop_on_signal(epoch, 0, saved)
+            signum = distributed.max_value(self.stop_signals.received or 0)  # any process's
+            if signum and epoch < epochs:
+                self._stop_on_signal(epoch, 0, signum, saved)
         if self.stop_signals.requested:
             self.logger.info("The signal came during the last epoch's end: training is complete.")
 
-    def _stop_on_signal(self, epoch: int, step: int, saved: Path | None = None) -> None:
+    def _stop_on_signal(self, epoch: int, step: int, signum: int,
+                        saved: Path | None = None) -> None:
         """Save where training stands (`epoch` complete, `step` steps into the next), say how to
         resume, and raise `TrainingInterrupted`."""
         path = saved or self.checkpoint_dir / INTERRUPTED_NAME
         if saved is None:
             self._save_checkpoint(epoch, path, step)
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        name = signal_name(self.stop_signals.received)
-        message = (f"Stopped by {name} at {where} (global step {self.global_step}). Resume with: "
-                   f"python train.py -r {path}")
+        message = (f"Stopped by {signal_name(signum)} at {where} (global step "
+                   f"{self.global_step}). Resume with: python train.py -r {path}")
         self.logger.warning(message)
-        raise TrainingInterrupted(self.stop_signals.received, message)
+        raise TrainingInterrupted(signum, message)
 
     def _step_scheduler(self, log: dict[str, float]) -> None:
         """The epoch-end scheduler step (a step-wise scheduler steps in `_train_epoch`)."""
@@ -193,7 +204,9 @@ class BaseTrainer(ABC):
     # ------------------------------------------------------------------ checkpoints
     def state(self, epoch: int, step: int = 0) -> dict:
         """Everything needed to continue training exactly, as plain data: `epoch` epochs done
-        and, for a run stopped mid-epoch, `step` optimizer steps into the next one."""
+        and, for a run stopped mid-epoch, `step` optimizer steps into the next one. Under
+        torchrun every process calls it (it gathers from all of them)."""
+        rng_states = distributed.gathered(self.position_rng_state or get_rng_state())
         return {
             "format_version": FORMAT_VERSION,
             "arch": arch if isinstance(arch := self.config["arch"], str) else arch["type"],
@@ -207,7 +220,9 @@ class BaseTrainer(ABC):
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": self.monitor_best,
             "not_improved_count": self.not_improved_count,
-            "rng_state": self.position_rng_state or get_rng_state(),
+            "rng_state": rng_states[0],
+            # under torchrun every process's generators, by rank
+            "rng_states": rng_states if len(rng_states) > 1 else None,
             "config": self.config.config,
         }
 
@@ -220,14 +235,18 @@ class BaseTrainer(ABC):
         """Restore `epoch_state()` from a checkpoint taken mid-epoch."""
 
     def _save_checkpoint(self, epoch: int, path: os.PathLike, step: int = 0) -> None:
-        save_checkpoint(self.state(epoch, step), path)
-        self.logger.info("Saving checkpoint: %s ...", path)
+        """Write the training state to `path` (rank 0; the others contribute to the state)."""
+        state = self.state(epoch, step)
+        if distributed.is_main():
+            save_checkpoint(state, path)
+            self.logger.info("Saving checkpoint: %s ...", path)
 
     def _save_best(self, epoch: int, saved: Path | None) -> None:
         """`model_best.pth`: a hard link to this epoch's checkpoint when there is one (the same
         bytes; no second write), else its own file."""
         path = self.checkpoint_dir / "model_best.pth"
-        if saved is not None and atomic_link(saved, path):
+        linked = distributed.is_main() and saved is not None and atomic_link(saved, path)
+        if distributed.from_main(linked):
             self.logger.info("Saving checkpoint: %s ...", path)
             return
         self._save_checkpoint(epoch, path)
@@ -237,6 +256,8 @@ class BaseTrainer(ABC):
         `keep_last`, the oldest epoch checkpoints go."""
         path = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth"
         self._save_checkpoint(epoch, path)
+        if not distributed.is_main():
+            return path
         (self.checkpoint_dir / INTERRUPTED_NAME).unlink(missing_ok=True)
         if self.settings.keep_last:
             for old in prune_checkpoints(self.checkpoint_dir, self.settings.keep_last,
@@ -269,8 +290,19 @@ class BaseTrainer(ABC):
             self._restore_scheduler(checkpoint["lr_scheduler"], saved)
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        if "rng_state" in checkpoint:
-            set_rng_state(checkpoint["rng_state"])
+        self._restore_rng(checkpoint)
+
+    def _restore_rng(self, checkpoint: dict) -> None:
+        """This process's generators as the checkpoint saved them: by rank when it was taken
+        with as many processes; with another number of processes rank 0 takes the saved first
+        state and the others fresh streams derived from the seed, rank and step."""
+        states = checkpoint.get("rng_states") or [checkpoint.get("rng_state")]
+        rank = distributed.rank()
+        if len(states) == distributed.world_size() or rank == 0:
+            if states[min(rank, len(states) - 1)] is not None:
+                set_rng_state(states[min(rank, len(states) - 1)])
+        else:
+            seed_everything(derive_seed(self.config.get("seed", 0), rank, self.global_step))
 
     def _restore_scheduler(self, state: dict, saved_config: dict) -> None:
         """The checkpoint's scheduler state; with args changed since (`total_steps` raised on

@@ -5,6 +5,7 @@ Environment:
   STEP_DELAY   seconds to sleep before each optimizer step (default 0)
   SAVE_DELAY   seconds to sleep in the middle of writing each checkpoint (default 0)
   NAN_AT_STEP  make the loss NaN at this global step (default: never)
+  NAN_RANK     under torchrun, only in this process (default: in every one)
   SIGTERM_IN_VALIDATION  send this process SIGTERM after the first batch of this validation
                (1 = the first epoch's); default: never
 
@@ -25,11 +26,13 @@ import data_loader.data_loaders as module_data  # noqa: E402
 import train  # noqa: E402
 import trainer.trainer as module_trainer  # noqa: E402
 import utils.util as module_util  # noqa: E402
+from utils import distributed  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 
 STEP_DELAY = float(os.environ.get("STEP_DELAY", 0))
 SAVE_DELAY = float(os.environ.get("SAVE_DELAY", 0))
 NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
+NAN_RANK = int(os.environ["NAN_RANK"]) if "NAN_RANK" in os.environ else None
 SIGTERM_IN_VALIDATION = int(os.environ.get("SIGTERM_IN_VALIDATION", -1))
 validations = 0
 
@@ -48,12 +51,12 @@ def signalled_evaluate(original):
 
 
 def slow_step(original):
-    def step(self, group):
+    def step(self, group, total):
         time.sleep(STEP_DELAY)
-        if self.global_step + 1 == NAN_AT_STEP:
+        if self.global_step + 1 == NAN_AT_STEP and NAN_RANK in (None, distributed.rank()):
             group = [(data * float("nan"), target) for data, target in group]
-        result = original(self, group)
-        print(f"STEP {self.global_step + 1}", flush=True)
+        result = original(self, group, total)
+        print(f"STEP {self.global_step + 1}\n", end="", flush=True)  # one write: no interleaving
         return result
     return step
 
@@ -66,7 +69,7 @@ def slow_write(original):
             data = buffer.getvalue()
             file.write(data[:len(data) // 2])
             file.flush()
-            print(f"SAVING {Path(path).name}", flush=True)
+            print(f"SAVING {Path(path).name}\n", end="", flush=True)
             time.sleep(SAVE_DELAY)
             file.write(data[len(data) // 2:])
         return original(path, half_then_wait if SAVE_DELAY else write)

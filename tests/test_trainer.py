@@ -186,10 +186,10 @@ def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, extr
     train.main(["-c", str(config), "--run-id", "straight", *extra])
     original = Trainer._train_step
 
-    def step(self, group):
+    def step(self, group, total):
         if self.global_step + 1 == stop_at:
             self.stop_signals.received = signal.SIGTERM
-        return original(self, group)
+        return original(self, group, total)
     monkeypatch.setattr(Trainer, "_train_step", step)
     with pytest.raises(TrainingInterrupted) as stopped:
         train.main(["-c", str(config), "--run-id", "stopped", *extra])

@@ -33,7 +33,8 @@ def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
              metric_fns: Sequence[Callable], names: Sequence[str], device: torch.device,
              stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Sample-weighted mean loss and metrics of `model` over `batches`, in eval mode; None when
-    `stop()` turned true after a batch (a stop signal)."""
+    `stop()` turned true after a batch (a stop signal). Under torchrun every process passes its
+    own share of the data and gets the means over all of it."""
     model.eval()
     tracker = MetricTracker("loss", *names)
     for data, target in batches:
@@ -42,6 +43,7 @@ def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
         track_batch(tracker, metric_fns, names, criterion(output, target), output, target)
         if stop is not None and stop():
             return None
+    tracker.all_reduce()  # torchrun: over every process's share of `batches`
     return tracker.result()
 
 

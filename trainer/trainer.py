@@ -1,4 +1,5 @@
 """The concrete trainer: supervised learning over (data, target) batches."""
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 
@@ -10,7 +11,9 @@ from base.base_data_loader import BaseDataLoader, release_workers
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
 from trainer.precision import StepMechanics
+from utils import distributed
 from utils.errors import ConfigError, TrainingDiverged
+from utils.interrupts import STOP_SIGNALS
 from utils.seeding import get_rng_state
 from utils.util import MetricTracker, inf_loop
 
@@ -20,6 +23,10 @@ class Trainer(BaseTrainer):
 
     With `len_epoch` (or `trainer.len_epoch`) an epoch is exactly that many optimizer steps,
     cycling through the data as often as needed; otherwise it is one pass over the data.
+
+    Under torchrun the model is wrapped in DistributedDataParallel: each process trains on its
+    share of every global batch, gradients are averaged across processes, each loss weighted
+    so that a step equals the single-process step over the whole global batch.
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, metric_fns: Sequence[Callable],
@@ -46,6 +53,18 @@ class Trainer(BaseTrainer):
         if compile_options is True or isinstance(compile_options, dict):  # {} = the defaults
             options = compile_options if isinstance(compile_options, dict) else {}
             self.model = torch.compile(self.model, **options)  # checkpoints: unwrap_model
+        # evaluation runs the model without the DDP wrapper: no collectives, so processes may
+        # have different numbers of validation batches
+        self.eval_model = self.model
+        if distributed.active():  # compiled inside DDP, as torch.compile's docs advise
+            if not isinstance(data_loader, BaseDataLoader):
+                raise ConfigError(
+                    f"data_loader.type: {type(data_loader).__name__} is not a BaseDataLoader; "
+                    f"under torchrun each process must load its own share of the data, which "
+                    f"BaseDataLoader does")
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.mechanics.model = self.model
         self.check_monitor()
         self._check_schedule_length()
 
@@ -75,7 +94,7 @@ class Trainer(BaseTrainer):
     def check_first_batch(self) -> None:
         """Fail now, with one clear line, if a batch does not fit model, loss and metrics."""
         loader = self.valid_data_loader if self.valid_data_loader is not None else self.data_loader
-        check_first_batch(self.model, loader, self.criterion, self.metric_fns, self.device)
+        check_first_batch(self.eval_model, loader, self.criterion, self.metric_fns, self.device)
         release_workers(loader)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -86,7 +105,10 @@ class Trainer(BaseTrainer):
             self.epoch_step = 0
             self.train_metrics.reset()
         for group in self._step_groups(epoch, self.epoch_step):
-            stepped = self._train_step(group)
+            total, signal = self._step_total(group)
+            if signal:  # torchrun: every process stops before the same step
+                self._stop(epoch, signal)
+            stepped = self._train_step(group, total)
             self.global_step += 1
             self.epoch_step += 1
             for loss, output, target in stepped or ():
@@ -98,32 +120,54 @@ class Trainer(BaseTrainer):
                 self._check_finite(epoch)
                 if stepped is not None:
                     self._log_progress(epoch, self.epoch_step, stepped[-1][0])
-            if self.stop_signals.requested:
-                self._check_finite(epoch)  # never save weights a non-finite loss has reached
-                raise StopRequested
+            if self.stop_signals.requested and not distributed.active():
+                self._stop(epoch, self.stop_signals.received)
         self._check_finite(epoch)
+        self.train_metrics.all_reduce()  # torchrun: the epoch's means over every process
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
         return log
 
-    def _train_step(self, group: list) -> list[tuple[Tensor, Tensor, Tensor]] | None:
-        """One optimizer step over a group of micro-batches, each loss weighted by its share of
-        the group's samples (so N micro-batches of B step like one batch of N*B); the (loss,
-        output, target) of each, or None when `nan_policy: skip` skipped the step."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def _stop(self, epoch: int, signal: int) -> None:
+        """Stop on `signal` where the epoch stands; never with weights a non-finite loss has
+        reached."""
+        self._check_finite(epoch)
+        raise StopRequested(signal)
+
+    def _step_total(self, group: list) -> tuple[int, int | None]:
+        """The samples of this optimizer step over every process, and under torchrun the
+        signal that stops them all (one agreed before each step: no process is left waiting
+        in a collective that the others have stopped calling)."""
         total = sum(target.size(0) for _, target in group)
+        if not distributed.active():
+            return total, None
+        received = self.stop_signals.received
+        total, *counts = distributed.sum_counts([total, *(received == s for s in STOP_SIGNALS)])
+        return int(total), next((s for s, count in zip(STOP_SIGNALS, counts) if count), None)
+
+    def _train_step(self, group: list, total: int) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+        """One optimizer step over a group of micro-batches, each loss weighted by its share of
+        the step's `total` samples (so N micro-batches of B step like one batch of N*B, and
+        under torchrun K processes like one: DDP averages their gradients, hence the factor
+        K); the (loss, output, target) of each, or None when `nan_policy: skip` skipped it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        processes = distributed.world_size()
         results, finite = [], None
-        for data, target in group:
+        for index, (data, target) in enumerate(group):
             data, target = to_device(self.device, data, target)
-            with self.mechanics.autocast():
-                output = self.model(data)
-                loss = self.criterion(output, target)
-            self.mechanics.backward(loss * (target.size(0) / total) if len(group) > 1 else loss)
+            weight = target.size(0) * processes / total
+            # DDP averages gradients in the last micro-batch's backward only
+            with self._no_sync() if index < len(group) - 1 else contextlib.nullcontext():
+                with self.mechanics.autocast():
+                    output = self.model(data)
+                    loss = self.criterion(output, target)
+                self.mechanics.backward(loss * weight if weight != 1 else loss)
             finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
             results.append((loss.detach(), output.detach(), target))  # no .item(): no host sync
         if self.settings.nan_policy == "skip":
-            if not finite.item():  # deciding to skip needs the value on the host
+            # deciding to skip needs the value on the host, and every process to agree
+            if distributed.max_value(int(not finite.item())):
                 self.logger.warning("Skipped step %d: the loss is %s.", self.global_step + 1,
                                     ", ".join(str(loss.item()) for loss, _, _ in results))
                 return None
@@ -133,12 +177,22 @@ class Trainer(BaseTrainer):
         self.mechanics.step()
         return results
 
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        """DDP's `no_sync` (keep gradients local); nothing to skip without DDP."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if no_sync is not None else contextlib.nullcontext()
+
     def _check_finite(self, epoch: int) -> None:
-        """Raise `TrainingDiverged` if a loss since the last check was NaN or infinite."""
+        """Raise `TrainingDiverged` if a loss since the last check was NaN or infinite (on any
+        process, under torchrun)."""
         count, self._finite_count = self._finite_count, 0
-        if count == 0 or bool(self._finite[:count].all()):
+        if count == 0:
             return
-        first_bad = int((~self._finite[:count]).nonzero()[0])
+        flags = self._finite[:count]
+        first_bad = count if bool(flags.all()) else int((~flags).nonzero()[0])
+        first_bad = -distributed.max_value(-first_bad)  # the earliest on any process
+        if first_bad == count:
+            return
         step_in_epoch = self.epoch_step - count + first_bad + 1
         bad_step = self.global_step - count + first_bad + 1
         raise TrainingDiverged(
@@ -147,35 +201,47 @@ class Trainer(BaseTrainer):
             f"good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
 
     def epoch_state(self) -> dict:
-        return {"train_metrics": self.train_metrics.state_dict(),
-                "batch_size": self.data_loader.batch_size, "len_epoch": self.len_epoch,
-                "grad_accum_steps": self.accum}
+        """The epoch's running sums over every process, and what its position means."""
+        totals = MetricTracker("loss", *self.metric_names)
+        totals.load_state_dict(self.train_metrics.state_dict(), self.device)
+        totals.all_reduce()
+        return {"train_metrics": totals.state_dict(),
+                "batch_size": self.data_loader.batch_size, "world_size": distributed.world_size(),
+                "len_epoch": self.len_epoch, "grad_accum_steps": self.accum}
 
     def load_epoch_state(self, state: dict) -> None:
         """The epoch's running metric sums; the position in it only means the same batches
-        with the same batch size and epoch length."""
-        for key, now, path in (("batch_size", self.data_loader.batch_size,
-                                "data_loader.args.batch_size"),
-                               ("len_epoch", self.len_epoch, "trainer.len_epoch"),
+        with the same global batch size and epoch length."""
+        saved = (state.get("batch_size", self.data_loader.batch_size), state.get("world_size", 1))
+        now = (self.data_loader.batch_size, distributed.world_size())
+        if saved[0] * saved[1] != now[0] * now[1]:
+            raise ConfigError(
+                f"data_loader.args.batch_size: the checkpoint stopped mid-epoch with "
+                f"{_batch_text(*saved)}; resuming with {_batch_text(*now)} would not continue the "
+                f"same epoch. Keep {saved[0] * saved[1]} samples per step, or resume from an "
+                f"epoch checkpoint")
+        for key, now, path in (("len_epoch", self.len_epoch, "trainer.len_epoch"),
                                ("grad_accum_steps", self.accum, "trainer.grad_accum_steps")):
             if state.get(key, now) != now:
                 raise ConfigError(f"{path}: the checkpoint stopped mid-epoch with {key} "
                                   f"{state[key]}; resuming with {now} would not continue the same "
                                   f"epoch. Keep {state[key]}, or resume from an epoch checkpoint")
-        self.train_metrics.load_state_dict(state.get("train_metrics", {"sums": {}, "counts": {}}),
-                                           self.device)
+        # the sums are of every process: one process carries them on, the others start at 0
+        sums = state.get("train_metrics") if distributed.is_main() else None
+        self.train_metrics.load_state_dict(sums or {"sums": {}, "counts": {}}, self.device)
 
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         """Validation; a stop signal ends it early, and the checkpoint then holds the point
         before it (with the generators as they were, as loading data may draw from them)."""
         rng_state = get_rng_state()
+        # under torchrun a signal is agreed on after validation (no collectives inside it)
+        stop = None if distributed.active() else lambda: self.stop_signals.requested
         with self.mechanics.autocast():
-            log = evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns,
-                           self.metric_names, self.device,
-                           stop=lambda: self.stop_signals.requested)
+            log = evaluate(self.eval_model, self.valid_data_loader, self.criterion,
+                           self.metric_fns, self.metric_names, self.device, stop=stop)
         if log is None:
             self.position_rng_state = rng_state
-            raise StopRequested
+            raise StopRequested(self.stop_signals.received)
         return log
 
     def _step_groups(self, epoch: int, start: int) -> Iterator[list]:
@@ -209,5 +275,12 @@ class Trainer(BaseTrainer):
         return itertools.islice(iter(self.data_loader), skip, None)
 
     def _log_progress(self, epoch: int, step: int, loss: Tensor) -> None:
+        if not distributed.is_main():  # only rank 0 logs: no host sync elsewhere
+            return
         self.logger.debug("Train Epoch: %d [%d/%d (%.0f%%)] Loss: %.6f", epoch, step,
                           self.len_epoch, 100.0 * step / self.len_epoch, loss.item())
+
+
+def _batch_text(batch_size: int, processes: int) -> str:
+    """`batch_size 64`, or `batch_size 32 x 2 processes`."""
+    return f"batch_size {batch_size}" + (f" x {processes} processes" if processes > 1 else "")

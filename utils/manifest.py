@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from utils import distributed
 from utils.util import write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,7 @@ def session_record(argv: list[str], config: dict, resumed_from: str | None) -> d
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "host": platform.node(),
+        "processes": distributed.world_size(),  # under torchrun: the whole run's
     }
 
 

@@ -12,8 +12,14 @@ import torch
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (CUDA's included)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy's legacy seed is 32 bits
     torch.manual_seed(seed)
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 64-bit seed that depends on every number in `entropy` (and on nothing else)."""
+    words = [int(value) % 2**64 for value in entropy]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
 
 
 def get_rng_state() -> dict:

@@ -10,6 +10,7 @@ from typing import IO, Any, Callable
 
 import torch
 
+from utils import distributed
 from utils.errors import ConfigError, UserError
 
 _JSON_HINTS = (
@@ -183,12 +184,27 @@ class MetricTracker:
     def result(self) -> dict[str, float]:
         """The mean of every key that has been updated, read back from the device once."""
         keys = [key for key in self._keys if self._counts[key] > 0]
+        return {key: total / self._counts[key] for key, total in zip(keys, self._host_sums(keys))}
+
+    def all_reduce(self) -> None:
+        """Make every process's tracker hold the sums and counts of all of them (under
+        torchrun), so that the means are over every sample any process saw — each counted
+        once. Alone, it changes nothing."""
+        if not distributed.active():
+            return
+        keys = self._keys
+        totals = distributed.sum_counts([*self._host_sums(keys), *map(self._counts.get, keys)])
+        self._sums = dict(zip(keys, totals[:len(keys)]))
+        self._counts = {key: int(count) for key, count in zip(keys, totals[len(keys):])}
+
+    def _host_sums(self, keys: list[str]) -> list[float]:
+        """The sums of `keys` as Python floats: one host-device transfer for all of them."""
         sums = [self._sums[key] for key in keys]
         tensors = [s for s in sums if isinstance(s, torch.Tensor)]
-        if tensors:  # one host-device transfer for all keys
+        if tensors:
             values = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist())
             sums = [next(values) if isinstance(s, torch.Tensor) else s for s in sums]
-        return {key: total / self._counts[key] for key, total in zip(keys, sums)}
+        return sums
 
 
 def prepare_device(n_gpu_use: int) -> tuple[torch.device, list[int]]:
