@@ -117,18 +117,21 @@ def train(config: ConfigParser, device, argv: list[str]) -> None:
     configure_backends(trainer_section.get("cudnn_benchmark", True),
                        trainer_section.get("deterministic", False))
     seed = config.get("seed", 0)
-    seed_everything(seed)  # the same initial weights in every process
-    trainer = build_trainer(config, device)
-    if distributed.rank() > 0:  # dropout and augmentation differ between processes
-        seed_everything(derive_seed(seed, distributed.rank()))
-    trainer.check_first_batch()  # before the resume restores the RNG: resume stays exact
-    if config.resume is not None:  # load before creating anything: a bad file writes nothing
-        (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
+    # under torchrun: no run folder unless every process built and checked everything
+    with distributed.all_or_none("starting"):
+        seed_everything(seed)  # the same initial weights in every process
+        trainer = build_trainer(config, device)
+        if distributed.rank() > 0:  # dropout and augmentation differ between processes
+            seed_everything(derive_seed(seed, distributed.rank()))
+        trainer.check_first_batch()  # before the resume restores the RNG: resume stays exact
+        if config.resume is not None:  # load before creating anything: a bad file writes nothing
+            (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
 
     if trainer.nothing_to_train():  # before a run folder is made for nothing
         return
-    if distributed.is_main():
-        open_run(config, trainer, argv)
+    with distributed.all_or_none("opening the run folder"):
+        if distributed.is_main():
+            open_run(config, trainer, argv)
     config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
     trainer.train()
 

@@ -237,9 +237,12 @@ class BaseTrainer(ABC):
     def _save_checkpoint(self, epoch: int, path: os.PathLike, step: int = 0) -> None:
         """Write the training state to `path` (rank 0; the others contribute to the state)."""
         state = self.state(epoch, step)
-        if distributed.is_main():
-            save_checkpoint(state, path)
-            self.logger.info("Saving checkpoint: %s ...", path)
+        # the others wait for the write: a process that stopped early would make torchrun
+        # stop rank 0 in the middle of it
+        with distributed.all_or_none("saving a checkpoint"):
+            if distributed.is_main():
+                save_checkpoint(state, path)
+                self.logger.info("Saving checkpoint: %s ...", path)
 
     def _save_best(self, epoch: int, saved: Path | None) -> None:
         """`model_best.pth`: a hard link to this epoch's checkpoint when there is one (the same

@@ -5,6 +5,7 @@ Each takes the data loader's usual arguments plus `training` (False: the test sp
 """
 from base.base_data_loader import BaseDataLoader
 from data_loader.datasets import digits_dataset
+from utils import distributed
 from utils.errors import UserError
 
 
@@ -30,10 +31,19 @@ class MnistDataLoader(BaseDataLoader):
         transform = transforms.Compose([transforms.ToTensor(),
                                         transforms.Normalize((0.1307,), (0.3081,))])
         self.data_dir = data_dir
-        try:
-            dataset = datasets.MNIST(data_dir, train=training, download=download,
-                                     transform=transform)
-        except (RuntimeError, OSError) as error:  # not there and not downloadable (offline)
-            raise UserError(f"{data_dir}: MNIST is not there and could not be downloaded "
-                            f"({str(error).splitlines()[0]})") from None
+        # under torchrun rank 0 downloads while the others wait, then they read its files
+        with distributed.all_or_none("getting MNIST"):
+            if distributed.is_main():
+                dataset = _mnist(datasets, data_dir, training, download, transform)
+        if not distributed.is_main():
+            dataset = _mnist(datasets, data_dir, training, False, transform)
         super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed)
+
+
+def _mnist(datasets, data_dir: str, training: bool, download: bool, transform):
+    try:
+        return datasets.MNIST(data_dir, train=training, download=download, transform=transform)
+    except (RuntimeError, OSError) as error:  # not there and not downloadable (offline)
+        raise UserError(f"{data_dir}: MNIST is not there and could not be downloaded "
+                        f"({(str(error).strip().splitlines() or [type(error).__name__])[0]})") \
+            from None

@@ -6,10 +6,11 @@ Environment:
   SAVE_DELAY   seconds to sleep in the middle of writing each checkpoint (default 0)
   NAN_AT_STEP  make the loss NaN at this global step (default: never)
   NAN_RANK     under torchrun, only in this process (default: in every one)
+  FAIL_START_RANK  under torchrun, make building the trainer fail in this process only
   SIGTERM_IN_VALIDATION  send this process SIGTERM after the first batch of this validation
                (1 = the first epoch's); default: never
 
-Prints `STEP <global step>` after each step and `SAVING <file>` when a checkpoint write is half
+Prints `PROCESS <rank> <pid>` at the start, `STEP <global step>` after each step and `SAVING <file>` when a checkpoint write is half
 done, flushed, so the test can wait for them on stdout.
 """
 import os
@@ -34,6 +35,7 @@ SAVE_DELAY = float(os.environ.get("SAVE_DELAY", 0))
 NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
 NAN_RANK = int(os.environ["NAN_RANK"]) if "NAN_RANK" in os.environ else None
 SIGTERM_IN_VALIDATION = int(os.environ.get("SIGTERM_IN_VALIDATION", -1))
+FAIL_START_RANK = int(os.environ.get("FAIL_START_RANK", -1))
 validations = 0
 
 
@@ -98,5 +100,20 @@ import trainer.checkpoint as module_checkpoint  # noqa: E402
 
 module_checkpoint.atomic_write = slow_write(module_util.atomic_write)
 
+
+
+def failing_build(original):
+    def build_trainer(config, device=None):
+        if distributed.rank() == FAIL_START_RANK:
+            raise module_errors.UserError("data_loader: injected failure")
+        return original(config, device)
+    return build_trainer
+
+
+import utils.errors as module_errors  # noqa: E402
+
+train.build_trainer = failing_build(train.build_trainer)
+
 if __name__ == "__main__":
+    print(f"PROCESS {os.environ.get('RANK', 0)} {os.getpid()}\n", end="", flush=True)
     run_cli(lambda: train.main(sys.argv[1:]))

@@ -1,5 +1,6 @@
 """Training under torchrun: the sampler's split of each global batch, and real 2-process runs
 (Gloo on the CPU) checked against a single process."""
+import datetime
 import json
 import os
 import signal
@@ -271,3 +272,127 @@ def test_test_py_refuses_torchrun(tmp_path):
     result = torchrun("-r", str(tmp_path / "saved/models/Digits_CNN/one"), script="test.py",
                       check=False, timeout=120)
     assert "test.py evaluates in one process" in result.stderr
+
+
+def test_a_failure_in_one_process_at_start_stops_all_with_one_line_and_no_run_folder(tmp_path):
+    config = ddp_config(tmp_path, 32)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tests" / "slow_train.py"), "-c", str(config)], cwd=ROOT, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "FAIL_START_RANK": "1"})
+    assert result.returncode != 0
+    assert "[rank 1] error: data_loader: injected failure" in result.stderr
+    assert "error: stopped: starting failed in process 1 (its error is above)" in result.stderr
+    assert f'File "{ROOT}' not in result.stderr
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_run_folder_rank_0_cannot_make_stops_every_process_with_one_line(tmp_path):
+    config = ddp_config(tmp_path, 32)
+    result = torchrun("-c", str(config), "-o", "trainer.save_dir=/proc/no/such", check=False,
+                      timeout=120)
+    assert "error: trainer.save_dir: cannot create /proc/no/such" in result.stderr
+    assert "[rank 1] error: stopped: opening the run folder failed in process 0" in result.stderr
+    assert f'File "{ROOT}' not in result.stderr
+
+
+def test_a_validation_set_smaller_than_the_processes(tmp_path):
+    # one validation sample: process 1 has none, and validation is still over that one
+    torchrun("-c", str(ddp_config(tmp_path, 32, epochs=1)), "-o",
+             "data_loader.args.validation_split=1", "--run-id", "tiny", timeout=120)
+    log = (tmp_path / "saved/log/Digits_CNN/tiny/info.log").read_text()
+    accuracy = float(log.split("val_accuracy   :")[1].split()[0])
+    assert accuracy in (0.0, 1.0)
+
+
+def test_a_signal_to_one_process_still_saves_the_checkpoint(tmp_path):
+    # (a scheduler signalling one task, kill on one pid): every process stops at the same step,
+    # and the one that got the signal waits for rank 0's write in a slow save (torchrun stops
+    # the others once one has exited; 30 s later it kills them)
+    config = ddp_config(tmp_path, 32)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(ROOT / "tests" / "slow_train.py"),
+               "-c", str(config), "--run-id", "one"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "STEP_DELAY": "0.1", "SAVE_DELAY": "3"})
+    seen, pids = [], {}
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("PROCESS "):
+            _, rank, pid = line.split()
+            pids[rank] = int(pid)
+        if line.strip() == "STEP 15":
+            os.kill(pids["1"], signal.SIGTERM)
+            break
+    output = "".join(seen) + process.communicate(timeout=120)[0]
+    checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_CNN/one/"
+                                 "checkpoint-interrupted.pth")
+    assert checkpoint["epoch"] == 0 and checkpoint["epoch_step"] >= 15, output
+    assert "[rank 1] SIGTERM received" in output and "Stopped by SIGTERM" in output
+    # both ended after the write: torchrun's summary gives each process's exit time
+    exits = [datetime.datetime.strptime(line.split(": ", 1)[1].strip(), "%Y-%m-%d_%H:%M:%S")
+             for line in output.splitlines() if line.strip().startswith("time      :")]
+    assert len(exits) == 2 and abs((exits[0] - exits[1]).total_seconds()) <= 1, output
+
+
+# ---------------------------------------------------------------- starting, without processes
+def test_a_local_rank_without_a_gpu_is_one_clear_error(monkeypatch):
+    from utils import distributed
+    from utils.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"^LOCAL_RANK 1 has no GPU: this machine has 1; start "
+                                        r"at most that many processes per node"):
+        distributed.start(use_cuda=True)
+    assert not distributed.active()
+
+
+def test_world_size_without_torchrun_variables_is_one_clear_error(monkeypatch):
+    from utils import distributed
+    from utils.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(UserError, match="RANK and LOCAL_RANK are not: start several processes with "
+                                        "torchrun"):
+        distributed.start(use_cuda=False)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(UserError, match="WORLD_SIZE='two'"):
+        distributed.launched_world_size()
+
+
+def test_alone_every_helper_answers_for_one_process():
+    from utils import distributed
+    from utils.util import MetricTracker
+
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.sum_counts([1, 2.5]) == [1.0, 2.5]
+    assert distributed.max_value(3) == 3 and distributed.from_main("x") == "x"
+    assert distributed.gathered({"a": 1}) == [{"a": 1}]
+    tracker = MetricTracker("loss")
+    tracker.update("loss", torch.tensor(2.0), 4)
+    tracker.all_reduce()
+    assert tracker.result() == {"loss": 2.0} and tracker.count("loss") == 4
+
+
+def test_a_mid_epoch_checkpoint_with_another_pass_length_is_refused(tmp_path):
+    # 2 processes x 64 leave out a last global batch of 1 sample that 1 process x 128 trains
+    # on: the same global batch, but the positions in the epoch differ
+    import train
+    from parse_config import ConfigParser
+    from utils.errors import ConfigError
+
+    trainer = train.build_trainer(ConfigParser(small_config(tmp_path, epochs=1), run_id="r"))
+    state = {**trainer.epoch_state(), "batches_per_pass": len(trainer.data_loader) - 1}
+    with pytest.raises(ConfigError, match=rf"^data_loader\.args\.batch_size: the checkpoint "
+                                          rf"stopped mid-epoch with {len(trainer.data_loader) - 1}"
+                                          rf" batches per pass over the data, this run makes"):
+        trainer.load_epoch_state(state)
+    other = {**trainer.epoch_state(), "batch_size": 32, "world_size": 1}
+    with pytest.raises(ConfigError, match=r"Keep 32 samples per step \(--bs 32 with 1 process\)"):
+        trainer.load_epoch_state(other)

@@ -208,7 +208,7 @@ def test_nan_policy_skip_leaves_out_the_bad_step(tmp_path):
     process, seen = start("-c", str(config), env={"NAN_AT_STEP": "30"}), []
     code, out, err = finish(process, seen)
     assert code == 0, err
-    assert "Skipped step 30: the loss is nan." in out
+    assert "Skipped step 30: the loss is not finite (nan)." in out
     final = load_checkpoint(run_folder(tmp_path, "skip") / f"checkpoint-epoch{EPOCHS}.pth")
     assert all(torch.isfinite(t).all() for t in final["state_dict"].values())
     assert final["global_step"] == 3 * 21

@@ -53,18 +53,14 @@ class Trainer(BaseTrainer):
         if compile_options is True or isinstance(compile_options, dict):  # {} = the defaults
             options = compile_options if isinstance(compile_options, dict) else {}
             self.model = torch.compile(self.model, **options)  # checkpoints: unwrap_model
-        # evaluation runs the model without the DDP wrapper: no collectives, so processes may
-        # have different numbers of validation batches
+        # evaluation runs the model without the DDP wrapper (`train()` adds it): no
+        # collectives, so processes may have different numbers of validation batches
         self.eval_model = self.model
-        if distributed.active():  # compiled inside DDP, as torch.compile's docs advise
-            if not isinstance(data_loader, BaseDataLoader):
-                raise ConfigError(
-                    f"data_loader.type: {type(data_loader).__name__} is not a BaseDataLoader; "
-                    f"under torchrun each process must load its own share of the data, which "
-                    f"BaseDataLoader does")
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            self.mechanics.model = self.model
+        if distributed.active() and not isinstance(data_loader, BaseDataLoader):
+            raise ConfigError(
+                f"data_loader.type: {type(data_loader).__name__} is not a BaseDataLoader; "
+                f"under torchrun each process must load its own share of the data, which "
+                f"BaseDataLoader does")
         self.check_monitor()
         self._check_schedule_length()
 
@@ -86,6 +82,13 @@ class Trainer(BaseTrainer):
         return keys
 
     def train(self) -> None:
+        """Train; under torchrun in DistributedDataParallel, which it wraps the model in first
+        (compiled inside DDP, as torch.compile's docs advise; DDP starts from rank 0's
+        weights, which resume has loaded in every process alike)."""
+        if distributed.active() and not isinstance(self.model,
+                                                   nn.parallel.DistributedDataParallel):
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         try:
             super().train()
         finally:  # persistent workers end with training, not whenever the loaders are collected
@@ -93,7 +96,9 @@ class Trainer(BaseTrainer):
 
     def check_first_batch(self) -> None:
         """Fail now, with one clear line, if a batch does not fit model, loss and metrics."""
-        loader = self.valid_data_loader if self.valid_data_loader is not None else self.data_loader
+        loader = self.valid_data_loader
+        if loader is None or len(loader) == 0:  # torchrun: this process's share may be empty
+            loader = self.data_loader
         check_first_batch(self.eval_model, loader, self.criterion, self.metric_fns, self.device)
         release_workers(loader)
 
@@ -167,9 +172,15 @@ class Trainer(BaseTrainer):
             results.append((loss.detach(), output.detach(), target))  # no .item(): no host sync
         if self.settings.nan_policy == "skip":
             # deciding to skip needs the value on the host, and every process to agree
-            if distributed.max_value(int(not finite.item())):
-                self.logger.warning("Skipped step %d: the loss is %s.", self.global_step + 1,
-                                    ", ".join(str(loss.item()) for loss, _, _ in results))
+            bad = distributed.sum_counts([float(not finite.item() and r == distributed.rank())
+                                          for r in range(distributed.world_size())])
+            if any(bad):
+                where = f" in process {', '.join(str(r) for r, b in enumerate(bad) if b)}" \
+                    if distributed.active() else ""
+                losses = ", ".join(str(loss.item()) for loss, _, _ in results)
+                self.logger.warning("Skipped step %d: the loss is not finite%s%s.",
+                                    self.global_step + 1, where,
+                                    "" if where else f" ({losses})")
                 return None
         else:  # noted on the device, one copy; read back at log steps and at the epoch's end
             self._finite[self._finite_count] = finite
@@ -207,6 +218,7 @@ class Trainer(BaseTrainer):
         totals.all_reduce()
         return {"train_metrics": totals.state_dict(),
                 "batch_size": self.data_loader.batch_size, "world_size": distributed.world_size(),
+                "batches_per_pass": len(self.data_loader),
                 "len_epoch": self.len_epoch, "grad_accum_steps": self.accum}
 
     def load_epoch_state(self, state: dict) -> None:
@@ -218,8 +230,15 @@ class Trainer(BaseTrainer):
             raise ConfigError(
                 f"data_loader.args.batch_size: the checkpoint stopped mid-epoch with "
                 f"{_batch_text(*saved)}; resuming with {_batch_text(*now)} would not continue the "
-                f"same epoch. Keep {saved[0] * saved[1]} samples per step, or resume from an "
-                f"epoch checkpoint")
+                f"same epoch. Keep {saved[0] * saved[1]} samples per step{_bs_hint(saved, now)}, "
+                f"or resume from an epoch checkpoint")
+        passes = (state.get("batches_per_pass", len(self.data_loader)), len(self.data_loader))
+        if passes[0] != passes[1]:  # same global batch: only a left-out last batch differs
+            raise ConfigError(
+                f"data_loader.args.batch_size: the checkpoint stopped mid-epoch with "
+                f"{passes[0]} batches per pass over the data, this run makes {passes[1]} (with "
+                f"several processes a last global batch of fewer samples than processes is "
+                f"left out); resume from an epoch checkpoint, or with as many processes")
         for key, now, path in (("len_epoch", self.len_epoch, "trainer.len_epoch"),
                                ("grad_accum_steps", self.accum, "trainer.grad_accum_steps")):
             if state.get(key, now) != now:
@@ -279,6 +298,13 @@ class Trainer(BaseTrainer):
             return
         self.logger.debug("Train Epoch: %d [%d/%d (%.0f%%)] Loss: %.6f", epoch, step,
                           self.len_epoch, 100.0 * step / self.len_epoch, loss.item())
+
+
+def _bs_hint(saved: tuple[int, int], now: tuple[int, int]) -> str:
+    """` (--bs 32 with 2 processes)`: the per-process batch size that keeps the global one."""
+    total, processes = saved[0] * saved[1], now[1]
+    return f" (--bs {total // processes} with {processes} process" \
+           f"{'es' if processes > 1 else ''})" if total % processes == 0 else ""
 
 
 def _batch_text(batch_size: int, processes: int) -> str:

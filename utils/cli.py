@@ -1,11 +1,10 @@
 """The edge between a command-line entry point and the user."""
-import os
 import sys
 import traceback
 from typing import Callable
 
 from utils.errors import BuildError, TrainingDiverged, UserError
-from utils.interrupts import TrainingInterrupted
+from utils.interrupts import TrainingInterrupted, process_prefix
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -15,23 +14,18 @@ def run_cli(main: Callable[[], object]) -> None:
         main()
     except UserError as error:
         for line in str(error).splitlines() or [type(error).__name__]:
-            print(f"{_rank_prefix()}error: {line}", file=sys.stderr)
+            print(f"{process_prefix()}error: {line}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as error:  # the trainer has logged where it stopped
         sys.exit(error.exit_code)
     except TrainingDiverged as error:
-        print(f"{_rank_prefix()}error: {error}", file=sys.stderr)
+        print(f"{process_prefix()}error: {error}", file=sys.stderr)
         sys.exit(1)
     except BuildError as error:
-        print(f"{_rank_prefix()}error: {error}", file=sys.stderr)
+        print(f"{process_prefix()}error: {error}", file=sys.stderr)
         traceback.print_exception(error.__cause__, file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{process_prefix()}interrupted", file=sys.stderr)
         sys.exit(130)
 
-
-def _rank_prefix() -> str:
-    """`[rank 1] ` in the processes torchrun started besides rank 0, else nothing."""
-    rank = os.environ.get("RANK", "0")
-    return f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" and rank != "0" else ""

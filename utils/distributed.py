@@ -8,8 +8,9 @@ a single process, so code written for one process runs unchanged.
 Decisions every process must take together (stop on a signal, stop early, the run folder's
 name) go through the small host-side helpers here, on a Gloo group: they never wait for a GPU.
 """
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -44,8 +45,9 @@ def start(use_cuda: bool) -> torch.device:
     global _cpu_group
     missing = [name for name in _ENV if name not in os.environ]
     if missing:
-        raise UserError(f"WORLD_SIZE is set but {', '.join(missing)} is not: start several "
-                        f"processes with torchrun (see README, Several GPUs or machines)")
+        raise UserError(f"WORLD_SIZE is set but {' and '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not: start several processes "
+                        f"with torchrun (see README, Several GPUs or machines)")
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
@@ -130,3 +132,28 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if active():
         dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
     return tensor
+
+
+@contextlib.contextmanager
+def all_or_none(what: str) -> Iterator[None]:
+    """Run the block in every process and end it together: when it raised in any process,
+    that one goes on with its own error and the others stop with one line naming it — instead
+    of waiting in their next collective for a process that has gone. The block itself must
+    not call collectives (a process that failed before one would leave the others in it)."""
+    try:
+        yield
+    except Exception:
+        _failed_ranks(failed=True)
+        raise
+    failed = _failed_ranks(failed=False)
+    if failed:
+        ranks = ", ".join(map(str, failed))
+        raise UserError(f"stopped: {what} failed in process {ranks} (its error is above)")
+
+
+def _failed_ranks(failed: bool) -> list[int]:
+    """The ranks in which the block failed, told to every process."""
+    if not active():
+        return [0] if failed else []
+    flags = sum_counts([float(failed and r == rank()) for r in range(world_size())])
+    return [r for r, flag in enumerate(flags) if flag]

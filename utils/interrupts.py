@@ -60,7 +60,8 @@ class StopSignals:
             note = "already stopping; the checkpoint is being saved (SIGKILL stops at once, " \
                    "losing the steps since the last checkpoint)"
         # os.write, not logging or print: a handler may run in the middle of either
-        os.write(2, f"\n{signal.Signals(signum).name} received: {note}.\n".encode())
+        os.write(2, f"\n{process_prefix()}{signal.Signals(signum).name} received: {note}.\n"
+                 .encode())
 
 
 def signal_name(signum: int) -> str:
@@ -83,3 +84,10 @@ class WorkerInit:
             signal.signal(signum, signal.SIG_IGN)
         if self.then is not None:
             self.then(worker_id)
+
+
+def process_prefix() -> str:
+    """`[rank 1] ` in the processes torchrun started besides rank 0, else nothing (read from
+    the environment: it works before the process group exists, and in signal handlers)."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" and rank != "0" else ""
