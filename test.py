@@ -1,10 +1,10 @@
 """Evaluate a checkpoint on the test split: `python test.py -r path/to/model_best.pth`."""
 import argparse
 import json
-import os
 
 import train
 from parse_config import ConfigParser
+from utils import distributed
 from utils.cli import run_cli
 from utils.errors import UserError
 
@@ -17,7 +17,7 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (checkpoint's or -c, + overrides) and exit")
     config = ConfigParser.from_args(parser, argv=argv, evaluating=True)
-    if os.environ.get("WORLD_SIZE", "1") != "1":
+    if distributed.launched_world_size() > 1:
         raise UserError("test.py evaluates in one process: start it with python, not torchrun")
     test_config = config.with_modification({"data_loader.args.training": False,
                                             "data_loader.args.shuffle": False,

@@ -301,11 +301,12 @@ class BaseTrainer(ABC):
         state and the others fresh streams derived from the seed, rank and step."""
         states = checkpoint.get("rng_states") or [checkpoint.get("rng_state")]
         rank = distributed.rank()
-        if len(states) == distributed.world_size() or rank == 0:
-            if states[min(rank, len(states) - 1)] is not None:
-                set_rng_state(states[min(rank, len(states) - 1)])
-        else:
+        if len(states) != distributed.world_size() and rank > 0:
             seed_everything(derive_seed(self.config.get("seed", 0), rank, self.global_step))
+            return
+        state = states[rank] if len(states) == distributed.world_size() else states[0]
+        if state is not None:
+            set_rng_state(state)
 
     def _restore_scheduler(self, state: dict, saved_config: dict) -> None:
         """The checkpoint's scheduler state; with args changed since (`total_steps` raised on

@@ -172,11 +172,9 @@ class Trainer(BaseTrainer):
             results.append((loss.detach(), output.detach(), target))  # no .item(): no host sync
         if self.settings.nan_policy == "skip":
             # deciding to skip needs the value on the host, and every process to agree
-            bad = distributed.sum_counts([float(not finite.item() and r == distributed.rank())
-                                          for r in range(distributed.world_size())])
-            if any(bad):
-                where = f" in process {', '.join(str(r) for r, b in enumerate(bad) if b)}" \
-                    if distributed.active() else ""
+            bad = distributed.ranks_where(not finite.item())
+            if bad:
+                where = f" in process {', '.join(map(str, bad))}" if distributed.active() else ""
                 losses = ", ".join(str(loss.item()) for loss, _, _ in results)
                 self.logger.warning("Skipped step %d: the loss is not finite%s%s.",
                                     self.global_step + 1, where,

@@ -143,17 +143,15 @@ def all_or_none(what: str) -> Iterator[None]:
     try:
         yield
     except Exception:
-        _failed_ranks(failed=True)
+        ranks_where(True)
         raise
-    failed = _failed_ranks(failed=False)
+    failed = ranks_where(False)
     if failed:
         ranks = ", ".join(map(str, failed))
         raise UserError(f"stopped: {what} failed in process {ranks} (its error is above)")
 
 
-def _failed_ranks(failed: bool) -> list[int]:
-    """The ranks in which the block failed, told to every process."""
-    if not active():
-        return [0] if failed else []
-    flags = sum_counts([float(failed and r == rank()) for r in range(world_size())])
-    return [r for r, flag in enumerate(flags) if flag]
+def ranks_where(flag: bool) -> list[int]:
+    """The ranks of the processes whose `flag` is true, told to every process."""
+    flags = sum_counts([float(flag and r == rank()) for r in range(world_size())])
+    return [r for r, value in enumerate(flags) if value]
