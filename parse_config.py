@@ -21,7 +21,7 @@ from utils.config_check import BLOCK_OPTIONS, Block, find_problems, is_plain_nam
 from utils.errors import BuildError, ConfigError, UserError
 from utils.key_paths import apply_modifications, get_by_path, parse_overrides
 from utils.names import callable_name, check_signature, did_you_mean, resolve_type
-from utils.util import read_json, write_json
+from utils.files import read_json, write_json
 
 
 _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}

@@ -1,10 +1,10 @@
 """Evaluate a checkpoint on the test split: `python test.py -r path/to/model_best.pth`."""
 import argparse
 import json
+from pathlib import Path
 
 import train
 from parse_config import ConfigParser
-from utils import distributed
 from utils.cli import run_cli
 from utils.errors import UserError
 
@@ -17,6 +17,8 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (checkpoint's or -c, + overrides) and exit")
     config = ConfigParser.from_args(parser, argv=argv, evaluating=True)
+    from utils import distributed
+
     if distributed.launched_world_size() > 1:
         raise UserError("test.py evaluates in one process: start it with python, not torchrun")
     test_config = config.with_modification({"data_loader.args.training": False,
@@ -26,20 +28,56 @@ def main(argv=None) -> dict[str, float]:
     if config.cli_args.print_config:
         print(json.dumps(config.config, indent=4))
         return {}
-    results, epoch = evaluate_checkpoint(test_config)
-    out_path = config.resume.with_name(f"{config.resume.stem}.test.json")
-    from utils.util import write_json
-    write_json({"checkpoint": str(config.resume), "epoch": epoch, **results}, out_path)
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"    {key:<{width}}  {value:.6f}" if isinstance(value, float) else
-              f"    {key:<{width}}  {value}")
-    print(f"Test metrics written to {out_path}")
+    results, epoch, classes = evaluate_checkpoint(test_config)
+    write_report(test_config, results, epoch, classes)
     return results
 
 
-def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int]:
-    """Loss and metrics of the checkpoint `config.resume` on the test split, and its epoch."""
+def write_report(config: ConfigParser, results: dict, epoch: int, classes: dict | None) -> None:
+    """The report on the console and as JSON next to the checkpoint; for a classifier the
+    confusion matrix also to TensorBoard, in the run's log folder, when the run used it."""
+    from logger.progress import display_path
+    from logger.report import report_lines
+    from utils.files import write_json
+
+    out_path = config.resume.with_name(f"{config.resume.stem}.test.json")
+    write_json({"checkpoint": str(config.resume), "epoch": epoch, **results, **(classes or {})},
+               out_path)
+    for line in report_lines(config.resume, epoch, results, classes):
+        print(line)
+    print(f"Report written to {out_path}")
+    if classes is not None and (config.get("trainer") or {}).get("tensorboard"):
+        folder = write_confusion_image(config.resume, classes, epoch)
+        if folder is not None:
+            print(f"Confusion matrix image written to TensorBoard: {display_path(folder)}")
+
+
+def write_confusion_image(checkpoint: Path, classes: dict, epoch: int) -> Path | None:
+    """The confusion matrix as an image (and a table) in `<run log folder>/test-<checkpoint>`,
+    a run of its own in TensorBoard, at step `epoch`; it replaces an earlier test of the same
+    checkpoint file. None when the checkpoint is not in a run folder."""
+    from logger.report import confusion_image, markdown_matrix, run_log_dir
+    from logger.visualization import TensorboardWriter
+
+    log_dir = run_log_dir(checkpoint)
+    if log_dir is None:
+        return None
+    writer = TensorboardWriter(log_dir / f"test-{checkpoint.stem}", enabled=True)
+    for old in writer.log_dir.glob("events.out.tfevents.*"):  # this folder is test.py's own
+        old.unlink()
+    writer.open()
+    try:
+        writer.add_image("test/confusion_matrix", confusion_image(
+            classes["confusion_matrix"]["counts"]), epoch)
+        writer.add_text("test/confusion_matrix", markdown_matrix(classes), epoch)
+    finally:
+        writer.close()
+    return writer.log_dir
+
+
+def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
+    """Loss and metrics of the checkpoint `config.resume` on the test split, its epoch, and
+    for a classifier the per-class accuracy and confusion matrix (`class_report`)."""
     import data_loader.data_loaders as module_data
     import model.loss as module_loss
     import model.metric as module_metric
@@ -47,8 +85,10 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int]:
     from base.base_data_loader import release_workers
     from base.base_trainer import metric_name
     from logger.logger import setup_logging
+    from logger.progress import bars_wanted, counted, progress_bar
+    from logger.report import class_report
     from trainer.checkpoint import load_checkpoint, load_model_state
-    from trainer.evaluation import check_first_batch, evaluate
+    from trainer.evaluation import ConfusionMatrix, check_first_batch, evaluate
     from utils.util import prepare_device
 
     setup_logging(None)  # console only: test.py writes nothing but its report
@@ -63,10 +103,17 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int]:
     metric_fns = config.init_ftn_list("metrics", module_metric, reserved=["loss"])
     names = [metric_name(fn) for fn in metric_fns]
     check_first_batch(model, data_loader, criterion, metric_fns, device)
-    results = evaluate(model, data_loader, criterion, metric_fns, names, device)
+    confusion = ConfusionMatrix()
+    bars = bars_wanted((config.get("trainer") or {}).get("progress_bar", "auto"))
+    with progress_bar(bars, len(data_loader), "test", unit="batch") as bar:
+        results = evaluate(model, counted(data_loader, bar), criterion, metric_fns, names,
+                           device, confusion=confusion)
     release_workers(data_loader)
     results["n_samples"] = len(data_loader.sampler)
-    return results, checkpoint["epoch"]
+    matrix = confusion.matrix
+    classes = class_report(matrix, getattr(data_loader.dataset, "classes", None)) \
+        if matrix is not None else None
+    return results, checkpoint["epoch"], classes
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+import time
 
 from parse_config import ConfigParser, CustomArgs
 from utils.cli import run_cli
@@ -71,6 +72,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train a model from a JSON config.")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (file + overrides) and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config in seconds: build everything, run 2 training "
+                             "steps and 2 validation batches, print the model summary and the "
+                             "effective config; writes nothing")
+    started = time.monotonic()
     config = ConfigParser.from_args(parser, OPTIONS, argv)
     config.validate(BLOCKS)  # every problem at once, before anything is built or written
     if config.cli_args.print_config:
@@ -83,7 +89,10 @@ def main(argv=None) -> None:
     setup_logging(None)  # console only until the run folder exists
     device = start_processes(config) if distributed.launched_world_size() > 1 else None
     try:
-        train(config, device, list(argv if argv is not None else sys.argv[1:]))
+        if config.cli_args.dry_run:
+            dry_run(config, device, started)
+        else:
+            train(config, device, list(argv if argv is not None else sys.argv[1:]))
     finally:  # also on errors and signals
         distributed.stop()
 
@@ -109,6 +118,56 @@ def start_processes(config: ConfigParser):
 
 def train(config: ConfigParser, device, argv: list[str]) -> None:
     """Build, check, resume if asked, open the run folder and train (on every process)."""
+    from utils import distributed
+
+    trainer = prepare(config, device)
+    if trainer.nothing_to_train():  # before a run folder is made for nothing
+        return
+    with distributed.all_or_none("opening the run folder"):
+        if distributed.is_main():
+            open_run(config, trainer, argv)
+    config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
+    trainer.train()
+
+
+def dry_run(config: ConfigParser, device, started: float) -> None:
+    """`--dry-run`: everything `train` does before its first write, then two training steps
+    and two validation batches; prints the effective config and the model summary."""
+    from base.base_data_loader import release_workers
+    from base.model_summary import summarize
+    from logger.progress import format_value
+    from trainer.checkpoint import unwrap_model
+    from trainer.evaluation import to_device
+    from utils import distributed
+
+    trainer = prepare(config, device)
+    main_process = distributed.is_main()
+    if main_process:
+        print("Effective config:")
+        print(json.dumps(config.config, indent=4))
+        loader = trainer.valid_data_loader or trainer.data_loader
+        data, _ = to_device(trainer.device, *next(iter(loader)))
+        release_workers(loader)
+        print("\nModel summary:")
+        print("\n".join(summarize(unwrap_model(trainer.eval_model), data)))
+    losses, log = trainer.dry_run(steps=2, batches=2)
+    if not main_process:
+        return
+    steps = f"{len(losses)} training step{'s' if len(losses) != 1 else ''}"
+    if losses:
+        steps += f" (loss {', '.join(map(format_value, losses))})"
+    if log:
+        batches = min(2, len(trainer.valid_data_loader))
+        steps += (f", validation on {batches} batch{'es' if batches != 1 else ''} (" +
+                  ", ".join(f"{key} {format_value(value)}" for key, value in log.items()) + ")")
+    print(f"\nDry run: {steps}; {time.monotonic() - started:.1f} s in all.")
+    print("The config is ready to train. Nothing was written; train with the same command "
+          "without --dry-run.")
+
+
+def prepare(config: ConfigParser, device):
+    """The trainer, built, checked on a first batch and resumed if asked: everything before
+    the first write (under torchrun every process, or none, gets through)."""
     from trainer.precision import configure_backends
     from utils import distributed
     from utils.seeding import derive_seed, seed_everything
@@ -126,14 +185,7 @@ def train(config: ConfigParser, device, argv: list[str]) -> None:
         trainer.check_first_batch()  # before the resume restores the RNG: resume stays exact
         if config.resume is not None:  # load before creating anything: a bad file writes nothing
             (trainer.load_weights if config.fine_tune else trainer.resume)(config.resume)
-
-    if trainer.nothing_to_train():  # before a run folder is made for nothing
-        return
-    with distributed.all_or_none("opening the run folder"):
-        if distributed.is_main():
-            open_run(config, trainer, argv)
-    config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
-    trainer.train()
+    return trainer
 
 
 def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:

@@ -1,5 +1,7 @@
 """The epoch loop: monitoring, early stopping, checkpoints and resume."""
 import os
+import shlex
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -8,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from logger.progress import display_path, epoch_table, format_duration
 from logger.visualization import TensorboardWriter
 from trainer.checkpoint import (FORMAT_VERSION, INTERRUPTED_NAME, load_checkpoint,
                                 load_model_state, prune_checkpoints, remove_partial_writes,
@@ -18,7 +21,7 @@ from utils.errors import ConfigError
 from utils.interrupts import StopSignals, TrainingInterrupted, signal_name
 from utils.names import callable_name
 from utils.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
-from utils.util import atomic_link
+from utils.files import atomic_link
 
 
 metric_name = callable_name  # the name a metric is logged under
@@ -57,7 +60,8 @@ class BaseTrainer(ABC):
             if isinstance(scheduler_block, dict) and lr_scheduler is not None else "epoch"
         self.scaler: torch.amp.GradScaler | None = None  # set by a trainer that uses fp16
         self.monitor = self.settings.parsed_monitor
-        self.writer: TensorboardWriter | None = None  # opened by train(), in the run's log folder
+        # writes nothing until train() opens one in the run's log folder
+        self.writer = TensorboardWriter(".", enabled=False)
 
         self.start_epoch = 1
         self.start_step = 0   # steps of start_epoch done before a resume (stopped mid-epoch)
@@ -69,6 +73,12 @@ class BaseTrainer(ABC):
         self.position_rng_state: dict | None = None
         self.monitor_best = self.monitor.worst
         self.not_improved_count = 0
+        self.best_epoch: int | None = None  # the epoch of monitor_best
+        self.best_log: dict[str, float] = {}  # every value logged in that epoch
+        # per-epoch numbers a trainer measures besides the log (`samples_per_s`)
+        self.epoch_stats: dict[str, float] = {}
+        self.last_saved: Path | None = None  # the newest epoch checkpoint written
+        self.last_epoch, self.last_log = 0, {}  # the newest epoch trained and its values
 
     @property
     def checkpoint_dir(self):
@@ -107,14 +117,42 @@ class BaseTrainer(ABC):
         self.writer = TensorboardWriter(self.config.log_dir, self.settings.tensorboard and main)
         # a resumed run drops the points an interrupted run logged after its checkpoint
         self.writer.open(purge_step=self.global_step + 1 if self.global_step > 0 else None)
+        self.writer.add_layout(key for key in self.expected_log_keys() if not
+                               key.startswith("val_"))
+        started, first_epoch = time.monotonic(), self.start_epoch
         try:
             with self.stop_signals:
-                self._train_epochs(epochs)
+                last_epoch = self._train_epochs(epochs)
+            self._write_hparams()
         finally:
             self.writer.close()
-        if self.monitor.enabled:
-            self.logger.info("Best %s: %.6f. Best model: %s", self.monitor.metric,
-                             self.monitor_best, self.checkpoint_dir / "model_best.pth")
+        self._report_end(first_epoch, last_epoch, time.monotonic() - started)
+
+    def _report_end(self, first_epoch: int, last_epoch: int, seconds: float) -> None:
+        """How training went, where its best model is and how to test it."""
+        epochs = f"epoch {first_epoch}" if first_epoch == last_epoch else \
+            f"epochs {first_epoch}-{last_epoch}"
+        self.logger.info("Finished training (%s) in %s.", epochs, format_duration(seconds))
+        best = self.checkpoint_dir / "model_best.pth"
+        # a checkpoint from before best_epoch was saved: the best is known, its epoch not
+        if self.monitor.enabled and (self.best_epoch is not None or best.is_file()):
+            tested = best
+            at_epoch = f" at epoch {self.best_epoch}" if self.best_epoch is not None else ""
+            self.logger.info("Best %s: %s%s, saved as %s", self.monitor.metric,
+                             f"{self.monitor_best:.6f}", at_epoch, display_path(tested))
+        else:
+            tested = self.last_saved
+            self.logger.info("Last checkpoint: %s", display_path(tested))
+        self.logger.info("Test it with: python test.py -r %s", shlex.quote(display_path(tested)))
+
+    def _write_hparams(self) -> None:
+        """The HParams entry: the config against the best epoch's values (the last epoch's
+        without a monitored metric), and the epoch they are from."""
+        if not self.writer.active:
+            return
+        metrics = dict(self.best_log) if self.best_epoch is not None else dict(self.last_log)
+        metrics["epoch"] = self.best_epoch if self.best_epoch is not None else self.last_epoch
+        self.writer.add_hparams(self.config.config, metrics, self.global_step)
 
     def nothing_to_train(self) -> bool:
         """True, with a warning, when the resumed checkpoint is already at `trainer.epochs`."""
@@ -125,8 +163,10 @@ class BaseTrainer(ABC):
                             self.settings.epochs)
         return True
 
-    def _train_epochs(self, epochs: int) -> None:
+    def _train_epochs(self, epochs: int) -> int:
+        """Train the epochs; the last one trained."""
         for epoch in range(self.start_epoch, epochs + 1):
+            started = time.monotonic()
             try:
                 log = self._train_epoch(epoch)
             except StopRequested as stop_request:
@@ -134,8 +174,9 @@ class BaseTrainer(ABC):
             self.start_step = 0
             log = distributed.from_main(log)  # the same values on every process, exactly
             self._step_scheduler(log)
-            improved = self._update_monitor(log)
-            self._report_epoch(epoch, log, improved)
+            improved = self._update_monitor(log, epoch)
+            self.last_log, self.last_epoch = log, epoch
+            self._report_epoch(epoch, log, improved, time.monotonic() - started)
             stop = 0 < self.settings.early_stop <= self.not_improved_count
             saved = None
             if epoch % self.settings.save_period == 0 or epoch == epochs or stop:
@@ -143,14 +184,15 @@ class BaseTrainer(ABC):
             if improved:
                 self._save_best(epoch, saved)
             if stop:
-                self.logger.info("Validation performance didn't improve for %d epochs. "
-                                 "Training stops.", self.settings.early_stop)
-                return
+                self.logger.info("%s did not improve for %d epochs: early stop.",
+                                 self.monitor.metric, self.settings.early_stop)
+                return epoch
             signum = distributed.max_value(self.stop_signals.received or 0)  # any process's
             if signum and epoch < epochs:
                 self._stop_on_signal(epoch, 0, signum, saved)
         if self.stop_signals.requested:
             self.logger.info("The signal came during the last epoch's end: training is complete.")
+        return epochs
 
     def _stop_on_signal(self, epoch: int, step: int, signum: int,
                         saved: Path | None = None) -> None:
@@ -178,28 +220,48 @@ class BaseTrainer(ABC):
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step")
                 self.lr_scheduler.step()
 
-    def _update_monitor(self, log: dict[str, float]) -> bool:
+    def _update_monitor(self, log: dict[str, float], epoch: int) -> bool:
         """Whether this epoch improved the monitored metric; updates the best and the counter."""
         if not self.monitor.enabled:
             return False
         value = log[self.monitor.metric]
         if self.monitor.improved(value, self.monitor_best):
-            self.monitor_best = value
+            self.monitor_best, self.best_epoch, self.best_log = value, epoch, dict(log)
             self.not_improved_count = 0
             return True
         self.not_improved_count += 1
         return False
 
-    def _report_epoch(self, epoch: int, log: dict[str, float], improved: bool) -> None:
-        self.logger.info("    %-15s: %d", "epoch", epoch)
-        for key, value in log.items():
-            self.logger.info("    %-15s: %.6f", key, value)
-        if improved:
-            self.logger.info("    (%s improved)", self.monitor.metric)
+    def _report_epoch(self, epoch: int, log: dict[str, float], improved: bool,
+                      seconds: float) -> None:
+        """The epoch table on the console and in the log file; the epoch's means and time
+        (and every `log_histograms` epochs the weights and gradients) to TensorBoard."""
+        speed = self.epoch_stats.get("samples_per_s")
+        self.logger.info("Epoch %d/%d  %s%s", epoch, self.settings.epochs,
+                         format_duration(seconds), f", {speed:,.0f} samples/s" if speed else "")
+        for row in epoch_table(log, self.monitor.metric, improved):
+            self.logger.info(row)
         scalars = {f"{key[4:]}/valid" if key.startswith("val_") else f"{key}/train": value
                    for key, value in log.items()}
-        scalars["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        scalars["time/epoch_s"] = seconds  # the learning rate: at each log step, as it was used
         self.writer.add_scalars(scalars, self.global_step)
+        every = self.settings.log_histograms
+        if every and epoch % every == 0 and self.writer.active:
+            model = unwrap_model(self.model)
+            self.writer.add_histograms(((f"weights/{name}", p) for name, p in
+                                        model.named_parameters()), self.global_step)
+            self.writer.add_histograms(((f"gradients/{name}", p.grad) for name, p in
+                                        model.named_parameters() if p.grad is not None),
+                                       self.global_step)
+
+    def learning_rates(self) -> dict[str, float]:
+        """`{"learning_rate": lr}`, or with several parameter groups one per group
+        (`learning_rate/group1`, ...): TensorBoard tags."""
+        groups = self.optimizer.param_groups
+        if len(groups) == 1:
+            return {"learning_rate": float(groups[0]["lr"])}
+        return {f"learning_rate/group{index}": float(group["lr"])
+                for index, group in enumerate(groups)}
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, epoch: int, step: int = 0) -> dict:
@@ -220,6 +282,8 @@ class BaseTrainer(ABC):
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": self.monitor_best,
             "not_improved_count": self.not_improved_count,
+            "best_epoch": self.best_epoch,
+            "best_log": self.best_log,
             "rng_state": rng_states[0],
             # under torchrun every process's generators, by rank
             "rng_states": rng_states if len(rng_states) > 1 else None,
@@ -259,6 +323,7 @@ class BaseTrainer(ABC):
         `keep_last`, the oldest epoch checkpoints go."""
         path = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth"
         self._save_checkpoint(epoch, path)
+        self.last_saved = path
         if not distributed.is_main():
             return path
         (self.checkpoint_dir / INTERRUPTED_NAME).unlink(missing_ok=True)
@@ -280,6 +345,8 @@ class BaseTrainer(ABC):
         self.global_step = checkpoint.get("global_step", 0)
         self.monitor_best = checkpoint.get("monitor_best", self.monitor.worst)
         self.not_improved_count = checkpoint.get("not_improved_count", 0)
+        self.best_epoch = checkpoint.get("best_epoch")
+        self.best_log = checkpoint.get("best_log") or {}
         saved = checkpoint["config"]
         if saved.get("optimizer", {}).get("type") == self.config["optimizer"]["type"]:
             self.optimizer.load_state_dict(checkpoint["optimizer"])

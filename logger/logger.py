@@ -4,7 +4,7 @@ import logging.config
 import os
 from pathlib import Path
 
-from utils.util import read_json
+from utils.files import read_json
 
 DEFAULT_CONFIG = Path(__file__).with_name("logger_config.json")  # found from any working dir
 

@@ -3,6 +3,7 @@
 import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,20 +154,21 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     def table(folder: Path) -> list[tuple[str, float]]:
         """Every epoch's `key: value` rows in the run's info.log."""
         text = (tmp_path / "saved/log/Digits_CNN" / folder.name / "info.log").read_text()
-        rows = [line.split("trainer - INFO -     ")[1].split(":") for line in text.splitlines()
-                if "trainer - INFO -     " in line and ":" in line.split("INFO -")[1]]
-        return [(key.strip(), float(value)) for key, value in rows]
+        rows = [line.split("trainer - INFO - ")[1].split() for line in text.splitlines()
+                if "trainer - INFO -   " in line]  # the epoch table's rows: name, train, valid
+        return [(f"{name}/{split}", float(value)) for name, *values in rows
+                if name != "train" for split, value in zip(("train", "valid"), values[:2])]
     one_table, two_table = table(single), table(ddp)
     assert [key for key, _ in one_table] == [key for key, _ in two_table]
-    assert len(one_table) == 2 * 7
+    assert len(one_table) == 2 * 6
     # accuracy over the 143 validation samples, each counted once: a multiple of 1/143
-    for value in (value for key, value in two_table if key == "val_accuracy"):
+    for value in (value for key, value in two_table if key == "accuracy/valid"):
         assert abs(value * 143 - round(value * 143)) < 1e-3
     for (key, one_value), (_, two_value) in zip(one_table, two_table):
         assert two_value == pytest.approx(one_value, abs=1e-5), key
 
     # only rank 0 logs: each epoch is reported once
-    assert result.stdout.count("val_loss       :") == 2
+    assert len(re.findall(r"^Epoch \d/2 ", result.stdout, re.MULTILINE)) == 2
     assert result.stdout.count("Saving checkpoint") == 4 and "[rank 1]" not in result.stderr
     sessions = json.loads((ddp / "manifest.json").read_text())["sessions"]
     assert sessions[0]["processes"] == 2
@@ -251,7 +253,7 @@ def test_early_stopping_stops_every_process(tmp_path):
     # val_loss falls, so "max val_loss" stops improving after epoch 1
     config = ddp_config(tmp_path, 32, epochs=5, monitor="max val_loss", early_stop=1)
     result = torchrun("-c", str(config), "--run-id", "early", timeout=120)
-    assert "didn't improve for 1 epochs" in result.stdout
+    assert "val_loss did not improve for 1 epochs: early stop." in result.stdout
     folder = tmp_path / "saved/models/Digits_CNN/early"
     assert load_checkpoint(folder / "checkpoint-epoch2.pth")["epoch"] == 2
     assert not (folder / "checkpoint-epoch3.pth").exists()
@@ -272,6 +274,13 @@ def test_test_py_refuses_torchrun(tmp_path):
     result = torchrun("-r", str(tmp_path / "saved/models/Digits_CNN/one"), script="test.py",
                       check=False, timeout=120)
     assert "test.py evaluates in one process" in result.stderr
+
+
+def test_dry_run_under_torchrun_steps_in_every_process_and_writes_nothing(tmp_path):
+    result = torchrun("-c", str(ddp_config(tmp_path, 32)), "--dry-run", timeout=120)
+    assert not (tmp_path / "saved").exists()
+    assert result.stdout.count("Model summary:") == 1  # rank 0 prints
+    assert "Dry run: 2 training steps (loss " in result.stdout and "[rank 1]" not in result.stderr
 
 
 def test_a_failure_in_one_process_at_start_stops_all_with_one_line_and_no_run_folder(tmp_path):
@@ -301,7 +310,7 @@ def test_a_validation_set_smaller_than_the_processes(tmp_path):
     torchrun("-c", str(ddp_config(tmp_path, 32, epochs=1)), "-o",
              "data_loader.args.validation_split=1", "--run-id", "tiny", timeout=120)
     log = (tmp_path / "saved/log/Digits_CNN/tiny/info.log").read_text()
-    accuracy = float(log.split("val_accuracy   :")[1].split()[0])
+    accuracy = float(log.split("INFO -   accuracy")[1].split()[1])  # the valid column
     assert accuracy in (0.0, 1.0)
 
 

@@ -76,12 +76,16 @@ def epoch_metrics(tmp_path: Path, name: str) -> dict[int, dict[str, str]]:
     (log,) = (tmp_path / name / "saved" / "log" / "Digits_CNN").glob("*/info.log")
     epochs, current = {}, None
     for line in log.read_text().splitlines():
+        if " - trainer - INFO - " not in line:
+            continue
         message = line.split(" - INFO - ", 1)[-1]
-        match = re.fullmatch(r"\s+(\w+)\s*: (\S+)", message)
-        if match and match.group(1) == "epoch":
-            current = epochs.setdefault(int(match.group(2)), {})
-        elif match and current is not None:
-            current[match.group(1)] = match.group(2)
+        header = re.match(r"Epoch (\d+)/\d+  ", message)
+        if header:
+            current = epochs.setdefault(int(header.group(1)), {})
+        elif message.startswith("  ") and current is not None:  # name, train, valid
+            name, *values = message.split()
+            if name != "train":
+                current.update(zip((name, f"val_{name}"), values[:2]))
     return epochs
 
 
@@ -161,13 +165,15 @@ def test_ctrl_c_with_workers_and_a_second_ctrl_c_while_saving(references, tmp_pa
 
 
 def tensorboard_points(root: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the run's event files, read back with TensorBoard's own reader."""
+    """Every scalar in the run's event files, read back with TensorBoard's own reader (of
+    times and speeds only the steps: they differ from run to run)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (log_dir,) = (root / "saved" / "log" / "Digits_CNN").iterdir()
     events = EventAccumulator(str(log_dir))
     events.Reload()
-    return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+    return {tag: [(event.step, None if tag.startswith(("time/", "speed/")) else event.value)
+                  for event in events.Scalars(tag)]
             for tag in events.Tags()["scalars"]}
 
 

@@ -1,6 +1,8 @@
 """The real `train.py` and `test.py`, run as a user runs them, in fresh processes."""
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,3 +124,54 @@ def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
     trainer = train.build_trainer(config)
     data, target = next(iter(trainer.data_loader))
     assert trainer.model(data.to(trainer.device)).shape[0] == target.shape[0]
+
+
+def test_dry_run_checks_a_config_in_seconds_and_writes_nothing(config_file, tmp_path):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_script("train.py", "-c", str(config_file), "--dry-run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no saved/, no run folder
+    out = result.stdout
+    assert json.loads(out.split("Effective config:\n")[1].split("\n\nModel summary:")[0]) == \
+        json.loads(config_file.read_text())
+    assert "conv1    Conv2d   (64, 32, 8, 8)" in out
+    assert "Dry run: 2 training steps (loss " in out and "validation on 2 batches (loss " in out
+    assert out.rstrip().endswith("Nothing was written; train with the same command without "
+                                 "--dry-run.")
+
+
+def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
+    run_script("train.py", "-c", str(config_file), "--epochs", "1")
+    run, = run_folders(tmp_path / "saved")
+    files = sorted(p.name for p in run.iterdir())
+    result = run_script("train.py", "-r", str(run), "--dry-run", "--epochs", "2")
+    assert "Dry run: 2 training steps" in result.stdout
+    assert sorted(p.name for p in run.iterdir()) == files
+
+    broken = run_script("train.py", "-c", str(config_file), "--dry-run", "-o",
+                        "arch.args.num_classes=5", check=False)  # the data has 10 classes
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert broken.stderr.startswith("error: the first batch does not go through model, loss")
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("train.py", ["--dry-run", "--lr LR, --learning_rate LR", "sets optimizer.args.lr",
+                  "sets data_loader.args.batch_size", "--run-id"]),
+    ("test.py", ["-r RESUME", "--print-config"]),
+    ("new_project.py", ["path"]),
+])
+def test_help_lists_every_flag_and_imports_no_torch(script, expected):
+    """`--help` answers at once: torch is imported only after the arguments are parsed."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = [{script!r}, '--help']\n"
+             "try:\n"
+             f"    runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print('torch imported:', 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("torch imported: False")
+    help_text = " ".join(result.stdout.split())
+    for text in expected:
+        assert " ".join(text.split()) in help_text, text

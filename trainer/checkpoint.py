@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from utils.errors import CheckpointError
-from utils.util import atomic_write
+from utils.files import atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")

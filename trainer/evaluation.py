@@ -28,19 +28,57 @@ def track_batch(tracker: MetricTracker, metric_fns: Sequence[Callable], names: S
         tracker.update(name, fn(output, target), n)
 
 
+class ConfusionMatrix:
+    """Counts of (true class, predicted class) over batches of classifier output, on the
+    device: `update` never synchronises. Output that is not (N, C) class scores for (N,)
+    integer targets makes it inapplicable (`matrix` is then None)."""
+
+    def __init__(self):
+        self.counts: Tensor | None = None
+        self.applicable = True
+
+    @torch.no_grad()
+    def update(self, output: Tensor, target: Tensor) -> None:
+        if not self.applicable:
+            return
+        if not isinstance(output, Tensor) or not isinstance(target, Tensor) or output.dim() != 2 or target.dim() != 1 or target.dtype.is_floating_point or \
+                output.size(1) < 2 or (self.counts is not None and
+                                       self.counts.numel() != output.size(1) ** 2):
+            self.applicable, self.counts = False, None
+            return
+        classes = output.size(1)
+        if self.counts is None:
+            self.counts = torch.zeros(classes * classes, dtype=torch.long, device=output.device)
+        known = (target >= 0) & (target < classes)  # not an ignore_index such as -100
+        cells = target[known].long() * classes + output.argmax(dim=1)[known]
+        self.counts += torch.bincount(cells, minlength=classes * classes)
+
+    @property
+    def matrix(self) -> list[list[int]] | None:
+        """Rows are true classes, columns predicted ones."""
+        if self.counts is None:
+            return None
+        classes = int(self.counts.numel() ** 0.5)
+        return self.counts.view(classes, classes).tolist()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
              metric_fns: Sequence[Callable], names: Sequence[str], device: torch.device,
-             stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+             stop: Callable[[], bool] | None = None,
+             confusion: ConfusionMatrix | None = None) -> dict[str, float] | None:
     """Sample-weighted mean loss and metrics of `model` over `batches`, in eval mode; None when
     `stop()` turned true after a batch (a stop signal). Under torchrun every process passes its
-    own share of the data and gets the means over all of it."""
+    own share of the data and gets the means over all of it. `confusion` also counts the
+    predictions (test.py; one process)."""
     model.eval()
     tracker = MetricTracker("loss", *names)
     for data, target in batches:
         data, target = to_device(device, data, target)
         output = model(data)
         track_batch(tracker, metric_fns, names, criterion(output, target), output, target)
+        if confusion is not None:
+            confusion.update(output, target)
         if stop is not None and stop():
             return None
     tracker.all_reduce()  # torchrun: over every process's share of `batches`

@@ -63,6 +63,9 @@ class TrainerSettings:
     compile: bool | dict = False  # torch.compile the model: true, or its keyword arguments
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest kernels (off when deterministic)
     deterministic: bool = False   # torch.use_deterministic_algorithms(True)
+    progress_bar: bool | str = "auto"  # tqdm bars: "auto" (when stdout is a terminal), true, false
+    log_images: bool = False      # TensorBoard: a grid of the first training batch each epoch
+    log_histograms: int = 0       # TensorBoard: weight and gradient histograms every N epochs
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
@@ -106,7 +109,9 @@ _RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
           "keep_last": ((1, None), True), "nan_policy": (("stop", "skip"), False),
           "amp": (("bf16", "fp16"), True), "grad_accum_steps": ((1, None), False),
           "grad_clip_norm": (float, True), "compile": (dict, False),
-          "cudnn_benchmark": (bool, False), "deterministic": (bool, False)}
+          "cudnn_benchmark": (bool, False), "deterministic": (bool, False),
+          "progress_bar": (("auto", True, False), False), "log_images": (bool, False),
+          "log_histograms": ((0, None), False)}
 # What `trainer.compile` may pass to torch.compile.
 COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -116,10 +121,12 @@ def _value_problem(key: str, value) -> str | None:
     rule, nullable = _RULES.get(key, (None, True))
     if rule is None or (value is None and nullable):
         return None
-    if isinstance(rule, tuple) and isinstance(rule[0], str):  # one of a few words
-        if value not in rule:
+    if isinstance(rule, tuple) and isinstance(rule[0], str):  # one of a few words (or true/false)
+        if not any(value is choice or isinstance(choice, str) and value == choice
+                   for choice in rule):
+            choices = [choice if isinstance(choice, str) else json.dumps(choice) for choice in rule]
             return (f"trainer.{key}: expected one of {', '.join(map(json.dumps, rule))}, "
-                    f"got {json.dumps(value)}{did_you_mean(str(value), rule)}")
+                    f"got {json.dumps(value)}{did_you_mean(str(value), choices)}")
         return None
     if rule is float:  # a positive number
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \

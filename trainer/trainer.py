@@ -1,6 +1,7 @@
 """The concrete trainer: supervised learning over (data, target) batches."""
 import contextlib
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from base.base_data_loader import BaseDataLoader, release_workers
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
+from logger.progress import bars_wanted, counted, progress_bar, step_postfix
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
 from trainer.precision import StepMechanics
 from utils import distributed
@@ -61,6 +63,11 @@ class Trainer(BaseTrainer):
                 f"data_loader.type: {type(data_loader).__name__} is not a BaseDataLoader; "
                 f"under torchrun each process must load its own share of the data, which "
                 f"BaseDataLoader does")
+        # tqdm bars on a terminal (rank 0 only), else a log line every log_step steps
+        self.bars = bars_wanted(self.settings.progress_bar) and distributed.is_main()
+        self._window = (0.0, 0)  # (time, samples) at the last log step: samples/s since then
+        self._epoch_samples = 0
+        self.log_images = self.settings.log_images and distributed.is_main()
         self.check_monitor()
         self._check_schedule_length()
 
@@ -85,14 +92,43 @@ class Trainer(BaseTrainer):
         """Train; under torchrun in DistributedDataParallel, which it wraps the model in first
         (compiled inside DDP, as torch.compile's docs advise; DDP starts from rank 0's
         weights, which resume has loaded in every process alike)."""
-        if distributed.active() and not isinstance(self.model,
-                                                   nn.parallel.DistributedDataParallel):
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._wrap_ddp()
         try:
             super().train()
         finally:  # persistent workers end with training, not whenever the loaders are collected
             release_workers(self.data_loader, self.valid_data_loader)
+
+    def _wrap_ddp(self) -> None:
+        if distributed.active() and not isinstance(self.model,
+                                                   nn.parallel.DistributedDataParallel):
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def dry_run(self, steps: int = 2, batches: int = 2) -> tuple[list[float], dict | None]:
+        """`steps` optimizer steps and `batches` validation batches, exactly as training runs
+        them, writing nothing: the losses of the steps and the validation values (None without
+        validation data). A loss that is not finite raises `TrainingDiverged`."""
+        self._wrap_ddp()
+        self.model.train()
+        epoch, losses = self.start_epoch, []
+        self.epoch_step = self.start_step  # a NaN is reported at its step of the epoch
+        try:
+            for group in itertools.islice(self._step_groups(epoch, self.start_step), steps):
+                total, _ = self._step_total(group)
+                stepped = self._train_step(group, total)
+                self.epoch_step += 1
+                self._check_finite(epoch)
+                if stepped is not None:
+                    losses.append(stepped[-1][0].item())
+            log = None
+            if self.valid_data_loader is not None:
+                with self.mechanics.autocast():
+                    log = evaluate(self.eval_model, itertools.islice(self.valid_data_loader,
+                                                                     batches),
+                                   self.criterion, self.metric_fns, self.metric_names, self.device)
+        finally:
+            release_workers(self.data_loader, self.valid_data_loader)
+        return losses, log
 
     def check_first_batch(self) -> None:
         """Fail now, with one clear line, if a batch does not fit model, loss and metrics."""
@@ -109,30 +145,56 @@ class Trainer(BaseTrainer):
         else:
             self.epoch_step = 0
             self.train_metrics.reset()
-        for group in self._step_groups(epoch, self.epoch_step):
-            total, signal = self._step_total(group)
-            if signal:  # torchrun: every process stops before the same step
-                self._stop(epoch, signal)
-            stepped = self._train_step(group, total)
-            self.global_step += 1
-            self.epoch_step += 1
-            for loss, output, target in stepped or ():
-                track_batch(self.train_metrics, self.metric_fns, self.metric_names, loss, output,
-                            target)
-            if stepped is not None and self.scheduler_interval == "step":
-                self.lr_scheduler.step()
-            if (self.epoch_step - 1) % self.settings.log_step == 0:
-                self._check_finite(epoch)
-                if stepped is not None:
-                    self._log_progress(epoch, self.epoch_step, stepped[-1][0])
-            if self.stop_signals.requested and not distributed.active():
-                self._stop(epoch, self.stop_signals.received)
+        started = time.monotonic()
+        self._window, self._epoch_samples = (started, 0), 0
+        with progress_bar(self.bars, self.len_epoch, f"epoch {epoch}/{self.settings.epochs}",
+                          initial=self.epoch_step) as bar:
+            self._train_steps(epoch, bar)
         self._check_finite(epoch)
+        seconds = time.monotonic() - started
+        self.epoch_stats = {"samples_per_s": self._epoch_samples / seconds} \
+            if self._epoch_samples and seconds > 0 else {}
         self.train_metrics.all_reduce()  # torchrun: the epoch's means over every process
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
         return log
+
+    def _train_steps(self, epoch: int, bar) -> None:
+        """The epoch's optimizer steps from `epoch_step` on, advancing `bar` (if any)."""
+        for group in self._step_groups(epoch, self.epoch_step):
+            total, signal = self._step_total(group)
+            if signal:  # torchrun: every process stops before the same step
+                self._stop(epoch, signal)
+            if self.epoch_step == 0 and self.log_images:
+                self._log_images(group[0][0])
+            stepped = self._train_step(group, total)
+            self.global_step += 1
+            self.epoch_step += 1
+            self._epoch_samples += total
+            for loss, output, target in stepped or ():
+                track_batch(self.train_metrics, self.metric_fns, self.metric_names, loss, output,
+                            target)
+            log_now = (self.epoch_step - 1) % self.settings.log_step == 0
+            rates = self.learning_rates() if log_now else None  # as used by this step
+            if stepped is not None and self.scheduler_interval == "step":
+                self.lr_scheduler.step()
+            if bar is not None:
+                bar.update(1)
+            if log_now:
+                self._check_finite(epoch)
+                if stepped is not None:
+                    self._log_progress(epoch, stepped[-1][0], rates, bar)
+            if self.stop_signals.requested and not distributed.active():
+                self._stop(epoch, self.stop_signals.received)
+
+    def _log_images(self, data: Tensor) -> None:
+        """The epoch's first input batch as an image grid (`trainer.log_images`)."""
+        if not self.writer.add_image_grid("inputs/train", data, self.global_step):
+            self.logger.warning("Warning: trainer.log_images needs image batches (B, C, H, W) "
+                                "with 1 or 3 channels; these are %s. No images are logged.",
+                                tuple(data.shape))
+            self.log_images = False
 
     def _stop(self, epoch: int, signal: int) -> None:
         """Stop on `signal` where the epoch stands; never with weights a non-finite loss has
@@ -253,8 +315,11 @@ class Trainer(BaseTrainer):
         rng_state = get_rng_state()
         # under torchrun a signal is agreed on after validation (no collectives inside it)
         stop = None if distributed.active() else lambda: self.stop_signals.requested
-        with self.mechanics.autocast():
-            log = evaluate(self.eval_model, self.valid_data_loader, self.criterion,
+        loader = self.valid_data_loader
+        with self.mechanics.autocast(), progress_bar(self.bars, len(loader),
+                                                     f"epoch {epoch} validation",
+                                                     unit="batch") as bar:
+            log = evaluate(self.eval_model, counted(loader, bar), self.criterion,
                            self.metric_fns, self.metric_names, self.device, stop=stop)
         if log is None:
             self.position_rng_state = rng_state
@@ -291,11 +356,27 @@ class Trainer(BaseTrainer):
             return itertools.islice(inf_loop(self.data_loader), skip, skip + count)
         return itertools.islice(iter(self.data_loader), skip, None)
 
-    def _log_progress(self, epoch: int, step: int, loss: Tensor) -> None:
+    def _log_progress(self, epoch: int, loss: Tensor, rates: dict[str, float], bar) -> None:
+        """The loss, samples/s since the last log step and learning rates `rates`: in the
+        bar's postfix or a log line, and to TensorBoard. Reads the loss back: a host sync."""
         if not distributed.is_main():  # only rank 0 logs: no host sync elsewhere
             return
-        self.logger.debug("Train Epoch: %d [%d/%d (%.0f%%)] Loss: %.6f", epoch, step,
-                          self.len_epoch, 100.0 * step / self.len_epoch, loss.item())
+        loss_value = loss.item()
+        now, samples = time.monotonic(), self._epoch_samples
+        speed = (samples - self._window[1]) / (now - self._window[0]) \
+            if now > self._window[0] else None
+        self._window = (now, samples)
+        postfix = step_postfix(loss_value, speed, next(iter(rates.values())))
+        if bar is not None:
+            bar.set_postfix_str(postfix, refresh=False)
+        else:
+            step = self.epoch_step
+            self.logger.debug("Train epoch %d [%d/%d (%.0f%%)] %s", epoch, step, self.len_epoch,
+                              100.0 * step / self.len_epoch, postfix)
+        scalars = {"loss/train_step": loss_value, **rates}
+        if speed is not None:
+            scalars["speed/samples_per_s"] = speed
+        self.writer.add_scalars(scalars, self.global_step)
 
 
 def _bs_hint(saved: tuple[int, int], now: tuple[int, int]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from utils import distributed
-from utils.util import write_json
+from utils.files import write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_NAME = "manifest.json"

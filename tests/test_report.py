@@ -1,0 +1,76 @@
+"""test.py's report: table, JSON, per-class accuracy, confusion matrix, TensorBoard image."""
+import json
+
+import pytest
+
+import test as test_script
+from logger.report import class_report, confusion_image, report_lines, run_log_dir
+from tests.conftest import run_folders, run_script, small_config
+from tests.test_logger import read_events
+
+
+def test_class_report_gives_per_class_accuracy_and_names():
+    report = class_report([[3, 1], [0, 0]], ["cat", "dog"])
+    assert report["per_class_accuracy"] == {"cat": 0.75, "dog": None}  # no dog in the test set
+    assert report["confusion_matrix"]["classes"] == ["cat", "dog"]
+    assert class_report([[1]], ["a", "b"])["confusion_matrix"]["classes"] == ["0"]  # mismatch
+
+
+def test_report_lines_align_metrics_classes_and_the_matrix(tmp_path):
+    classes = class_report([[5, 0], [2, 13]])
+    lines = report_lines(tmp_path / "m.pth", 7, {"loss": 0.25, "accuracy": 0.9, "n_samples": 20},
+                         classes)
+    assert lines[0] == f"Test results of {tmp_path / 'm.pth'} (epoch 7), 20 samples:"
+    assert lines[1:3] == ["  loss      0.250000", "  accuracy  0.900000"]
+    assert [line.split() for line in lines[5:7]] == [["0", "1.0000", "5"], ["1", "0.8667", "15"]]
+    assert [line.split() for line in lines[-3:]] == [["0", "1"], ["0", "5", "0"], ["1", "2", "13"]]
+
+
+def test_confusion_image_is_white_for_none_and_dark_for_all():
+    image = confusion_image([[4, 0], [1, 1]], cell_pixels=2)
+    assert image.shape == (3, 4, 4) and 0 <= image.min() and image.max() <= 1
+    assert image[:, 0, 2].tolist() == [1.0, 1.0, 1.0]                      # 0 of 4
+    assert image[:, 0, 0].tolist() == pytest.approx([0.03, 0.19, 0.42])   # 4 of 4
+    assert image[2, 2, 0] > image[2, 0, 0]                                 # half is lighter
+
+
+def test_run_log_dir_follows_the_run_layout(tmp_path):
+    checkpoint = tmp_path / "saved" / "models" / "Digits_CNN" / "run1" / "model_best.pth"
+    assert run_log_dir(checkpoint) == tmp_path / "saved" / "log" / "Digits_CNN" / "run1"
+    assert run_log_dir(tmp_path / "model_best.pth") is None
+
+
+def test_test_py_reports_per_class_accuracy_and_the_confusion_matrix(tmp_path, capsys):
+    config = small_config(tmp_path / "saved", epochs=1, tensorboard=True)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    run_script("train.py", "-c", str(tmp_path / "c.json"))
+    run, = run_folders(tmp_path / "saved")
+    results = test_script.main(["-r", str(run / "model_best.pth")])
+    out = capsys.readouterr().out
+
+    report = json.loads((run / "model_best.test.json").read_text())
+    matrix = report["confusion_matrix"]["counts"]
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == report["n_samples"] == 359
+    correct = sum(matrix[i][i] for i in range(10))
+    assert report["accuracy"] == pytest.approx(correct / 359)  # the metric agrees with the matrix
+    assert report["per_class_accuracy"]["3"] == pytest.approx(matrix[3][3] / sum(matrix[3]))
+    assert results["accuracy"] == report["accuracy"] and report["epoch"] == 1
+    assert "Confusion matrix (rows: true class, columns: predicted class):" in out
+    assert f"  accuracy   {report['accuracy']:.6f}" in out.splitlines()
+
+    test_dir = tmp_path / "saved" / "log" / "Digits_CNN" / run.name / "test-model_best"
+    test_script.main(["-r", str(run / "model_best.pth")])  # again: replaces, does not add
+    image, = read_events(test_dir).Images("test/confusion_matrix")
+    assert image.width == image.height == 10 * 25 and image.step == 1  # at the epoch
+
+
+def test_without_tensorboard_test_py_writes_only_the_json(tmp_path):
+    config = small_config(tmp_path / "saved", epochs=1)  # tensorboard off
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    run_script("train.py", "-c", str(tmp_path / "c.json"))
+    run, = run_folders(tmp_path / "saved")
+    before = sorted(p.name for p in (tmp_path / "saved" / "log" / "Digits_CNN" / run.name).iterdir())
+    test_script.main(["-r", str(run / "model_best.pth")])
+    assert sorted(p.name for p in (tmp_path / "saved" / "log" / "Digits_CNN" / run.name).iterdir()) \
+        == before
+    assert (run / "model_best.test.json").is_file()
