@@ -165,7 +165,7 @@ class ConfigParser:
         try:
             return factory(*args, **config_args, **kwargs)
         except ConfigError as error:  # the factory's own check of its arguments
-            raise ConfigError(_prefixed(f"{name}.args", str(error))) from None
+            raise ConfigError(_prefixed(f"{name}.args", str(error), config_args)) from None
         except UserError:
             raise
         except Exception as error:
@@ -221,7 +221,7 @@ class ConfigParser:
                     if key not in keys and key not in options]
         problems += [f"{name}.{key}: expected one of {', '.join(map(json.dumps, choices))}, got "
                      f"{json.dumps(block[key])}" for key, choices in options.items()
-                     if key in block and block[key] not in choices]
+                     if key in block and choices is not None and block[key] not in choices]
         config_args = block.get("args", {})
         if not isinstance(config_args, dict):
             problems.append(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
@@ -300,10 +300,17 @@ class ConfigParser:
         return logger
 
 
-def _prefixed(key_path: str, message: str) -> str:
-    """`message` with every line starting with `key_path` (unless it already does)."""
-    return "\n".join(line if line.startswith(key_path) else f"{key_path}: {line}"
-                     for line in message.splitlines() or [""])
+def _prefixed(key_path: str, message: str, arguments: Iterable[str] = ()) -> str:
+    """`message` with every line starting with `key_path` (unless it already does); a line
+    that starts with one of `arguments` (`weights: ...`) gets that argument's key path."""
+    def prefixed(line: str) -> str:
+        if line.startswith(key_path):
+            return line
+        argument = line.split(":", 1)[0]
+        if argument in arguments:
+            return f"{key_path}.{line}"
+        return f"{key_path}: {line}"
+    return "\n".join(map(prefixed, message.splitlines() or [""]))
 
 
 def _type_name(config: dict, key_path: str) -> str:

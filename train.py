@@ -1,12 +1,14 @@
 """Train a model from a config: `python train.py -c config.json`, resume with `-r checkpoint`."""
 import argparse
 import json
+import logging
 import sys
 import time
 
 from parse_config import ConfigParser, CustomArgs
 from utils.cli import run_cli
 from utils.config_check import Block
+from utils.errors import CheckpointError, ConfigError
 
 # Registered shortcuts for common overrides: (flags, type, config key they set).
 OPTIONS = [
@@ -49,23 +51,87 @@ def build_trainer(config: ConfigParser, device=None):
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch", module_arch)
+    parameters, notes = set_up_model(config, model)
     device_ids = []
     if device is None:
         device, device_ids = prepare_device(config.get("n_gpu", 1))
-    model = model.to(device)
+    model = model.to(device)  # in place: the parameters stay the same objects
     if len(device_ids) > 1:  # one process, several GPUs
         model = torch.nn.DataParallel(model, device_ids=device_ids)
 
     criterion = config.init_ftn("loss", module_loss)
     metrics = config.init_ftn_list("metrics", module_metric, reserved=["loss"])
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = config.init_obj("optimizer", torch.optim, trainable_params)
+    optimizer = config.init_obj("optimizer", torch.optim, parameters)
     lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
         if config.get("lr_scheduler") else None
 
-    return Trainer(model, criterion, metrics, optimizer, config=config, device=device,
-                   data_loader=data_loader, valid_data_loader=valid_data_loader,
-                   lr_scheduler=lr_scheduler)
+    trainer = Trainer(model, criterion, metrics, optimizer, config=config, device=device,
+                      data_loader=data_loader, valid_data_loader=valid_data_loader,
+                      lr_scheduler=lr_scheduler)
+    trainer.model_notes = notes  # logged once the run's log file exists
+    return trainer
+
+
+def set_up_model(config: ConfigParser, model) -> tuple[list, list[str]]:
+    """`arch.weights` or else `arch.init` (on a fresh start: a resume or fine-tune loads the
+    checkpoint's weights instead), then `arch.freeze`; the parameters for the optimizer (its
+    `param_groups`, or the trainable ones) and notes for the log. The checks that need the
+    model (freeze, param_groups and watch names) are reported together."""
+    from base.model_tools import freeze, parameter_groups
+    from trainer.watch import watch_targets
+
+    arch = config["arch"] if isinstance(config["arch"], dict) else {}
+    if config.resume is None:
+        notes = start_weights(arch, model)
+    else:
+        unused = [f"arch.{key}" for key in ("weights", "init") if arch.get(key) is not None]
+        notes = [f"{' and '.join(unused)}: not used, the weights come from {config.resume}"] \
+            if unused else []
+    problems = []
+    try:
+        if arch.get("freeze"):
+            notes.append(f"arch.freeze: {len(freeze(model, arch['freeze']))} parameter tensors "
+                         f"frozen")
+    except ConfigError as error:
+        problems += str(error).splitlines()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters and not problems:
+        problems.append("arch.freeze: every parameter is frozen; nothing would train")
+    groups = config["optimizer"].get("param_groups")
+    try:
+        parameters = parameter_groups(model, groups) if groups else parameters
+    except ConfigError as error:
+        problems += str(error).splitlines()
+    problems += watch_targets(model, config["trainer"].get("watch"))[2]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return parameters, notes
+
+
+def start_weights(arch: dict, model) -> list[str]:
+    """`arch.weights` loaded, or `arch.init` applied; notes for the log."""
+    from base.model_tools import initialise
+    from trainer.checkpoint import load_model_state, read_weights
+    from utils.model_options import resolve_init, weights_spec
+
+    if arch.get("weights") is not None:
+        path, strict = weights_spec(arch["weights"])
+        try:
+            loaded, mismatches = load_model_state(model, read_weights(path), path, strict)
+        except CheckpointError as error:
+            raise CheckpointError(f"arch.weights: {error}") from None
+        total = len(model.state_dict())
+        return [f"arch.weights: {loaded} of {total} tensors from {path}"] + \
+            [f"arch.weights: not loaded: {line}" for line in mismatches]
+    if arch.get("init") is None:
+        return []
+    init_fn, args, layer_types = resolve_init(arch["init"])
+    try:
+        count = initialise(model, init_fn, args, layer_types)
+    except (ValueError, TypeError, RuntimeError) as error:  # a value torch.nn.init rejects
+        raise ConfigError(f"arch.init: {init_fn.__name__} failed: {error}") from None
+    return [f"arch.init: {init_fn.__name__} on {count} layers "
+            f"({', '.join(layer.__name__ for layer in layer_types)}), biases zeroed"]
 
 
 def main(argv=None) -> None:
@@ -99,8 +165,6 @@ def main(argv=None) -> None:
 
 def start_processes(config: ConfigParser):
     """Under torchrun: join the other processes; this one's device. Only rank 0 logs."""
-    import logging
-
     import torch
 
     from utils import distributed
@@ -133,11 +197,9 @@ def train(config: ConfigParser, device, argv: list[str]) -> None:
 def dry_run(config: ConfigParser, device, started: float) -> None:
     """`--dry-run`: everything `train` does before its first write, then two training steps
     and two validation batches; prints the effective config and the model summary."""
-    from base.base_data_loader import release_workers
-    from base.model_summary import summarize
+    from base.model_summary import summarize, totals_line
     from logger.progress import format_value
     from trainer.checkpoint import unwrap_model
-    from trainer.evaluation import to_device
     from utils import distributed
 
     trainer = prepare(config, device)
@@ -145,11 +207,11 @@ def dry_run(config: ConfigParser, device, started: float) -> None:
     if main_process:
         print("Effective config:")
         print(json.dumps(config.config, indent=4))
-        loader = trainer.valid_data_loader or trainer.data_loader
-        data, _ = to_device(trainer.device, *next(iter(loader)))
-        release_workers(loader)
         print("\nModel summary:")
-        print("\n".join(summarize(unwrap_model(trainer.eval_model), data)))
+        model = unwrap_model(trainer.eval_model)
+        print("\n".join([*trainer.model_notes, *(
+            summarize(model, trainer.first_inputs) if trainer.first_inputs is not None else
+            ["(no table: the batches' inputs are not a tensor)", totals_line(model)])]))
     losses, log = trainer.dry_run(steps=2, batches=2)
     if not main_process:
         return
@@ -188,6 +250,19 @@ def prepare(config: ConfigParser, device):
     return trainer
 
 
+def log_model(logger, trainer) -> None:
+    """The model's class and parameter counts; at verbosity 2 its summary table."""
+    from base.model_summary import summarize, totals_line
+    from trainer.checkpoint import unwrap_model
+
+    model = unwrap_model(trainer.eval_model)
+    if trainer.first_inputs is not None and logger.isEnabledFor(logging.DEBUG):
+        logger.info("Model: %s", type(model).__name__)
+        logger.debug("\n".join(summarize(model, trainer.first_inputs)))  # ends with the totals
+    else:
+        logger.info("Model: %s. %s", type(model).__name__, totals_line(model))
+
+
 def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     """Create the run folder (or reopen it, resuming), write the effective config, add this
     session to the manifest, start the log file and say where training starts."""
@@ -207,7 +282,9 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
                     distributed.world_size(),
                     trainer.data_loader.batch_size * distributed.world_size(),
                     trainer.data_loader.batch_size, distributed.world_size())
-    logger.info(trainer.model)
+    for note in trainer.model_notes:
+        logger.info(note)
+    log_model(logger, trainer)
     if config.resume is None:
         return
     where = f"epoch {trainer.start_epoch}"

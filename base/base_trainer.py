@@ -278,6 +278,7 @@ class BaseTrainer(ABC):
             "global_step": self.global_step,
             "state_dict": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "param_group_names": self.param_group_names(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": self.monitor_best,
@@ -348,19 +349,53 @@ class BaseTrainer(ABC):
         self.best_epoch = checkpoint.get("best_epoch")
         self.best_log = checkpoint.get("best_log") or {}
         saved = checkpoint["config"]
-        if saved.get("optimizer", {}).get("type") == self.config["optimizer"]["type"]:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            for group in self.optimizer.param_groups:
-                self._apply_changed_args("optimizer", saved, group)
-        else:
-            self.logger.warning("Warning: the optimizer type differs from the checkpoint's; "
-                                "its state is not restored.")
+        self._restore_optimizer(checkpoint, saved)
         if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None and \
                 (saved.get("lr_scheduler") or {}).get("type") == self.config["lr_scheduler"]["type"]:
             self._restore_scheduler(checkpoint["lr_scheduler"], saved)
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self._restore_rng(checkpoint)
+
+    def param_group_names(self) -> list[list[str]]:
+        """The names of the parameters in each optimizer group (what `arch.freeze` and
+        `optimizer.param_groups` decide), saved so that a resume can tell they still match."""
+        names = {id(p): name for name, p in unwrap_model(self.model).named_parameters()}
+        return [[names.get(id(p), "?") for p in group["params"]]
+                for group in self.optimizer.param_groups]
+
+    def _restore_optimizer(self, checkpoint: dict, saved_config: dict) -> None:
+        """The checkpoint's optimizer state when it fits (same type, the same parameters in
+        the same groups), then the args the config changed since: `optimizer.args` in every
+        group that does not set them itself, a group's own options in that group (`--lr` on
+        resume wins)."""
+        state, saved_optimizer = checkpoint["optimizer"], saved_config.get("optimizer") or {}
+        groups = self.config["optimizer"].get("param_groups") or []
+        saved_names = checkpoint.get("param_group_names")  # older checkpoints: group sizes
+        same_groups = saved_names == self.param_group_names() if saved_names is not None else \
+            [len(g["params"]) for g in state.get("param_groups", [])] == \
+            [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved_optimizer.get("type") != self.config["optimizer"]["type"] or not same_groups:
+            self.logger.warning("Warning: the optimizer type, or which parameters it trains in "
+                                "which group (arch.freeze, optimizer.param_groups), differs "
+                                "from the checkpoint's; its state is not restored.")
+            return
+        self.optimizer.load_state_dict(state)
+        saved_groups = saved_optimizer.get("param_groups") or []
+        changed_args = self._changed_args("optimizer", saved_config)
+        first = len(self.optimizer.param_groups) - len(groups)  # 1 with a default group
+        for index, group in enumerate(self.optimizer.param_groups):
+            own = groups[index - first] if index >= first else {}
+            before = saved_groups[index - first] if 0 <= index - first < len(saved_groups) else {}
+            changed = {key: value for key, value in changed_args.items() if key not in own}
+            changed.update({key: value for key, value in own.items()
+                            if key != "params" and before.get(key) != value})
+            changed = {key: value for key, value in changed.items() if key in group}
+            group.update(changed)
+            if changed:
+                self.logger.info("optimizer args changed since the checkpoint: %s%s", changed,
+                                 f" (group {index})" if len(self.optimizer.param_groups) > 1
+                                 else "")
 
     def _restore_rng(self, checkpoint: dict) -> None:
         """This process's generators as the checkpoint saved them: by rank when it was taken
@@ -394,15 +429,6 @@ class BaseTrainer(ABC):
         saved_args = (saved_config.get(section) or {}).get("args", {})
         return {key: value for key, value in self.config[section].get("args", {}).items()
                 if saved_args.get(key) != value}
-
-    def _apply_changed_args(self, section: str, saved_config: dict, target: dict) -> None:
-        """Args the config changed since the checkpoint (`--lr` on resume) win over its state;
-        `target` is where the restored object keeps them (an optimizer's param group)."""
-        changed = {key: value for key, value in self._changed_args(section, saved_config).items()
-                   if key in target}
-        target.update(changed)
-        if changed:
-            self.logger.info("%s args changed since the checkpoint: %s", section, changed)
 
     def load_weights(self, path: os.PathLike) -> None:
         """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""

@@ -1,10 +1,13 @@
 """Training samples per second of the template's Trainer for a config, per setting.
 
     python bench/throughput.py [-c config.json] [--epochs 3] [-o key.path=value ...]
+                               [--setting '{"trainer key": value, ...}' ...]
 
 On the CPU it measures the config as given and with `trainer.amp` bf16; with CUDA also fp16
 and `trainer.compile`, each alone and together (on the CPU, add `-o trainer.compile=true` to
-measure compile). A timed epoch is what an epoch costs a user — training, validation and the
+measure compile). `--setting` measures the given `trainer` keys instead, each against the config
+as given (e.g. `--setting '{"tensorboard": true, "watch": {"grad_norm": true}}'`; TensorBoard is
+off unless a setting turns it on). A timed epoch is what an epoch costs a user — training, validation and the
 epoch's checkpoint — and the rate counts the training samples. The first epoch of each setting
 warms up (compilation, cuDNN autotuning) and is not counted.
 """
@@ -29,8 +32,10 @@ from utils.seeding import seed_everything  # noqa: E402
 from utils.util import read_json  # noqa: E402
 
 
-def settings() -> list[dict]:
-    """The `trainer` keys of each measured setting."""
+def settings(given: list[str]) -> list[dict]:
+    """The `trainer` keys of each measured setting: `given` (JSON objects) or the defaults."""
+    if given:
+        return [{}, *map(json.loads, given)]
     measured = [{}, {"amp": "bf16"}]
     if torch.cuda.is_available():
         measured += [{"amp": "fp16"}, {"compile": True}, {"amp": "bf16", "compile": True}]
@@ -38,10 +43,10 @@ def settings() -> list[dict]:
 
 
 def samples_per_second(config: dict, epochs: int, trainer_keys: dict) -> float:
-    modification = {f"trainer.{key}": value for key, value in trainer_keys.items()}
     with tempfile.TemporaryDirectory() as save_dir:
-        modification.update({"trainer.save_dir": save_dir, "trainer.epochs": 1,
-                             "trainer.tensorboard": False})
+        modification = {"trainer.save_dir": save_dir, "trainer.epochs": 1,
+                        "trainer.tensorboard": False}
+        modification.update({f"trainer.{key}": value for key, value in trainer_keys.items()})
         parsed = ConfigParser(config, modification=modification)
         parsed.validate(train.BLOCKS)
         seed_everything(parsed.get("seed", 0))
@@ -69,6 +74,8 @@ def main() -> None:
     parser.add_argument("-c", "--config", default=str(ROOT / "config.json"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("-o", "--override", action="append", default=[])
+    parser.add_argument("--setting", action="append", default=[],
+                        help="trainer keys to measure, as a JSON object; repeatable")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     config = read_json(args.config)
@@ -76,7 +83,7 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.config}, torch {torch.__version__} on {device}, {args.epochs} timed epochs")
-    for keys in settings():
+    for keys in settings(args.setting):
         rate = samples_per_second(config, args.epochs, keys)
         print(f"  {json.dumps(keys) if keys else 'as configured':32s} {rate:10.0f} samples/s")
     print("reproduce: python bench/throughput.py " + " ".join(sys.argv[1:]))

@@ -31,19 +31,45 @@ class MnistDataLoader(BaseDataLoader):
         transform = transforms.Compose([transforms.ToTensor(),
                                         transforms.Normalize((0.1307,), (0.3081,))])
         self.data_dir = data_dir
-        # under torchrun rank 0 downloads while the others wait, then they read its files
-        with distributed.all_or_none("getting MNIST"):
-            if distributed.is_main():
-                dataset = _mnist(datasets, data_dir, training, download, transform)
-        if not distributed.is_main():
-            dataset = _mnist(datasets, data_dir, training, False, transform)
+        dataset = _torchvision_dataset(datasets.MNIST, data_dir, training, download, transform)
         super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed)
 
 
-def _mnist(datasets, data_dir: str, training: bool, download: bool, transform):
-    try:
-        return datasets.MNIST(data_dir, train=training, download=download, transform=transform)
-    except (RuntimeError, OSError) as error:  # not there and not downloadable (offline)
-        raise UserError(f"{data_dir}: MNIST is not there and could not be downloaded "
-                        f"({(str(error).strip().splitlines() or [type(error).__name__])[0]})") \
-            from None
+class Cifar10DataLoader(BaseDataLoader):
+    """torchvision's CIFAR-10 (32x32 colour, 10 classes), downloaded into `data_dir` when
+    `download` is true; training batches are augmented (random crop with padding 4, horizontal
+    flip) when `augment` is true."""
+
+    MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+    def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True,
+                 validation_split: float | int = 0.0, num_workers: int = 0, training: bool = True,
+                 seed: int = 0, download: bool = True, augment: bool = True):
+        from torchvision import datasets, transforms  # slow import: only for this loader
+
+        steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] \
+            if training and augment else []
+        transform = transforms.Compose([*steps, transforms.ToTensor(),
+                                        transforms.Normalize(self.MEAN, self.STD)])
+        self.data_dir = data_dir
+        dataset = _torchvision_dataset(datasets.CIFAR10, data_dir, training, download, transform)
+        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed)
+
+
+def _torchvision_dataset(dataset_class, data_dir: str, training: bool, download: bool,
+                         transform):
+    """`dataset_class(data_dir, train=training, ...)`; under torchrun rank 0 downloads while
+    the others wait, then they read its files. Missing and not downloadable: a `UserError`."""
+    def build(download_now: bool):
+        try:
+            return dataset_class(data_dir, train=training, download=download_now,
+                                 transform=transform)
+        except (RuntimeError, OSError) as error:  # not there and not downloadable (offline)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"{data_dir}: {dataset_class.__name__} is not there and could not be "
+                            f"downloaded ({reason})") from None
+
+    with distributed.all_or_none(f"getting {dataset_class.__name__}"):
+        if distributed.is_main():
+            dataset = build(download)
+    return dataset if distributed.is_main() else build(False)

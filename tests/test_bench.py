@@ -16,3 +16,11 @@ def test_throughput_benchmark_runs_on_the_cpu():
     lines = result.stdout.splitlines()
     assert "as configured" in lines[1] and '{"amp": "bf16"}' in lines[2]
     assert all(float(line.split()[-2]) > 0 for line in lines[1:3])
+
+
+def test_throughput_benchmark_measures_given_settings():
+    result = run_script("bench/throughput.py", "--epochs", "1", "-o", "trainer.len_epoch=3",
+                        "--setting", '{"tensorboard": true, "watch": {"grad_norm": true}}')
+    lines = result.stdout.splitlines()
+    assert "as configured" in lines[1] and '"watch": {"grad_norm": true}' in lines[2]
+    assert len(lines) == 4 and float(lines[2].split()[-2]) > 0

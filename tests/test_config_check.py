@@ -249,7 +249,7 @@ CASES = [
     ("override_typo", lambda t: C + [write(t), "-o", "optimzer.args.lr=0.1"],
      ["optimzer: missing from the config (did you mean 'optimizer'?)"]),
     ("override_new_key_outside_args", lambda t: C + [write(t), "-o", "arch.dropout=0.1"],
-     ["arch.dropout: not in the config; new keys can only be added inside an args block, in trainer"]),
+     ["arch.dropout: not in the config; new keys can only be added inside an args block, in trainer, as a section or as a block's option (arch.init, arch.freeze, optimizer.param_groups, ...)"]),
     ("override_without_equals", lambda t: C + [write(t), "-o", "trainer.epochs"],
      ["-o 'trainer.epochs': expected key.path=value"]),
     ("override_arg_typo", lambda t: C + [write(t), "-o", "data_loader.args.shufle=false"],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_loader.data_loaders import DigitsDataLoader, MnistDataLoader
+from data_loader.data_loaders import Cifar10DataLoader, DigitsDataLoader, MnistDataLoader
 from data_loader.datasets import digits_dataset, load_digits
 from tests.conftest import ROOT
 from utils.errors import UserError
@@ -74,3 +74,41 @@ def test_mnist_loader_reads_idx_files_without_downloading(tmp_path):
 def test_mnist_missing_offline_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="MNIST is not there"):
         MnistDataLoader(str(tmp_path), batch_size=4, download=False)
+
+
+def write_tiny_cifar10(root, per_batch: int = 4, n_test: int = 6) -> None:
+    """The CIFAR-10 python batches torchvision reads (pickled dicts, as the dataset ships)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for index, name in enumerate(names):
+        n = n_test if name == "test_batch" else per_batch
+        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                 "labels": [(index + i) % 10 for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                            "horse", "ship", "truck"]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+
+
+def test_cifar10_loader_reads_the_python_batches_without_downloading(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    write_tiny_cifar10(tmp_path)
+    # torchvision checks the real files' md5 sums; tiny test files cannot match them
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
+    loader = Cifar10DataLoader(str(tmp_path), batch_size=4, validation_split=4, download=True)
+    data, target = next(iter(loader))
+    assert data.shape == (4, 3, 32, 32) and data.dtype == torch.float32
+    assert loader.n_samples == 16 and len(loader.split_validation().sampler) == 4
+    test = Cifar10DataLoader(str(tmp_path), batch_size=6, shuffle=False, training=False)
+    assert next(iter(test))[1].tolist() == [5, 6, 7, 8, 9, 0]
+    assert test.dataset.classes[0] == "airplane"  # test.py names the classes with these
+
+
+def test_cifar10_missing_offline_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="CIFAR10 is not there"):
+        Cifar10DataLoader(str(tmp_path), batch_size=4, download=False)

@@ -25,7 +25,8 @@ def test_overrides_may_add_keys_inside_args_and_in_trainer_only(tmp_path):
         ConfigParser(small_config(tmp_path), modification={"arch.tpye": "X", "trainr.epochs": 1})
     assert str(error.value).splitlines() == [
         "arch.tpye: not in the config (did you mean 'type'?); new keys can only be added inside "
-        "an args block, in trainer, or as a section",
+        "an args block, in trainer, as a section or as a block's option (arch.init, arch.freeze, "
+        "optimizer.param_groups, ...)",
         "trainr: missing from the config (did you mean 'trainer'?)"]
 
 

@@ -87,6 +87,8 @@ def test_without_a_terminal_the_log_has_a_line_every_log_step_a_table_and_a_summ
     out = capsys.readouterr().out
     assert "\r" not in out  # not a terminal: no bar redraws
     lines = out.splitlines()
+    # verbosity 2: the model summary at the start
+    assert "Model: DigitsModel" in lines and "conv1    Conv2d   (2, 32, 8, 8)" in out
     steps = [line for line in lines if line.startswith("Train epoch 1 ")]
     assert [line.split("]")[0] for line in steps] == \
         ["Train epoch 1 [1/21 (5%)", "Train epoch 1 [11/21 (52%)", "Train epoch 1 [21/21 (100%)"]

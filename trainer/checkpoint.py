@@ -186,20 +186,85 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def load_model_state(model: nn.Module, state_dict: dict, path: str | os.PathLike) -> None:
-    """Load `state_dict` into `model`; a mismatch is a `CheckpointError` listing the keys."""
+def load_model_state(model: nn.Module, state_dict: dict, path: str | os.PathLike,
+                     strict: bool = True) -> tuple[int, list[str]]:
+    """Load `state_dict` into `model`, its names first aligned with the model's (a wrapper's
+    `module.` / `_orig_mod.` prefix dropped, a wrapping model's `network.` added). Strict: a
+    mismatch is a `CheckpointError` listing the keys. Not strict: the keys that fit are loaded
+    (none fitting is an error). Returns the number of tensors loaded and the mismatches as
+    report lines (missing, unexpected, shape mismatch)."""
     own = unwrap_model(model).state_dict()
+    state_dict = _aligned(state_dict, own)
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
-    reshaped = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
-                for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    reshaped = [key for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    shapes = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+              for key in reshaped]
     problems = [f"{label}: {_listing(keys)}" for label, keys in
                 (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatch (checkpoint vs model)", reshaped)) if keys]
-    if problems:
+                 ("shape mismatch (file vs model)", shapes)) if keys]
+    if problems and strict:
         raise CheckpointError(f"{path}: weights do not fit {type(unwrap_model(model)).__name__} "
                               f"({'; '.join(problems)})")
-    unwrap_model(model).load_state_dict(state_dict)
+    fitting = {key: value for key, value in state_dict.items()
+               if key in own and key not in reshaped}
+    if not fitting:
+        raise CheckpointError(f"{path}: no tensor fits {type(unwrap_model(model)).__name__} "
+                              f"(the file's names are like {next(iter(state_dict), '-')!r}, the "
+                              f"model's like {next(iter(own), '-')!r})")
+    unwrap_model(model).load_state_dict(fitting, strict=not problems)
+    return len(fitting), problems
+
+
+def _aligned(state_dict: dict, own: dict) -> dict:
+    """`state_dict` with a name prefix dropped or added where that makes more names match the
+    model's `own`: `module.` (DataParallel), `_orig_mod.` (torch.compile), or the attribute a
+    wrapping model keeps the network in (`network.conv1.weight` for `conv1.weight`)."""
+    def fits(candidate: dict) -> int:
+        return sum(key in own for key in candidate)
+
+    best, best_fit = state_dict, fits(state_dict)
+    if best_fit == len(own):
+        return state_dict
+    samples = list(state_dict)[:5]
+    dropped = {key[:key.index(".") + 1] for key in samples if "." in key}
+    dropped |= {prefix + "_orig_mod." for prefix in dropped}
+    added = {own_key[:-len(key)] for key in samples for own_key in own
+             if own_key.endswith("." + key)}
+    for prefix in dropped:
+        candidate = {key.removeprefix(prefix): value for key, value in state_dict.items()}
+        if fits(candidate) > best_fit:
+            best, best_fit = candidate, fits(candidate)
+    for prefix in added:
+        candidate = {prefix + key: value for key, value in state_dict.items()}
+        if fits(candidate) > best_fit:
+            best, best_fit = candidate, fits(candidate)
+    return best
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """The weights in `path`: a checkpoint of this template, or a state dict (`torch.save(
+    model.state_dict())`, torchvision's files).
+    Loaded with `weights_only=True`; anything else is a `CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds pickled objects, which are refused (loading them "
+                              f"could run code); save model.state_dict() instead") from None
+    except Exception as error:  # noqa: BLE001 (why: untrusted input; every failure is the file's)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable weights file ({reason})") from None
+    state = loaded.get("state_dict") if isinstance(loaded, dict) and \
+        isinstance(loaded.get("state_dict"), dict) else loaded
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                    for key, value in state.items()):
+        raise CheckpointError(f"{path}: neither a checkpoint of this template nor a state dict "
+                              f"(names to tensors)")
+    return state
 
 
 def _listing(keys: list[str]) -> str:

@@ -41,9 +41,11 @@ class ConfusionMatrix:
     def update(self, output: Tensor, target: Tensor) -> None:
         if not self.applicable:
             return
-        if not isinstance(output, Tensor) or not isinstance(target, Tensor) or output.dim() != 2 or target.dim() != 1 or target.dtype.is_floating_point or \
-                output.size(1) < 2 or (self.counts is not None and
-                                       self.counts.numel() != output.size(1) ** 2):
+        scores = isinstance(output, Tensor) and output.dim() == 2 and output.size(1) >= 2
+        labels = isinstance(target, Tensor) and target.dim() == 1 and \
+            not target.dtype.is_floating_point
+        if not scores or not labels or (self.counts is not None and
+                                        self.counts.numel() != output.size(1) ** 2):
             self.applicable, self.counts = False, None
             return
         classes = output.size(1)
@@ -87,8 +89,9 @@ def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
 
 @torch.no_grad()
 def check_first_batch(model: nn.Module, batches: Iterable, criterion: Callable,
-                      metric_fns: Sequence[Callable], device: torch.device) -> None:
-    """Put one batch through model, loss and metrics, in eval mode, before anything is written.
+                      metric_fns: Sequence[Callable], device: torch.device) -> Tensor:
+    """Put one batch through model, loss and metrics, in eval mode, before anything is written;
+    the batch's inputs.
 
     A config whose pieces do not fit together (10 classes in the data, 5 in the model; a metric
     argument of the wrong type) then fails at once as a `UserError` saying where, instead of
@@ -102,6 +105,7 @@ def check_first_batch(model: nn.Module, batches: Iterable, criterion: Callable,
         criterion(output, target)
         for fn in metric_fns:
             fn(output, target)
+        return data
     except (RuntimeError, IndexError, TypeError, ValueError, KeyError) as error:
         raise UserError(f"the first batch does not go through model, loss and metrics: "
                         f"{_describe(error)}") from None

@@ -66,6 +66,7 @@ class TrainerSettings:
     progress_bar: bool | str = "auto"  # tqdm bars: "auto" (when stdout is a terminal), true, false
     log_images: bool = False      # TensorBoard: a grid of the first training batch each epoch
     log_histograms: int = 0       # TensorBoard: weight and gradient histograms every N epochs
+    watch: dict | None = None     # TensorBoard at log steps: grad_norm, activations, grad_stats
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
@@ -89,6 +90,8 @@ class TrainerSettings:
                      if key not in section]
         problems += [problem for key, value in section.items()
                      if key in names and (problem := _value_problem(key, value))]
+        from trainer.watch import watch_problems
+        problems += watch_problems(section.get("watch"))
         if isinstance(section.get("monitor"), str):
             try:
                 Monitor.parse(section["monitor"])
@@ -111,7 +114,7 @@ _RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
           "grad_clip_norm": (float, True), "compile": (dict, False),
           "cudnn_benchmark": (bool, False), "deterministic": (bool, False),
           "progress_bar": (("auto", True, False), False), "log_images": (bool, False),
-          "log_histograms": ((0, None), False)}
+          "log_histograms": ((0, None), False), "watch": (None, True)}
 # What `trainer.compile` may pass to torch.compile.
 COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -12,7 +12,9 @@ from base.base_data_loader import BaseDataLoader, release_workers
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from logger.progress import bars_wanted, counted, progress_bar, step_postfix
 from trainer.evaluation import check_first_batch, evaluate, to_device, track_batch
+from trainer.checkpoint import unwrap_model
 from trainer.precision import StepMechanics
+from trainer.watch import Watch
 from utils import distributed
 from utils.errors import ConfigError, TrainingDiverged
 from utils.interrupts import STOP_SIGNALS
@@ -51,6 +53,7 @@ class Trainer(BaseTrainer):
         self.mechanics = StepMechanics(self.model, optimizer, device, self.settings.amp,
                                        self.settings.grad_clip_norm)
         self.scaler = self.mechanics.scaler
+        self.watch = Watch(unwrap_model(self.model), self.settings.watch)  # hooks: train()
         compile_options = self.settings.compile
         if compile_options is True or isinstance(compile_options, dict):  # {} = the defaults
             options = compile_options if isinstance(compile_options, dict) else {}
@@ -68,6 +71,7 @@ class Trainer(BaseTrainer):
         self._window = (0.0, 0)  # (time, samples) at the last log step: samples/s since then
         self._epoch_samples = 0
         self.log_images = self.settings.log_images and distributed.is_main()
+        self.first_inputs: Tensor | None = None  # set by check_first_batch
         self.check_monitor()
         self._check_schedule_length()
 
@@ -93,9 +97,16 @@ class Trainer(BaseTrainer):
         (compiled inside DDP, as torch.compile's docs advise; DDP starts from rank 0's
         weights, which resume has loaded in every process alike)."""
         self._wrap_ddp()
+        if self.watch.enabled and not self.settings.tensorboard:
+            self.logger.warning("Warning: trainer.watch writes to TensorBoard only, and "
+                                "trainer.tensorboard is off: nothing is watched.")
+            self.watch.enabled = False
+        if self.watch.enabled:
+            self.watch.attach()
         try:
             super().train()
         finally:  # persistent workers end with training, not whenever the loaders are collected
+            self.watch.detach()  # no hook is left on the model
             release_workers(self.data_loader, self.valid_data_loader)
 
     def _wrap_ddp(self) -> None:
@@ -135,8 +146,12 @@ class Trainer(BaseTrainer):
         loader = self.valid_data_loader
         if loader is None or len(loader) == 0:  # torchrun: this process's share may be empty
             loader = self.data_loader
-        check_first_batch(self.eval_model, loader, self.criterion, self.metric_fns, self.device)
+        data = check_first_batch(self.eval_model, loader, self.criterion, self.metric_fns,
+                                 self.device)
         release_workers(loader)
+        # two samples, for the model summary (taking a batch later would draw random numbers
+        # that exact resume has restored)
+        self.first_inputs = data[:2] if isinstance(data, Tensor) else None
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
@@ -168,7 +183,13 @@ class Trainer(BaseTrainer):
                 self._stop(epoch, signal)
             if self.epoch_step == 0 and self.log_images:
                 self._log_images(group[0][0])
+            # hooks record on steps that are logged, and only where TensorBoard is written
+            self.watch.recording = self.watch.enabled and distributed.is_main() and \
+                self.epoch_step % self.settings.log_step == 0
+            if self.watch.recording and self.scaler is not None:  # a host sync, on log steps
+                self.watch.gradient_scale = self.scaler.get_scale()
             stepped = self._train_step(group, total)
+            self.watch.recording = False
             self.global_step += 1
             self.epoch_step += 1
             self._epoch_samples += total
@@ -373,7 +394,8 @@ class Trainer(BaseTrainer):
             step = self.epoch_step
             self.logger.debug("Train epoch %d [%d/%d (%.0f%%)] %s", epoch, step, self.len_epoch,
                               100.0 * step / self.len_epoch, postfix)
-        scalars = {"loss/train_step": loss_value, **rates}
+        scalars = {"loss/train_step": loss_value, **rates,
+                   **(self.watch.scalars() if self.watch.enabled else {})}
         if speed is not None:
             scalars["speed/samples_per_s"] = speed
         self.writer.add_scalars(scalars, self.global_step)

@@ -18,8 +18,11 @@ from utils.names import callable_name, did_you_mean
 # Every top-level key the template reads; another key close to one of these is a likely typo.
 KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "loss", "metrics",
                   "lr_scheduler", "trainer")
-# Keys a block may have besides type and args, and their allowed values.
-BLOCK_OPTIONS = {"lr_scheduler": {"interval": ("epoch", "step")}}
+# Keys a block may have besides type and args, and their allowed values (None: checked by
+# `utils.model_options`).
+BLOCK_OPTIONS = {"lr_scheduler": {"interval": ("epoch", "step")},
+                 "arch": {"init": None, "freeze": None, "weights": None},
+                 "optimizer": {"param_groups": None}}
 # Data loader arguments every `BaseDataLoader` takes, with their smallest allowed value.
 _LOADER_MINIMUMS = {"batch_size": 1, "num_workers": 0}
 # Top-level integers and their ranges (a seed feeds NumPy, which takes 32 bits).
@@ -71,6 +74,8 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
             except ConfigError as error:
                 problems += str(error).splitlines()
     problems += data_loader_problems(raw, problems)
+    from utils.model_options import arch_problems, param_group_problems
+    problems += arch_problems(raw.get("arch")) + param_group_problems(raw.get("optimizer"))
     scheduler = raw.get("lr_scheduler")
     if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and \
             str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau":

@@ -5,7 +5,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from utils.config_check import KNOWN_SECTIONS
+from utils.config_check import BLOCK_OPTIONS, KNOWN_SECTIONS
 from utils.errors import ConfigError
 from utils.names import did_you_mean
 
@@ -90,11 +90,15 @@ def _set_by_path(config: dict, path: str, value: Any) -> None:
                           f"set {leaf!r} in it")
     if leaf not in node and not _may_add(parents, leaf):
         raise ConfigError(f"{path}: not in the config{did_you_mean(leaf, node)}; new keys can "
-                          f"only be added inside an args block, in trainer, or as a section")
+                          f"only be added inside an args block, in trainer, as a section or as "
+                          f"a block's option (arch.init, arch.freeze, optimizer.param_groups, "
+                          f"...)")
     node[leaf] = value
 
 
 def _may_add(parents: list[str], leaf: str) -> bool:
     if not parents:
         return leaf in KNOWN_SECTIONS
+    if len(parents) == 1 and leaf in BLOCK_OPTIONS.get(parents[0], {}):  # -o arch.freeze=[...]
+        return True
     return parents[-1] == "args" or parents == ["trainer"]
