@@ -215,6 +215,10 @@ def dry_run(config: ConfigParser, device, started: float) -> None:
     losses, log = trainer.dry_run(steps=2, batches=2)
     if not main_process:
         return
+    if trainer.start_epoch > trainer.settings.epochs:
+        print(f"\nNote: the checkpoint is at epoch {trainer.start_epoch - 1} and trainer.epochs "
+              f"is {trainer.settings.epochs}: training would have nothing to do (raise it with "
+              f"--epochs).")
     steps = f"{len(losses)} training step{'s' if len(losses) != 1 else ''}"
     if losses:
         steps += f" (loss {', '.join(map(format_value, losses))})"
@@ -277,6 +281,10 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)
+    requested = getattr(config.cli_args, "run_id", None)
+    if requested and config.run_id != requested:
+        logger.warning("Warning: --run-id %s is taken by an earlier run; this run is %s.",
+                       requested, config.run_id)
     if distributed.active():
         logger.info("%d processes (torchrun), global batch %d = %d per process x %d",
                     distributed.world_size(),

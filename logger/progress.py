@@ -22,7 +22,8 @@ def bars_wanted(setting: bool | str, stream=None) -> bool:
     if not (hasattr(stream, "isatty") and stream.isatty()):
         return False
     try:  # a pseudo-terminal without a size (some `docker exec -t`) would show an empty bar
-        return os.get_terminal_size(stream.fileno()).columns > 0
+        size = os.get_terminal_size(stream.fileno())
+        return size.columns > 0 and size.lines > 0
     except (OSError, ValueError):
         return True
 
@@ -69,12 +70,13 @@ def counted(batches: Iterable, bar) -> Iterator:
             bar.update(1)
 
 
-def step_postfix(loss: float, samples_per_s: float | None, lr: float) -> str:
-    """`loss 0.4123 | 3,456 samples/s | lr 1.00e-03`: a bar's postfix and a log line's tail."""
+def step_postfix(loss: float, samples_per_s: float | None, rates: list[float]) -> str:
+    """`loss 0.4123 | 3,456 samples/s | lr 1.00e-03`: a bar's postfix and a log line's tail
+    (with several parameter groups, each group's rate: `lr 1.00e-04, 1.00e-03`)."""
     parts = [f"loss {format_value(loss)}"]
     if samples_per_s is not None:
         parts.append(f"{samples_per_s:,.0f} samples/s")
-    parts.append(f"lr {lr:.2e}")
+    parts.append("lr " + ", ".join(f"{lr:.2e}" for lr in rates))
     return " | ".join(parts)
 
 

@@ -109,10 +109,11 @@ def test_param_group_mistakes_name_the_key_path():
 
 
 def test_param_groups_train_and_a_resume_changes_only_what_changed(tmp_path, capsys):
-    config = small_config(tmp_path / "saved", epochs=2)
+    config = small_config(tmp_path / "saved", epochs=2, verbosity=2)
     config["optimizer"]["param_groups"] = [{"params": "fc2.*", "lr": 0.01}]
     (tmp_path / "c.json").write_text(json.dumps(config))
     train.main(["-c", str(tmp_path / "c.json"), "--epochs", "1"])
+    assert "| lr 1.00e-03, 1.00e-02" in capsys.readouterr().out  # every group's rate
     run, = run_folders(tmp_path / "saved")
     groups = load_checkpoint(run / "checkpoint-epoch1.pth")["optimizer"]["param_groups"]
     assert [(len(g["params"]), g["lr"]) for g in groups] == [(6, 0.001), (2, 0.01)]
@@ -251,3 +252,26 @@ def test_a_loose_load_where_nothing_fits_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"no tensor fits DigitsModel \(the file's names "
                                               r"are like 'head\.weight'"):
         load_model_state(DigitsModel(), {"head.weight": torch.zeros(3)}, "x.pth", strict=False)
+
+
+def test_weights_that_are_not_a_torch_file_say_so(tmp_path):
+    from trainer.checkpoint import read_weights
+    from utils.errors import CheckpointError
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00\x01 not a zip")
+    with pytest.raises(CheckpointError, match=r"junk\.pth: not a weights file \(not a file "
+                                              r"written by torch\.save\)"):
+        read_weights(junk)
+
+
+def test_names_are_not_renamed_when_that_makes_few_of_them_fit():
+    """A DigitsModel file given to a ResNet: the report shows the file's own names."""
+    from model.model import TorchvisionClassifier
+    from trainer.checkpoint import load_model_state
+    from utils.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as error:
+        load_model_state(TorchvisionClassifier("resnet18", 10, in_channels=1),
+                         DigitsModel().state_dict(), "digits.pth")
+    assert "unexpected keys: conv1.weight, conv1.bias" in str(error.value)

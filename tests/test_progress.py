@@ -38,6 +38,8 @@ def test_a_terminal_without_a_width_gets_lines_instead_of_an_empty_bar():
     with os.fdopen(terminal, "w") as stream:
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
         assert stream.isatty() and not bars_wanted("auto", stream)
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 100, 0, 0))
+        assert not bars_wanted("auto", stream)  # no rows: tqdm would hide the bar
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         assert bars_wanted("auto", stream)
     os.close(controller)

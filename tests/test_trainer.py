@@ -86,10 +86,13 @@ def test_validation_metrics_cover_the_whole_validation_set(tmp_path):
     assert log["accuracy"] == pytest.approx(correct / 143, abs=1e-12)
 
 
-def test_two_runs_with_the_same_run_id_write_into_their_own_folders(tmp_path):
+def test_two_runs_with_the_same_run_id_write_into_their_own_folders(tmp_path, capsys):
     config = write_config(tmp_path, epochs=1)
     train.main(["-c", str(config), "--run-id", "same"])
+    capsys.readouterr()
     train.main(["-c", str(config), "--run-id", "same", "--lr", "0.01"])
+    assert "Warning: --run-id same is taken by an earlier run; this run is same_1." in \
+        capsys.readouterr().out.splitlines()
     runs = tmp_path / "saved" / "models" / "Digits_CNN"
     for run_id, lr in (("same", 0.001), ("same_1", 0.01)):
         checkpoint = load_checkpoint(runs / run_id / "checkpoint-epoch1.pth")

@@ -231,13 +231,11 @@ def _aligned(state_dict: dict, own: dict) -> dict:
     dropped |= {prefix + "_orig_mod." for prefix in dropped}
     added = {own_key[:-len(key)] for key in samples for own_key in own
              if own_key.endswith("." + key)}
-    for prefix in dropped:
-        candidate = {key.removeprefix(prefix): value for key, value in state_dict.items()}
-        if fits(candidate) > best_fit:
-            best, best_fit = candidate, fits(candidate)
-    for prefix in added:
-        candidate = {prefix + key: value for key, value in state_dict.items()}
-        if fits(candidate) > best_fit:
+    candidates = [{key.removeprefix(prefix): value for key, value in state_dict.items()}
+                  for prefix in dropped]
+    candidates += [{prefix + key: value for key, value in state_dict.items()} for prefix in added]
+    for candidate in candidates:  # a renaming must make most of the file's names fit
+        if fits(candidate) > best_fit and 2 * fits(candidate) >= len(state_dict):
             best, best_fit = candidate, fits(candidate)
     return best
 
@@ -249,6 +247,8 @@ def read_weights(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a weights file (not a file written by torch.save)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -387,7 +387,7 @@ class Trainer(BaseTrainer):
         speed = (samples - self._window[1]) / (now - self._window[0]) \
             if now > self._window[0] else None
         self._window = (now, samples)
-        postfix = step_postfix(loss_value, speed, next(iter(rates.values())))
+        postfix = step_postfix(loss_value, speed, list(rates.values()))
         if bar is not None:
             bar.set_postfix_str(postfix, refresh=False)
         else:

@@ -46,7 +46,8 @@ def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False)
     parser.add_argument("-c", "--config", default=None,
                         help="config file (default for -r: the config stored in the checkpoint)")
     parser.add_argument("-r", "--resume", default=None,
-                        help="checkpoint to evaluate" if evaluating else
+                        help="checkpoint to evaluate (or run folder: its model_best.pth)"
+                        if evaluating else
                         "checkpoint (or run folder: its newest checkpoint) to resume from")
     parser.add_argument("-d", "--device", default=None,
                         help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
