@@ -52,3 +52,9 @@ def test_apply_modifications_leaves_the_original_untouched():
     config = {"trainer": {"epochs": 3}}
     changed = apply_modifications(config, {"trainer.epochs": 5})
     assert changed["trainer"]["epochs"] == 5 and config["trainer"]["epochs"] == 3
+
+
+def test_a_key_inside_an_absent_block_option_says_to_set_the_whole_block(tmp_path):
+    with pytest.raises(ConfigError, match=r"^arch\.init\.type: arch\.init is not in the config; "
+                                          r"set the whole block, e\.g\. -o 'arch\.init=\{\.\.\.\}'"):
+        ConfigParser(small_config(tmp_path), modification={"arch.init.type": "zeros_"})

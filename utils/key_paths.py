@@ -77,6 +77,11 @@ def _set_by_path(config: dict, path: str, value: Any) -> None:
         block = get_by_path(config, ".".join(parents[:-1])) if parents[:-1] else config
         if isinstance(block, dict) and "type" in block and "args" not in block:
             block["args"] = {}
+    option = ".".join(parents[:2])
+    if len(parents) >= 2 and parents[1] in BLOCK_OPTIONS.get(parents[0], {}) and \
+            isinstance(config.get(parents[0]), dict) and parents[1] not in config[parents[0]]:
+        raise ConfigError(f"{path}: {option} is not in the config; set the whole block, e.g. "
+                          f"-o '{option}={{...}}'")  # -o arch.init.type=... without arch.init
     node = get_by_path(config, ".".join(parents)) if parents else config
     if isinstance(node, list):
         if leaf.isdigit() and int(leaf) < len(node):
