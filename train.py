@@ -197,9 +197,7 @@ def train(config: ConfigParser, device, argv: list[str]) -> None:
 def dry_run(config: ConfigParser, device, started: float) -> None:
     """`--dry-run`: everything `train` does before its first write, then two training steps
     and two validation batches; prints the effective config and the model summary."""
-    from base.model_summary import summarize, totals_line
     from logger.progress import format_value
-    from trainer.checkpoint import unwrap_model
     from utils import distributed
 
     trainer = prepare(config, device)
@@ -208,10 +206,7 @@ def dry_run(config: ConfigParser, device, started: float) -> None:
         print("Effective config:")
         print(json.dumps(config.config, indent=4))
         print("\nModel summary:")
-        model = unwrap_model(trainer.eval_model)
-        print("\n".join([*trainer.model_notes, *(
-            summarize(model, trainer.first_inputs) if trainer.first_inputs is not None else
-            ["(no table: the batches' inputs are not a tensor)", totals_line(model)])]))
+        print("\n".join([*trainer.model_notes, *summary_lines(trainer)]))
     losses, log = trainer.dry_run(steps=2, batches=2)
     if not main_process:
         return
@@ -256,15 +251,27 @@ def prepare(config: ConfigParser, device):
 
 def log_model(logger, trainer) -> None:
     """The model's class and parameter counts; at verbosity 2 its summary table."""
+    from base.model_summary import totals_line
+    from trainer.checkpoint import unwrap_model
+
+    model = unwrap_model(trainer.eval_model)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.info("Model: %s", type(model).__name__)
+        logger.debug("\n".join(summary_lines(trainer)))  # ends with the totals
+    else:
+        logger.info("Model: %s. %s", type(model).__name__, totals_line(model))
+
+
+def summary_lines(trainer) -> list[str]:
+    """The model's summary table, from two samples of the first batch; the totals alone when
+    the batches' inputs are not a tensor."""
     from base.model_summary import summarize, totals_line
     from trainer.checkpoint import unwrap_model
 
     model = unwrap_model(trainer.eval_model)
-    if trainer.first_inputs is not None and logger.isEnabledFor(logging.DEBUG):
-        logger.info("Model: %s", type(model).__name__)
-        logger.debug("\n".join(summarize(model, trainer.first_inputs)))  # ends with the totals
-    else:
-        logger.info("Model: %s. %s", type(model).__name__, totals_line(model))
+    if trainer.first_inputs is None:
+        return ["(no table: the batches' inputs are not a tensor)", totals_line(model)]
+    return summarize(model, trainer.first_inputs)
 
 
 def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:

@@ -122,11 +122,11 @@ class BaseTrainer(ABC):
         started, first_epoch = time.monotonic(), self.start_epoch
         try:
             with self.stop_signals:
-                last_epoch = self._train_epochs(epochs)
+                self._train_epochs(epochs)
             self._write_hparams()
         finally:
             self.writer.close()
-        self._report_end(first_epoch, last_epoch, time.monotonic() - started)
+        self._report_end(first_epoch, self.last_epoch, time.monotonic() - started)
 
     def _report_end(self, first_epoch: int, last_epoch: int, seconds: float) -> None:
         """How training went, where its best model is and how to test it."""
@@ -163,8 +163,7 @@ class BaseTrainer(ABC):
                             self.settings.epochs)
         return True
 
-    def _train_epochs(self, epochs: int) -> int:
-        """Train the epochs; the last one trained."""
+    def _train_epochs(self, epochs: int) -> None:
         for epoch in range(self.start_epoch, epochs + 1):
             started = time.monotonic()
             try:
@@ -186,13 +185,12 @@ class BaseTrainer(ABC):
             if stop:
                 self.logger.info("%s did not improve for %d epochs: early stop.",
                                  self.monitor.metric, self.settings.early_stop)
-                return epoch
+                return
             signum = distributed.max_value(self.stop_signals.received or 0)  # any process's
             if signum and epoch < epochs:
                 self._stop_on_signal(epoch, 0, signum, saved)
         if self.stop_signals.requested:
             self.logger.info("The signal came during the last epoch's end: training is complete.")
-        return epochs
 
     def _stop_on_signal(self, epoch: int, step: int, signum: int,
                         saved: Path | None = None) -> None:

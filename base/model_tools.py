@@ -47,6 +47,24 @@ def matching(names: Sequence[str], patterns: Sequence[str],
     return found, problems
 
 
+def trainable_matching(model: nn.Module, patterns: Sequence[str],
+                       key_path: str) -> tuple[list[str], list[str]]:
+    """`matching` over the trainable parameters (what an optimizer group or a gradient hook can
+    use); a pattern that matches only frozen ones says so."""
+    everything = [name for name, _ in model.named_parameters()]
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    found, problems = [], []
+    for index, pattern in enumerate(patterns):
+        hits = [name for name in trainable if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            frozen = any(fnmatch.fnmatchcase(name, pattern) for name in everything)
+            problems.append(f"{key_path}.{index}: {pattern!r} matches " +
+                            ("only frozen parameters (arch.freeze)" if frozen else
+                             f"no parameter{did_you_mean(pattern, everything)}"))
+        found += [name for name in hits if name not in found]
+    return found, problems
+
+
 def freeze(model: nn.Module, patterns: Sequence[str], key_path: str = "arch.freeze") -> list[str]:
     """`requires_grad=False` for every parameter a pattern matches; their names. A pattern that
     matches nothing raises after the others are applied (so later checks see them frozen)."""
@@ -66,20 +84,13 @@ def parameter_groups(model: nn.Module, groups: Sequence[dict],
     options. `params` is a glob pattern or a list of them; a parameter in two groups, or a
     pattern matching no trainable parameter, is a `ConfigError`."""
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     claimed: dict[str, int] = {}
     built, problems = [], []
     for index, group in enumerate(groups):
         patterns = group["params"] if isinstance(group["params"], list) else [group["params"]]
-        where = f"{key_path}.{index}.params"
-        only_frozen = [f"{where}.{number}: {pattern!r} matches only frozen parameters "
-                       f"(arch.freeze); a frozen parameter is not given to the optimizer"
-                       for number, pattern in enumerate(patterns)
-                       if not any(fnmatch.fnmatchcase(name, pattern) for name in trainable)
-                       and any(fnmatch.fnmatchcase(name, pattern) for name in frozen)]
-        names, unmatched = matching(list(trainable), patterns, where)
-        problems += only_frozen or unmatched
-        if only_frozen or unmatched:
+        names, unmatched = trainable_matching(model, patterns, f"{key_path}.{index}.params")
+        if unmatched:
+            problems += unmatched
             continue
         for name in names:
             if name in claimed:

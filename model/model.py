@@ -70,9 +70,10 @@ class TorchvisionClassifier(BaseModel):
             raise ConfigError(f"weights: {weights} for {name} could not be downloaded "
                               f"({str(error).strip() or type(error).__name__}); use null "
                               f"offline, or download once where there is internet") from None
-        _replace_last(self.network, nn.Linear, lambda old: nn.Linear(old.in_features, num_classes))
+        _replace(self.network, nn.Linear, -1,  # the head
+                 lambda old: nn.Linear(old.in_features, num_classes))
         if in_channels != 3:
-            _replace_first(self.network, nn.Conv2d, lambda old: _adapted_conv(old, in_channels))
+            _replace(self.network, nn.Conv2d, 0, lambda old: _adapted_conv(old, in_channels))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_channels, H, W) -> (B, num_classes)
         return self.network(x)
@@ -87,25 +88,14 @@ def _check_weights_name(enum, name: str, weights: str) -> None:
                           f"{', '.join(members)}){did_you_mean(member, members)}")
 
 
-def _modules_of(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute name, module) of every `kind` module, in definition order."""
-    return [(parent, child_name, child) for parent in model.modules()
-            for child_name, child in parent.named_children() if isinstance(child, kind)]
-
-
-def _replace_last(model: nn.Module, kind: type, make) -> None:
-    found = _modules_of(model, kind)
+def _replace(model: nn.Module, kind: type, index: int, make) -> None:
+    """Replace the `index`-th `kind` layer of `model` (in definition order; -1 the last) by
+    `make(old layer)`."""
+    found = [(parent, child_name, child) for parent in model.modules()
+             for child_name, child in parent.named_children() if isinstance(child, kind)]
     if not found:
         raise ConfigError(f"name: {type(model).__name__} has no {kind.__name__} layer to replace")
-    parent, child_name, old = found[-1]
-    setattr(parent, child_name, make(old))
-
-
-def _replace_first(model: nn.Module, kind: type, make) -> None:
-    found = _modules_of(model, kind)
-    if not found:
-        raise ConfigError(f"name: {type(model).__name__} has no {kind.__name__} layer to adapt")
-    parent, child_name, old = found[0]
+    parent, child_name, old = found[index]
     setattr(parent, child_name, make(old))
 
 

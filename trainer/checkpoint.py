@@ -35,24 +35,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Loads with `weights_only=True`: a file holding arbitrary pickled objects is refused, never run.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with open(path, "rb") as file:
-            file.read(1)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from None
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save)")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # weights_only refused an object that is not plain data
-        raise CheckpointError(f"{path}: not a checkpoint of this template (it holds pickled "
-                              f"objects, which are refused: loading them could run code)") from None
-    except Exception as error:  # noqa: BLE001 (why: untrusted input; every failure is the file's)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: "
-                              f"{reason})") from None
+    checkpoint = _torch_load(path, "checkpoint file", "checkpoint",
+                             "not a checkpoint of this template (it holds pickled objects, which "
+                             "are refused: loading them could run code)",
+                             map_location=map_location, mmap=mmap)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint of this template (holds a "
                               f"{type(checkpoint).__name__}, not a dict)")
@@ -67,6 +53,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format_version']} is newer "
                               f"than this template reads ({FORMAT_VERSION}); update the template")
     return checkpoint
+
+
+def _torch_load(path: Path, missing: str, kind: str, refused: str, **load_args):
+    """`torch.load(path, weights_only=True)` of a `kind` of file; a missing, unreadable,
+    foreign or damaged file is a `CheckpointError` naming it (`missing`: what is not there,
+    `refused`: why a file of pickled objects is not loaded)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {missing}")
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from None
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a {kind} (not a file written by torch.save)")
+    try:
+        return torch.load(path, weights_only=True, **load_args)
+    except pickle.UnpicklingError:  # weights_only refused an object that is not plain data
+        raise CheckpointError(f"{path}: {refused}") from None
+    except Exception as error:  # noqa: BLE001 (why: untrusted input; every failure is the file's)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable {kind} (truncated or damaged: "
+                              f"{reason})") from None
 
 
 def _content_problem(checkpoint: dict) -> str | None:
@@ -244,19 +253,9 @@ def read_weights(path: str | os.PathLike) -> dict:
     """The weights in `path`: a checkpoint of this template, or a state dict (`torch.save(
     model.state_dict())`, torchvision's files).
     Loaded with `weights_only=True`; anything else is a `CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise CheckpointError(f"{path}: not a weights file (not a file written by torch.save)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: holds pickled objects, which are refused (loading them "
-                              f"could run code); save model.state_dict() instead") from None
-    except Exception as error:  # noqa: BLE001 (why: untrusted input; every failure is the file's)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable weights file ({reason})") from None
+    loaded = _torch_load(Path(path), "weights file", "weights file",
+                         "holds pickled objects, which are refused (loading them could run "
+                         "code); save model.state_dict() instead", map_location="cpu")
     state = loaded.get("state_dict") if isinstance(loaded, dict) and \
         isinstance(loaded.get("state_dict"), dict) else loaded
     if not isinstance(state, dict) or not state or \

@@ -34,7 +34,7 @@ class ConfusionMatrix:
     integer targets makes it inapplicable (`matrix` is then None)."""
 
     def __init__(self):
-        self.counts: Tensor | None = None
+        self.counts: Tensor | None = None  # (true class, predicted class)
         self.applicable = True
 
     @torch.no_grad()
@@ -45,23 +45,20 @@ class ConfusionMatrix:
         labels = isinstance(target, Tensor) and target.dim() == 1 and \
             not target.dtype.is_floating_point
         if not scores or not labels or (self.counts is not None and
-                                        self.counts.numel() != output.size(1) ** 2):
+                                        self.counts.size(0) != output.size(1)):
             self.applicable, self.counts = False, None
             return
         classes = output.size(1)
         if self.counts is None:
-            self.counts = torch.zeros(classes * classes, dtype=torch.long, device=output.device)
+            self.counts = torch.zeros(classes, classes, dtype=torch.long, device=output.device)
         known = (target >= 0) & (target < classes)  # not an ignore_index such as -100
         cells = target[known].long() * classes + output.argmax(dim=1)[known]
-        self.counts += torch.bincount(cells, minlength=classes * classes)
+        self.counts.view(-1).add_(torch.bincount(cells, minlength=classes * classes))
 
     @property
     def matrix(self) -> list[list[int]] | None:
         """Rows are true classes, columns predicted ones."""
-        if self.counts is None:
-            return None
-        classes = int(self.counts.numel() ** 0.5)
-        return self.counts.view(classes, classes).tolist()
+        return self.counts.tolist() if self.counts is not None else None
 
 
 @torch.no_grad()

@@ -72,6 +72,7 @@ class Trainer(BaseTrainer):
         self._epoch_samples = 0
         self.log_images = self.settings.log_images and distributed.is_main()
         self.first_inputs: Tensor | None = None  # set by check_first_batch
+        self.model_notes: list[str] = []  # what building the model did (train.py's arch.*)
         self.check_monitor()
         self._check_schedule_length()
 
@@ -183,9 +184,9 @@ class Trainer(BaseTrainer):
                 self._stop(epoch, signal)
             if self.epoch_step == 0 and self.log_images:
                 self._log_images(group[0][0])
+            log_now = self.epoch_step % self.settings.log_step == 0  # this step is logged
             # hooks record on steps that are logged, and only where TensorBoard is written
-            self.watch.recording = self.watch.enabled and distributed.is_main() and \
-                self.epoch_step % self.settings.log_step == 0
+            self.watch.recording = self.watch.enabled and distributed.is_main() and log_now
             if self.watch.recording and self.scaler is not None:  # a host sync, on log steps
                 self.watch.gradient_scale = self.scaler.get_scale()
             stepped = self._train_step(group, total)
@@ -196,7 +197,6 @@ class Trainer(BaseTrainer):
             for loss, output, target in stepped or ():
                 track_batch(self.train_metrics, self.metric_fns, self.metric_names, loss, output,
                             target)
-            log_now = (self.epoch_step - 1) % self.settings.log_step == 0
             rates = self.learning_rates() if log_now else None  # as used by this step
             if stepped is not None and self.scheduler_interval == "step":
                 self.lr_scheduler.step()

@@ -1,11 +1,10 @@
 """`trainer.watch`: a look inside the model during training, written to TensorBoard at log
 steps — the global gradient norm, chosen modules' activations (forward hooks) and chosen
 parameters' gradients (tensor hooks). Off by default; off, it registers nothing."""
-import fnmatch
-
 import torch
 from torch import Tensor, nn
 
+from base.model_tools import trainable_matching
 from utils.errors import ConfigError
 from utils.names import did_you_mean
 
@@ -42,18 +41,9 @@ def watch_targets(model: nn.Module, settings: dict | None) -> tuple[list[str], l
     problems = [f"trainer.watch.activations.{index}: {name!r} is not a module of the model"
                 f"{did_you_mean(name, modules)}"
                 for index, name in enumerate(activations) if name not in modules]
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    everything = [name for name, _ in model.named_parameters()]
-    parameters = []
-    for index, pattern in enumerate(settings.get("grad_stats", [])):
-        hits = [name for name in trainable if fnmatch.fnmatchcase(name, pattern)]
-        if not hits:
-            frozen = any(fnmatch.fnmatchcase(name, pattern) for name in everything)
-            problems.append(f"trainer.watch.grad_stats.{index}: {pattern!r} matches "
-                            + ("only frozen parameters, which have no gradients" if frozen else
-                               f"no parameter{did_you_mean(pattern, everything)}"))
-        parameters += [name for name in hits if name not in parameters]
-    return activations, parameters, problems
+    parameters, unmatched = trainable_matching(model, settings.get("grad_stats", []),
+                                               "trainer.watch.grad_stats")
+    return activations, parameters, problems + unmatched
 
 
 class Watch:
