@@ -17,10 +17,11 @@ from types import ModuleType
 from typing import Any, Callable
 
 from utils.command_line import CustomArgs, checked_checkpoint, option_dest, parse_command_line
-from utils.config_check import BLOCK_OPTIONS, Block, find_problems, is_plain_name
+from utils.config_check import Block, block_options, find_problems, is_plain_name
 from utils.errors import BuildError, ConfigError, UserError
 from utils.key_paths import apply_modifications, get_by_path, parse_overrides
-from utils.names import callable_name, check_signature, did_you_mean, resolve_type
+from utils.names import (callable_name, check_options, check_signature, did_you_mean,
+                         resolve_type)
 from utils.files import read_json, write_json
 
 
@@ -155,7 +156,12 @@ class ConfigParser:
 
         A class (`torch.nn.CrossEntropyLoss`) is instantiated instead: its instance is the
         function (`criterion(output, target)`)."""
-        factory, config_args = self.resolve_block(name, module, args, kwargs, partial=True)
+        return self._init_ftn(name, module, args, kwargs)
+
+    def _init_ftn(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
+                  kind: type | str | None = None, fallback: str = "") -> Callable:
+        factory, config_args = self.resolve_block(name, module, args, kwargs, partial=True,
+                                                  kind=kind, fallback=fallback)
         if inspect.isclass(factory):
             return self._call(name, factory, args, config_args, kwargs)
         return functools.partial(factory, *args, **config_args, **kwargs)
@@ -175,17 +181,20 @@ class ConfigParser:
             raise BuildError(f"{name}: building {_type_name(self._config, name)} raised "
                              f"{type(error).__name__}; the traceback from its code:") from error
 
-    def init_ftn_list(self, name: str, module: ModuleType, reserved: Sequence[str] = ()) -> list:
+    def init_ftn_list(self, name: str, module: ModuleType, reserved: Sequence[str] = (),
+                      kind: type | str | None = None, fallback: str = "") -> list:
         """`init_ftn` for each entry of the list `name` (e.g. `metrics`), each with a unique
         `__name__`: the function's own, or the entry's `"name"` (`{"type": "top_k_acc",
-        "args": {"k": 5}, "name": "top5"}`). A `ConfigError` lists every entry's problems."""
+        "args": {"k": 5}, "name": "top5"}`). A class entry must derive from `kind`; a bare
+        name not in `module` is looked up in the module `fallback`. A `ConfigError` lists
+        every entry's problems."""
         entries = self._config.get(name, [])
         if not isinstance(entries, list):
             raise ConfigError(f"{name}: expected a list, got {json.dumps(entries)}")
         functions, seen, problems = [], {}, []
         for index, entry in enumerate(entries):
             try:
-                function = self.init_ftn(f"{name}.{index}", module)
+                function = self._init_ftn(f"{name}.{index}", module, (), {}, kind, fallback)
             except ConfigError as error:
                 problems.append(str(error))
                 continue
@@ -204,7 +213,8 @@ class ConfigParser:
         return functions
 
     def resolve_block(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
-                 partial: bool = False, kind: type | None = None) -> tuple[Callable, dict]:
+                      partial: bool = False, kind: type | str | None = None,
+                      fallback: str = "") -> tuple[Callable, dict]:
         """The factory block `name` names and its config args, checked against its signature
         (with what the code passes: positional `args` and `kwargs`)."""
         block = get_by_path(self._config, name)
@@ -215,7 +225,7 @@ class ConfigParser:
             raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}} or a name, "
                               f"got {json.dumps(block)}")
         keys = _BLOCK_KEYS if name.rpartition(".")[2].isdigit() else _BLOCK_KEYS[:2]  # in a list
-        options = BLOCK_OPTIONS.get(name, {})
+        options = block_options(name)
         problems = [f"{name}.{key}: unknown key (a block has type, args and, in a list, name)"
                     f"{did_you_mean(key, [*keys, *options])}" for key in block
                     if key not in keys and key not in options]
@@ -227,14 +237,15 @@ class ConfigParser:
             problems.append(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
             config_args = {}
         try:
-            factory = resolve_type(block["type"], module, type_path, kind)
+            factory = resolve_type(block["type"], module, type_path, kind, fallback)
         except ConfigError as error:
             raise ConfigError("\n".join([*problems, str(error)])) from None
         repeated = sorted(set(config_args) & set(kwargs))
         if repeated:
             problems.append(f"{name}.args: {', '.join(map(repr, repeated))} set in the config is "
                             f"also given by the code; remove it from the config")
-        shown = block["type"] if "." in block["type"] else f"{module.__name__}.{block['type']}"
+        shown = block["type"] if "." in block["type"] else \
+            f"{module.__name__ if hasattr(module, block['type']) else fallback}.{block['type']}"
         try:
             check_signature(factory, args, config_args, f"{name}.args",
                             partial and not inspect.isclass(factory), code_kwargs=kwargs,
@@ -244,6 +255,22 @@ class ConfigParser:
         if problems:
             raise ConfigError("\n".join(problems))
         return factory, dict(config_args)
+
+    def trainer_class(self, module: ModuleType, kind: type, given: Sequence[str] = ()
+                      ) -> tuple[type, dict]:
+        """The trainer class `trainer.type` names (default: `kind` itself; a subclass of it in
+        `module` or a dotted path in an allowed module) and its own options, `trainer.args`,
+        checked against its signature; `given`: the arguments the code passes."""
+        section = self._config.get("trainer") or {}
+        factory = resolve_type(section.get("type", kind.__name__), module, "trainer.type", kind)
+        if not inspect.isclass(factory):
+            raise ConfigError(f"trainer.type: {section['type']!r} is not a class (a subclass "
+                              f"of {kind.__name__})")
+        options = section.get("args", {})
+        if not isinstance(options, dict):
+            raise ConfigError(f"trainer.args: expected a JSON object, got {json.dumps(options)}")
+        check_options(factory, options, "trainer.args", given, stop_at=kind)
+        return factory, dict(options)
 
     # ---------------------------------------------------------------- run folders and logging
     @property

@@ -21,9 +21,13 @@ def main(argv=None) -> dict[str, float]:
 
     if distributed.launched_world_size() > 1:
         raise UserError("test.py evaluates in one process: start it with python, not torchrun")
-    test_config = config.with_modification({"data_loader.args.training": False,
-                                            "data_loader.args.shuffle": False,
-                                            "data_loader.args.validation_split": 0.0})
+    trainer_section = config.get("trainer")
+    test_config = config.with_modification({
+        "data_loader.args.training": False, "data_loader.args.shuffle": False,
+        "data_loader.args.validation_split": 0.0,
+        # evaluation only: no monitored value, no compiling; a -c config may have no trainer
+        **({"trainer.monitor": "off", "trainer.compile": False} if isinstance(
+            trainer_section, dict) else {"trainer": {"epochs": 1, "save_dir": "saved/"}})})
     test_config.validate(BLOCKS, trainer=False)  # every problem at once, before anything is built
     if config.cli_args.print_config:
         print(json.dumps(config.config, indent=4))
@@ -78,36 +82,24 @@ def write_confusion_image(checkpoint: Path, classes: dict, epoch: int) -> Path |
 def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     """Loss and metrics of the checkpoint `config.resume` on the test split, its epoch, and
     for a classifier the per-class accuracy and confusion matrix (`class_report`)."""
-    import data_loader.data_loaders as module_data
-    import model.loss as module_loss
-    import model.metric as module_metric
-    import model.model as module_arch
     from base.base_data_loader import release_workers
-    from base.base_trainer import metric_name
     from logger.logger import setup_logging
     from logger.progress import bars_wanted, counted, progress_bar
     from logger.report import class_report
-    from trainer.checkpoint import load_checkpoint, load_model_state
-    from trainer.evaluation import ConfusionMatrix, check_first_batch, evaluate
-    from utils.util import prepare_device
+    from trainer.checkpoint import load_checkpoint, load_model_state, unwrap_model
+    from trainer.evaluation import ConfusionMatrix
 
     setup_logging(None)  # console only: test.py writes nothing but its report
     checkpoint = load_checkpoint(config.resume)
-    data_loader = config.init_obj("data_loader", module_data, seed=config.get("seed", 0))
-    model = config.init_obj("arch", module_arch)
-    load_model_state(model, checkpoint["state_dict"], config.resume)
-    device, _ = prepare_device(min(config.get("n_gpu", 1), 1))
-    model = model.to(device)
-
-    criterion = config.init_ftn("loss", module_loss)
-    metric_fns = config.init_ftn_list("metrics", module_metric, reserved=["loss"])
-    names = [metric_name(fn) for fn in metric_fns]
-    check_first_batch(model, data_loader, criterion, metric_fns, device)
+    # the trainer class of the run (its validation_step), on the test split, without training
+    trainer = train.build_trainer(config, training=False)
+    load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
+    data_loader = trainer.data_loader
+    trainer.check_first_batch()
     confusion = ConfusionMatrix()
     bars = bars_wanted((config.get("trainer") or {}).get("progress_bar", "auto"))
     with progress_bar(bars, len(data_loader), "test", unit="batch") as bar:
-        results = evaluate(model, counted(data_loader, bar), criterion, metric_fns, names,
-                           device, confusion=confusion)
+        results = trainer.evaluate(counted(data_loader, bar), confusion=confusion)
     release_workers(data_loader)
     results["n_samples"] = len(data_loader.sampler)
     matrix = confusion.matrix

@@ -4,6 +4,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 
 from parse_config import ConfigParser, CustomArgs
 from utils.cli import run_cli
@@ -19,57 +20,85 @@ OPTIONS = [
     CustomArgs(["--name"], type=str, target="name"),
 ]
 
+# What `build_trainer` passes to the trainer class besides `trainer.args`.
+TRAINER_GIVEN = ("model", "criterion", "metric_fns", "optimizer", "config", "device",
+                 "data_loader", "valid_data_loader", "lr_scheduler", "len_epoch")
+
 # The blocks `build_trainer` builds, and what it passes to each besides the config's args.
 BLOCKS = (
     Block("data_loader", "data_loader.data_loaders", given=("seed",),
           kind="torch.utils.data.DataLoader"),
     Block("arch", "model.model", kind="torch.nn.Module"),
-    Block("loss", "model.loss", function=True),
-    Block("metrics", "model.metric", function=True, many=True),
+    Block("loss", "model.loss", function=True, required=False),  # null: the step computes it
+    Block("metrics", "model.metric", function=True, many=True, kind="torchmetrics.Metric",
+          fallback="torchmetrics"),
     Block("optimizer", "torch.optim", positional=1, kind="torch.optim.Optimizer",
           dry_run="parameters"),
     Block("lr_scheduler", "torch.optim.lr_scheduler", positional=1, required=False,
           kind="torch.optim.lr_scheduler.LRScheduler", dry_run="optimizer"),
+    Block("trainer", "trainer.trainer", kind="trainer.trainer.Trainer", given=TRAINER_GIVEN),
 )
 
 
-def build_trainer(config: ConfigParser, device=None):
-    """Every object the config describes, wired into a Trainer; touches no file. `device`:
-    this process's device under torchrun (the Trainer wraps the model in DDP); None picks
-    one from `n_gpu`, with DataParallel over several GPUs."""
+def build_trainer(config: ConfigParser, device=None, training: bool = True):
+    """Every object the config describes, wired into its trainer class; touches no file.
+    `device`: this process's device under torchrun (the Trainer wraps the model in DDP); None
+    picks one from `n_gpu`, with DataParallel over several GPUs. Without `training` (test.py):
+    no optimizer, no validation split, one device."""
     import torch
 
     import data_loader.data_loaders as module_data
     import model.loss as module_loss
     import model.metric as module_metric
     import model.model as module_arch
-    from trainer.trainer import Trainer
+    import trainer.trainer as module_trainer
     from utils.util import prepare_device
 
     seed = config.get("seed", 0)
     data_loader = config.init_obj("data_loader", module_data, seed=seed)
-    valid_data_loader = data_loader.split_validation()
+    valid_data_loader = data_loader.split_validation() if training else None
 
     model = config.init_obj("arch", module_arch)
-    parameters, notes = set_up_model(config, model)
+    parameters, notes = set_up_model(config, model) if training else (None, [])
     device_ids = []
     if device is None:
-        device, device_ids = prepare_device(config.get("n_gpu", 1))
+        device, device_ids = prepare_device(config.get("n_gpu", 1) if training else
+                                            min(config.get("n_gpu", 1), 1))
     model = model.to(device)  # in place: the parameters stay the same objects
     if len(device_ids) > 1:  # one process, several GPUs
         model = torch.nn.DataParallel(model, device_ids=device_ids)
 
-    criterion = config.init_ftn("loss", module_loss)
-    metrics = config.init_ftn_list("metrics", module_metric, reserved=["loss"])
-    optimizer = config.init_obj("optimizer", torch.optim, parameters)
-    lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
-        if config.get("lr_scheduler") else None
-
-    trainer = Trainer(model, criterion, metrics, optimizer, config=config, device=device,
-                      data_loader=data_loader, valid_data_loader=valid_data_loader,
-                      lr_scheduler=lr_scheduler)
+    criterion = config.init_ftn("loss", module_loss) if config.get("loss") is not None else None
+    metrics = config.init_ftn_list("metrics", module_metric, reserved=["loss"],
+                                   kind="torchmetrics.Metric", fallback="torchmetrics")
+    optimizer, lr_scheduler = build_optimizers(config, parameters) if training else (None, None)
+    trainer_class, options = config.trainer_class(module_trainer, module_trainer.Trainer,
+                                                  TRAINER_GIVEN)
+    trainer = trainer_class(model=model, criterion=criterion, metric_fns=metrics,
+                            optimizer=optimizer, config=config, device=device,
+                            data_loader=data_loader, valid_data_loader=valid_data_loader,
+                            lr_scheduler=lr_scheduler, **options)
     trainer.model_notes = notes  # logged once the run's log file exists
     return trainer
+
+
+def build_optimizers(config: ConfigParser, parameters):
+    """The optimizer and its scheduler (None without one); with `optimizers` in the config,
+    both by name (`parameters`: the trainable ones, by name)."""
+    import torch
+
+    if config.get("optimizers") is None:
+        optimizer = config.init_obj("optimizer", torch.optim, parameters)
+        scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
+            if config.get("lr_scheduler") else None
+        return optimizer, scheduler
+    optimizers, schedulers = {}, {}
+    for name, selected in parameters.items():
+        optimizers[name] = config.init_obj(f"optimizers.{name}", torch.optim, selected)
+        if config["optimizers"][name].get("lr_scheduler"):
+            schedulers[name] = config.init_obj(f"optimizers.{name}.lr_scheduler",
+                                               torch.optim.lr_scheduler, optimizers[name])
+    return optimizers, schedulers
 
 
 def set_up_model(config: ConfigParser, model) -> tuple[list, list[str]]:
@@ -97,15 +126,37 @@ def set_up_model(config: ConfigParser, model) -> tuple[list, list[str]]:
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters and not problems:
         problems.append("arch.freeze: every parameter is frozen; nothing would train")
-    groups = config["optimizer"].get("param_groups")
-    try:
-        parameters = parameter_groups(model, groups) if groups else parameters
-    except ConfigError as error:
-        problems += str(error).splitlines()
+    if config.get("optimizers") is not None:
+        parameters = named_parameters(model, config["optimizers"], problems)
+    else:
+        groups = config["optimizer"].get("param_groups")
+        try:
+            parameters = parameter_groups(model, groups) if groups else parameters
+        except ConfigError as error:
+            problems += str(error).splitlines()
     problems += watch_targets(model, config["trainer"].get("watch"))[2]
     if problems:
         raise ConfigError("\n".join(problems))
     return parameters, notes
+
+
+def named_parameters(model, optimizers: dict, problems: list[str]) -> dict[str, list]:
+    """The trainable parameters each named optimizer's `params` patterns select (all of them
+    without `params`); a pattern matching nothing is added to `problems`."""
+    from base.model_tools import trainable_matching
+
+    trainable = dict((name, p) for name, p in model.named_parameters() if p.requires_grad)
+    selected = {}
+    for name, block in optimizers.items():
+        patterns = block.get("params")
+        if patterns is None:
+            selected[name] = list(trainable.values())
+            continue
+        patterns = [patterns] if isinstance(patterns, str) else patterns
+        names, unmatched = trainable_matching(model, patterns, f"optimizers.{name}.params")
+        problems += unmatched
+        selected[name] = [trainable[found] for found in names]
+    return selected
 
 
 def start_weights(arch: dict, model) -> list[str]:
@@ -134,7 +185,8 @@ def start_weights(arch: dict, model) -> list[str]:
             f"({', '.join(layer.__name__ for layer in layer_types)}), biases zeroed"]
 
 
-def main(argv=None) -> None:
+def main(argv=None, callbacks: Sequence = ()) -> None:
+    """The command line; `callbacks`: `trainer.trainer.Callback`s the trainer calls."""
     parser = argparse.ArgumentParser(description="Train a model from a JSON config.")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (file + overrides) and exit")
@@ -158,7 +210,7 @@ def main(argv=None) -> None:
         if config.cli_args.dry_run:
             dry_run(config, device, started)
         else:
-            train(config, device, list(argv if argv is not None else sys.argv[1:]))
+            train(config, device, list(argv if argv is not None else sys.argv[1:]), callbacks)
     finally:  # also on errors and signals
         distributed.stop()
 
@@ -180,11 +232,12 @@ def start_processes(config: ConfigParser):
     return device
 
 
-def train(config: ConfigParser, device, argv: list[str]) -> None:
+def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()) -> None:
     """Build, check, resume if asked, open the run folder and train (on every process)."""
     from utils import distributed
 
     trainer = prepare(config, device)
+    trainer.callbacks = list(callbacks)
     if trainer.nothing_to_train():  # before a run folder is made for nothing
         return
     with distributed.all_or_none("opening the run folder"):
@@ -207,9 +260,12 @@ def dry_run(config: ConfigParser, device, started: float) -> None:
         print(json.dumps(config.config, indent=4))
         print("\nModel summary:")
         print("\n".join([*trainer.model_notes, *summary_lines(trainer)]))
-    losses, log = trainer.dry_run(steps=2, batches=2)
+    result = trainer.dry_run(steps=2, batches=2)
+    losses, log = result.losses, result.log
     if not main_process:
         return
+    for note in result.notes:
+        print(note)
     if trainer.start_epoch > trainer.settings.epochs:
         print(f"\nNote: the checkpoint is at epoch {trainer.start_epoch - 1} and trainer.epochs "
               f"is {trainer.settings.epochs}: training would have nothing to do (raise it with "
@@ -264,14 +320,22 @@ def log_model(logger, trainer) -> None:
 
 def summary_lines(trainer) -> list[str]:
     """The model's summary table, from two samples of the first batch; the totals alone when
-    the batches' inputs are not a tensor."""
+    the model cannot be run on the batches' inputs by the default convention (a custom
+    step)."""
     from base.model_summary import summarize, totals_line
     from trainer.checkpoint import unwrap_model
 
+    from trainer.batches import call_model
+
     model = unwrap_model(trainer.eval_model)
     if trainer.first_inputs is None:
-        return ["(no table: the batches' inputs are not a tensor)", totals_line(model)]
-    return summarize(model, trainer.first_inputs)
+        return ["(no table: the batches are not (inputs, target) pairs or dicts with a target "
+                "key)", totals_line(model)]
+    try:
+        return summarize(model, trainer.first_inputs, call=call_model)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as error:
+        return [f"(no table: the model does not take the batches' inputs as they are: "
+                f"{type(error).__name__})", totals_line(model)]
 
 
 def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:

@@ -45,19 +45,29 @@ class BaseTrainer(ABC):
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, metric_fns: Sequence[Callable],
-                 optimizer: torch.optim.Optimizer, config, lr_scheduler=None):
+                 optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer] | None,
+                 config, lr_scheduler=None):
+        """`optimizer`: one, or several by name (`config["optimizers"]`); `lr_scheduler`: None,
+        one, or by the name of the optimizer it schedules."""
         self.config = config
         self.settings = TrainerSettings.from_config(config["trainer"])
         self.logger = config.get_logger("trainer", self.settings.verbosity)
         self.model = model
         self.criterion = criterion
         self.metric_fns = list(metric_fns)
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        scheduler_block = config.get("lr_scheduler")
-        # "epoch": step the scheduler after each epoch; "step": after each optimizer step
-        self.scheduler_interval = scheduler_block.get("interval", "epoch") \
-            if isinstance(scheduler_block, dict) and lr_scheduler is not None else "epoch"
+        # by name; one optimizer (the `optimizer` block) is named ""
+        self.optimizers = dict(optimizer) if isinstance(optimizer, dict) else \
+            ({"": optimizer} if optimizer is not None else {})
+        self.optimizer = optimizer if not isinstance(optimizer, dict) else None
+        self.lr_schedulers = {name: scheduler for name, scheduler in
+                              (lr_scheduler.items() if isinstance(lr_scheduler, dict)
+                               else [("", lr_scheduler)]) if scheduler is not None}
+        self.lr_scheduler = lr_scheduler if not isinstance(lr_scheduler, dict) else None
+        # "epoch": step a scheduler after each epoch; "step": after each optimizer step
+        self.scheduler_intervals = {name: (optimizer_block(config.config, name, "lr_scheduler")
+                                           or {}).get("interval", "epoch")
+                                    for name in self.lr_schedulers}
+        self.scheduler_interval = self.scheduler_intervals.get("", "epoch")
         self.scaler: torch.amp.GradScaler | None = None  # set by a trainer that uses fp16
         self.monitor = self.settings.parsed_monitor
         # writes nothing until train() opens one in the run's log folder
@@ -206,17 +216,19 @@ class BaseTrainer(ABC):
         raise TrainingInterrupted(signum, message)
 
     def _step_scheduler(self, log: dict[str, float]) -> None:
-        """The epoch-end scheduler step (a step-wise scheduler steps in `_train_epoch`)."""
-        if self.lr_scheduler is None or self.scheduler_interval != "epoch":
-            return
-        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            metric = self.monitor.metric if self.monitor.enabled else \
-                ("val_loss" if "val_loss" in log else "loss")
-            self.lr_scheduler.step(log[metric])
-        else:
+        """The epoch-end scheduler steps (a step-wise scheduler steps after each optimizer
+        step, in `_train_epoch`)."""
+        for name, scheduler in self.lr_schedulers.items():
+            if self.scheduler_intervals[name] != "epoch":
+                continue
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.monitor.metric if self.monitor.enabled else \
+                    ("val_loss" if "val_loss" in log else "loss")
+                scheduler.step(log[metric])
+                continue
             with warnings.catch_warnings():  # resumed after the epoch's last step: no step here
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step")
-                self.lr_scheduler.step()
+                scheduler.step()
 
     def _update_monitor(self, log: dict[str, float], epoch: int) -> bool:
         """Whether this epoch improved the monitored metric; updates the best and the counter."""
@@ -253,13 +265,19 @@ class BaseTrainer(ABC):
                                        self.global_step)
 
     def learning_rates(self) -> dict[str, float]:
-        """`{"learning_rate": lr}`, or with several parameter groups one per group
-        (`learning_rate/group1`, ...): TensorBoard tags."""
-        groups = self.optimizer.param_groups
-        if len(groups) == 1:
-            return {"learning_rate": float(groups[0]["lr"])}
-        return {f"learning_rate/group{index}": float(group["lr"])
-                for index, group in enumerate(groups)}
+        """`{"learning_rate": lr}`; with several parameter groups one per group
+        (`learning_rate/group1`, ...), with several optimizers one per optimizer
+        (`learning_rate/generator`): TensorBoard tags."""
+        rates = {}
+        for name, optimizer in self.optimizers.items():
+            tag = f"learning_rate/{name}" if name else "learning_rate"
+            groups = optimizer.param_groups
+            if len(groups) == 1:
+                rates[tag] = float(groups[0]["lr"])
+            else:
+                rates.update({f"{tag}/group{index}": float(group["lr"])
+                              for index, group in enumerate(groups)})
+        return rates
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, epoch: int, step: int = 0) -> dict:
@@ -275,9 +293,13 @@ class BaseTrainer(ABC):
             "epoch_state": self.epoch_state() if step else None,
             "global_step": self.global_step,
             "state_dict": unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "param_group_names": self.param_group_names(),
-            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "optimizer": self._by_name({name: optimizer.state_dict()
+                                        for name, optimizer in self.optimizers.items()}),
+            "param_group_names": self._by_name({name: self.param_group_names(optimizer)
+                                                for name, optimizer in self.optimizers.items()}),
+            "lr_scheduler": self._by_name({name: self.lr_schedulers[name].state_dict()
+                                           if name in self.lr_schedulers else None
+                                           for name in self.optimizers}),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": self.monitor_best,
             "not_improved_count": self.not_improved_count,
@@ -288,6 +310,10 @@ class BaseTrainer(ABC):
             "rng_states": rng_states if len(rng_states) > 1 else None,
             "config": self.config.config,
         }
+
+    def _by_name(self, values: dict):
+        """A checkpoint entry: the one optimizer's value, or several optimizers' by name."""
+        return values[""] if list(values) == [""] else (values or None)
 
     def epoch_state(self) -> dict:
         """What a checkpoint taken mid-epoch needs besides the model and optimizer to finish
@@ -347,42 +373,51 @@ class BaseTrainer(ABC):
         self.best_epoch = checkpoint.get("best_epoch")
         self.best_log = checkpoint.get("best_log") or {}
         saved = checkpoint["config"]
-        self._restore_optimizer(checkpoint, saved)
-        if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None and \
-                (saved.get("lr_scheduler") or {}).get("type") == self.config["lr_scheduler"]["type"]:
-            self._restore_scheduler(checkpoint["lr_scheduler"], saved)
+        for name, optimizer in self.optimizers.items():
+            self._restore_optimizer(name, optimizer, checkpoint, saved)
+        for name, scheduler in self.lr_schedulers.items():
+            state = _entry(checkpoint.get("lr_scheduler"), name)
+            saved_block = optimizer_block(saved, name, "lr_scheduler") or {}
+            if state is not None and saved_block.get("type") == \
+                    optimizer_block(self.config.config, name, "lr_scheduler")["type"]:
+                self._restore_scheduler(name, scheduler, state, saved)
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self._restore_rng(checkpoint)
 
-    def param_group_names(self) -> list[list[str]]:
-        """The names of the parameters in each optimizer group (what `arch.freeze` and
+    def param_group_names(self, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+        """The names of the parameters in each group of `optimizer` (what `arch.freeze` and
         `optimizer.param_groups` decide), saved so that a resume can tell they still match."""
         names = {id(p): name for name, p in unwrap_model(self.model).named_parameters()}
         return [[names.get(id(p), "?") for p in group["params"]]
-                for group in self.optimizer.param_groups]
+                for group in optimizer.param_groups]
 
-    def _restore_optimizer(self, checkpoint: dict, saved_config: dict) -> None:
-        """The checkpoint's optimizer state when it fits (same type, the same parameters in
-        the same groups), then the args the config changed since: `optimizer.args` in every
-        group that does not set them itself, a group's own options in that group (`--lr` on
-        resume wins)."""
-        state, saved_optimizer = checkpoint["optimizer"], saved_config.get("optimizer") or {}
-        groups = self.config["optimizer"].get("param_groups") or []
-        saved_names = checkpoint.get("param_group_names")  # older checkpoints: group sizes
-        same_groups = saved_names == self.param_group_names() if saved_names is not None else \
-            [len(g["params"]) for g in state.get("param_groups", [])] == \
-            [len(g["params"]) for g in self.optimizer.param_groups]
-        if saved_optimizer.get("type") != self.config["optimizer"]["type"] or not same_groups:
-            self.logger.warning("Warning: the optimizer type, or which parameters it trains in "
-                                "which group (arch.freeze, optimizer.param_groups), differs "
-                                "from the checkpoint's; its state is not restored.")
+    def _restore_optimizer(self, name: str, optimizer: torch.optim.Optimizer, checkpoint: dict,
+                           saved_config: dict) -> None:
+        """The checkpoint's state of optimizer `name` when it fits (same type, the same
+        parameters in the same groups), then the args the config changed since:
+        `optimizer.args` in every group that does not set them itself, a group's own options
+        in that group (`--lr` on resume wins)."""
+        state = _entry(checkpoint.get("optimizer"), name)
+        block = optimizer_block(self.config.config, name)
+        saved_block = optimizer_block(saved_config, name) or {}
+        groups = block.get("param_groups") or []
+        saved_names = _entry(checkpoint.get("param_group_names"), name)  # older: group sizes
+        same_groups = state is not None and (
+            saved_names == self.param_group_names(optimizer) if saved_names is not None else
+            [len(g["params"]) for g in state.get("param_groups", [])] ==
+            [len(g["params"]) for g in optimizer.param_groups])
+        if saved_block.get("type") != block["type"] or not same_groups:
+            self.logger.warning("Warning: the %s type, or which parameters it trains in which "
+                                "group (arch.freeze, optimizer.param_groups), differs from the "
+                                "checkpoint's; its state is not restored.",
+                                f"optimizer {name!r}" if name else "optimizer")
             return
-        self.optimizer.load_state_dict(state)
-        saved_groups = saved_optimizer.get("param_groups") or []
-        changed_args = self._changed_args("optimizer", saved_config)
-        first = len(self.optimizer.param_groups) - len(groups)  # 1 with a default group
-        for index, group in enumerate(self.optimizer.param_groups):
+        optimizer.load_state_dict(state)
+        saved_groups = saved_block.get("param_groups") or []
+        changed_args = changed_args_of(block, saved_block)
+        first = len(optimizer.param_groups) - len(groups)  # 1 with a default group
+        for index, group in enumerate(optimizer.param_groups):
             own = groups[index - first] if index >= first else {}
             before = saved_groups[index - first] if 0 <= index - first < len(saved_groups) else {}
             changed = {key: value for key, value in changed_args.items() if key not in own}
@@ -391,9 +426,11 @@ class BaseTrainer(ABC):
             changed = {key: value for key, value in changed.items() if key in group}
             group.update(changed)
             if changed:
+                where = [f"optimizer {name!r}"] if name else []
+                if len(optimizer.param_groups) > 1:
+                    where.append(f"group {index}")
                 self.logger.info("optimizer args changed since the checkpoint: %s%s", changed,
-                                 f" (group {index})" if len(self.optimizer.param_groups) > 1
-                                 else "")
+                                 f" ({', '.join(where)})" if where else "")
 
     def _restore_rng(self, checkpoint: dict) -> None:
         """This process's generators as the checkpoint saved them: by rank when it was taken
@@ -408,28 +445,49 @@ class BaseTrainer(ABC):
         if state is not None:
             set_rng_state(state)
 
-    def _restore_scheduler(self, state: dict, saved_config: dict) -> None:
+    def _restore_scheduler(self, name: str, scheduler, state: dict, saved_config: dict) -> None:
         """The checkpoint's scheduler state; with args changed since (`total_steps` raised on
         resume), the scheduler built from the new args continues from the checkpoint's step
         instead: schedules such as OneCycleLR derive their phases from their args."""
-        changed = self._changed_args("lr_scheduler", saved_config)
+        changed = changed_args_of(optimizer_block(self.config.config, name, "lr_scheduler"),
+                                  optimizer_block(saved_config, name, "lr_scheduler") or {})
         if not changed:
-            self.lr_scheduler.load_state_dict(state)
+            scheduler.load_state_dict(state)
             return
         for key in ("last_epoch", "_step_count", "_last_lr"):
             if key in state:
-                setattr(self.lr_scheduler, key, state[key])
+                setattr(scheduler, key, state[key])
         self.logger.info("lr_scheduler args changed since the checkpoint: %s; the schedule "
                          "continues from step %s with them.", changed, state.get("last_epoch"))
-
-    def _changed_args(self, section: str, saved_config: dict) -> dict:
-        """The `args` of block `section` whose values differ from the checkpoint's config."""
-        saved_args = (saved_config.get(section) or {}).get("args", {})
-        return {key: value for key, value in self.config[section].get("args", {}).items()
-                if saved_args.get(key) != value}
 
     def load_weights(self, path: os.PathLike) -> None:
         """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""
         checkpoint = load_checkpoint(path)
         load_model_state(self.model, checkpoint["state_dict"], path)
 
+
+
+def optimizer_block(config: dict, name: str, part: str = "") -> dict | None:
+    """The config block of optimizer `name` ("" for the one `optimizer` block), or with `part`
+    ("lr_scheduler") the block of its scheduler; None when absent."""
+    if not name:
+        block = config.get(part or "optimizer")
+    else:
+        block = (config.get("optimizers") or {}).get(name)
+        block = block.get(part) if part and isinstance(block, dict) else block
+    return block if isinstance(block, dict) else None
+
+
+def changed_args_of(block: dict, saved_block: dict) -> dict:
+    """The `args` of `block` whose values differ from those of `saved_block`."""
+    saved_args = saved_block.get("args", {})
+    return {key: value for key, value in block.get("args", {}).items()
+            if saved_args.get(key) != value}
+
+
+def _entry(value, name: str):
+    """A checkpoint entry for optimizer `name`: the value itself for the one optimizer ("")
+    of a checkpoint that has one, else the value under `name`."""
+    if not name:
+        return value
+    return value.get(name) if isinstance(value, dict) else None

@@ -1,5 +1,7 @@
 """A model summary: every module's type, output shape and parameters, gathered with forward
 hooks during one forward pass and removed afterwards."""
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -23,11 +25,12 @@ def _calls(shapes: list[str] | None) -> str:
 
 
 @torch.no_grad()
-def summarize(model: nn.Module, inputs: Tensor) -> list[str]:
-    """The summary table of `model` run on `inputs` (a batch) in eval mode, as lines: name,
-    type, output shape, parameters and whether they train, for every submodule; then the
-    totals of trainable and frozen parameters and of buffers. The model's mode is restored and
-    no hook is left on it."""
+def summarize(model: nn.Module, inputs, call: Callable[[nn.Module, object], object] | None = None
+              ) -> list[str]:
+    """The summary table of `model` run on `inputs` (a batch: a tensor, or what `call(model,
+    inputs)` feeds the model) in eval mode, as lines: name, type, output shape, parameters and
+    whether they train, for every submodule; then the totals of trainable and frozen parameters
+    and of buffers. The model's mode is restored and no hook is left on it."""
     outputs: dict[str, list[str]] = {}  # a module's output shapes, a call each
 
     def record(name: str, output) -> None:
@@ -39,7 +42,7 @@ def summarize(model: nn.Module, inputs: Tensor) -> list[str]:
     was_training = model.training
     try:
         model.eval()
-        model(inputs)
+        call(model, inputs) if call is not None else model(inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -59,9 +62,18 @@ def summarize(model: nn.Module, inputs: Tensor) -> list[str]:
                        for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"Input {tuple(inputs.shape)} -> output {_calls(outputs.get(''))}")
+    lines.append(f"Input {_input_shapes(inputs)} -> output {_calls(outputs.get(''))}")
     lines.append(totals_line(model))
     return lines
+
+
+def _input_shapes(inputs) -> str:
+    """`(2, 1, 8, 8)`; `image (2, 1, 8, 8), features (2, 4)` for a dict of inputs."""
+    if isinstance(inputs, dict):
+        return ", ".join(f"{name} {_shape(value)}" for name, value in inputs.items())
+    if isinstance(inputs, (tuple, list)):
+        return ", ".join(_shape(value) for value in inputs)
+    return _shape(inputs)
 
 
 def totals_line(model: nn.Module) -> str:

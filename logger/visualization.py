@@ -50,7 +50,7 @@ class TensorboardWriter:
         to its own range (inputs are usually normalised); False for other shapes."""
         if self._writer is None:
             return True
-        if images.dim() != 4 or images.size(1) not in (1, 3):
+        if not is_image_batch(images):
             return False
         from torchvision.utils import make_grid
 
@@ -100,6 +100,11 @@ class TensorboardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def is_image_batch(images) -> bool:
+    """Whether `images` is a (B, C, H, W) tensor with 1 or 3 channels."""
+    return hasattr(images, "dim") and images.dim() == 4 and images.size(1) in (1, 3)
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -29,6 +29,17 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
+def build(tmp_path: Path, modification: dict | None = None, **trainer):
+    """The Trainer `train.py` builds from the shrunk real config (with `{key.path: value}`
+    `modification` and `trainer` settings), on the CPU; nothing written."""
+    import train
+    from parse_config import ConfigParser
+
+    config = ConfigParser(small_config(tmp_path / "saved", **trainer), modification=modification)
+    config.validate(train.BLOCKS)
+    return train.build_trainer(config, device=None)
+
+
 def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,
                timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of the project's scripts the way a user does, in a fresh Python process."""

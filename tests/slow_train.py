@@ -36,31 +36,34 @@ NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
 NAN_RANK = int(os.environ["NAN_RANK"]) if "NAN_RANK" in os.environ else None
 SIGTERM_IN_VALIDATION = int(os.environ.get("SIGTERM_IN_VALIDATION", -1))
 FAIL_START_RANK = int(os.environ.get("FAIL_START_RANK", -1))
-validations = 0
 
 
-def signalled_evaluate(original):
-    def evaluate(*args, stop=None, **kwargs):
-        global validations
-        validations += 1
-        if validations == SIGTERM_IN_VALIDATION and stop is not None:
-            def stop_after_first_batch():
-                os.kill(os.getpid(), signal.SIGTERM)
-                return stop()
-            return original(*args, stop=stop_after_first_batch, **kwargs)
-        return original(*args, stop=stop, **kwargs)
-    return evaluate
+class Slowed(module_trainer.Callback):
+    """Sleeps before each step, makes the loss NaN at NAN_AT_STEP (through a forward hook on
+    the model: any step, any batch), prints the steps, signals during a validation."""
 
+    def __init__(self):
+        self.nan_hook = None
+        self.validations, self.last_validated_epoch = 0, None
 
-def slow_step(original):
-    def step(self, group, total):
+    def on_step_start(self, trainer):
         time.sleep(STEP_DELAY)
-        if self.global_step + 1 == NAN_AT_STEP and NAN_RANK in (None, distributed.rank()):
-            group = [(data * float("nan"), target) for data, target in group]
-        result = original(self, group, total)
-        print(f"STEP {self.global_step + 1}\n", end="", flush=True)  # one write: no interleaving
-        return result
-    return step
+        if trainer.global_step + 1 == NAN_AT_STEP and NAN_RANK in (None, distributed.rank()):
+            self.nan_hook = trainer.module.register_forward_hook(
+                lambda module, inputs, output: output * float("nan"))
+
+    def on_step_end(self, trainer):
+        if self.nan_hook is not None:
+            self.nan_hook.remove()
+            self.nan_hook = None
+        print(f"STEP {trainer.global_step}\n", end="", flush=True)  # one write: no interleaving
+
+    def on_validation_batch_end(self, trainer):
+        if trainer.epoch != self.last_validated_epoch and not distributed.active():  # its first
+            self.last_validated_epoch = trainer.epoch
+            self.validations += 1
+            if self.validations == SIGTERM_IN_VALIDATION:
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 def slow_write(original):
@@ -94,8 +97,6 @@ class NoisyTensorDataset(torch.utils.data.TensorDataset):
 
 NoisyDigitsDataLoader.__module__ = "data_loader.data_loaders"  # a config may name it
 module_data.NoisyDigitsDataLoader = NoisyDigitsDataLoader
-module_trainer.Trainer._train_step = slow_step(module_trainer.Trainer._train_step)
-module_trainer.evaluate = signalled_evaluate(module_trainer.evaluate)
 import trainer.checkpoint as module_checkpoint  # noqa: E402
 
 module_checkpoint.atomic_write = slow_write(module_util.atomic_write)
@@ -116,4 +117,4 @@ train.build_trainer = failing_build(train.build_trainer)
 
 if __name__ == "__main__":
     print(f"PROCESS {os.environ.get('RANK', 0)} {os.getpid()}\n", end="", flush=True)
-    run_cli(lambda: train.main(sys.argv[1:]))
+    run_cli(lambda: train.main(sys.argv[1:], callbacks=[Slowed()]))

@@ -79,6 +79,11 @@ def test_augmentation_seeds_differ_between_processes():
 # the 2 processes stop mid-epoch and 1 process finishes. Not weighting the losses of the
 # uneven last batch (8 + 7 samples) gives 4.2e-4 after one epoch.
 TOLERANCE = 1e-5
+# Later, the rounding differences can flip a ReLU whose input is within rounding of 0 for one
+# sample, and that sample's gradient then takes another path: on torch 2.14.1 this happens at
+# step 20 of epoch 2 (4.2e-7 before it, 5.8e-5 after it; 3.7e-5 at the end of epoch 2, the
+# same with one thread per process). A real error in the weighting is caught in epoch 1.
+TOLERANCE_LATER = 2e-4
 
 def torchrun(*args: str, nproc: int = 2, env: dict | None = None, check: bool = True,
              timeout: int = 300, script: str = "train.py") -> subprocess.CompletedProcess:
@@ -142,9 +147,9 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     single, ddp = tmp_path / "saved/models/Digits_CNN/single", tmp_path / "saved/models/Digits_CNN/ddp"
     assert [p.name for p in run_folders(tmp_path / "saved")] == ["ddp", "single"]
 
-    for epoch in (1, 2):
+    for epoch, tolerance in ((1, TOLERANCE), (2, TOLERANCE_LATER)):
         name = f"checkpoint-epoch{epoch}.pth"
-        assert max_difference(weights(single, name), weights(ddp, name)) < TOLERANCE
+        assert max_difference(weights(single, name), weights(ddp, name)) < tolerance
     one, two = load_checkpoint(single / "checkpoint-epoch2.pth"), load_checkpoint(ddp / "checkpoint-epoch2.pth")
     assert one["global_step"] == two["global_step"] == 2 * 21  # ceil(1295 / 64) steps an epoch
     assert two["monitor_best"] == pytest.approx(one["monitor_best"], rel=1e-5)  # val_loss, exact set
@@ -231,7 +236,7 @@ def test_a_mid_epoch_stop_of_two_processes_resumes_in_one_with_the_same_global_b
     run_script("train.py", "-c", str(ddp_config(tmp_path, 64, epochs=2)), "--run-id", "single")
     single = tmp_path / "saved/models/Digits_CNN/single"
     name = "checkpoint-epoch2.pth"
-    assert max_difference(weights(single, name), weights(stopped, name)) < TOLERANCE
+    assert max_difference(weights(single, name), weights(stopped, name)) < TOLERANCE_LATER
 
 
 def test_a_nan_on_one_process_stops_both_without_saving(tmp_path):
@@ -405,3 +410,35 @@ def test_a_mid_epoch_checkpoint_with_another_pass_length_is_refused(tmp_path):
     other = {**trainer.epoch_state(), "batch_size": 32, "world_size": 1}
     with pytest.raises(ConfigError, match=r"Keep 32 samples per step \(--bs 32 with 1 process\)"):
         trainer.load_epoch_state(other)
+
+
+def example_ddp_config(tmp_path: Path, example: str, batch_size: int) -> Path:
+    """An example's config for comparing 1 process with 2: 1 epoch, SGD, no dropout."""
+    config = json.loads((ROOT / "examples" / f"{example}.json").read_text())
+    config["data_loader"]["args"].update({"data_dir": str(ROOT / "data"),
+                                          "batch_size": batch_size})
+    # the diabetes targets are ~100x the digits' labels: so are its gradients
+    lr = 0.05 if example == "dict_batches" else 1e-5
+    config["optimizer"] = {"type": "SGD", "args": {"lr": lr, "momentum": 0.9}}
+    config["trainer"].update({"epochs": 1, "save_dir": str(tmp_path / "saved"), "verbosity": 1,
+                              "tensorboard": False})
+    path = tmp_path / f"{example}_bs{batch_size}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("example, name", [("dict_batches", "Digits_Dict"),
+                                           ("tabular", "Diabetes_MLP")])
+def test_an_example_in_two_processes_trains_like_one_with_the_doubled_batch(tmp_path, example,
+                                                                           name):
+    """Dict batches through the default step; torchmetrics metrics (RMSE, R²) synchronised
+    over the processes: the same weights and the same validation values."""
+    run_script("train.py", "-c", str(example_ddp_config(tmp_path, example, 64)),
+               "--run-id", "single")
+    torchrun("-c", str(example_ddp_config(tmp_path, example, 32)), "--run-id", "ddp")
+    runs = tmp_path / "saved" / "models" / name
+    single, ddp = (load_checkpoint(runs / run / "checkpoint-epoch1.pth") for run in ("single", "ddp"))
+    assert max_difference(single["state_dict"], ddp["state_dict"]) < TOLERANCE
+    assert single["best_log"].keys() == ddp["best_log"].keys()
+    for key, value in single["best_log"].items():
+        assert ddp["best_log"][key] == pytest.approx(value, rel=1e-5), key

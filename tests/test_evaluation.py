@@ -1,7 +1,8 @@
 """trainer/evaluation.py: the confusion matrix test.py reports."""
 import torch
 
-from trainer.evaluation import ConfusionMatrix, evaluate
+from tests.conftest import build
+from trainer.evaluation import ConfusionMatrix, broadcast_warning
 
 
 def scores(predicted: list[int], classes: int = 3) -> torch.Tensor:
@@ -40,14 +41,24 @@ def test_output_that_is_not_class_scores_has_no_matrix():
     assert changing.matrix is None
 
 
-def test_evaluate_fills_the_confusion_matrix_with_every_sample():
-    model = torch.nn.Linear(2, 3)
+def test_evaluate_fills_the_confusion_matrix_with_every_sample(tmp_path):
+    trainer = build(tmp_path, {"loss": "cross_entropy", "metrics": []})
+    model = trainer.model = trainer.eval_model = torch.nn.Linear(2, 3)
     batches = [(torch.randn(5, 2), torch.randint(0, 3, (5,))) for _ in range(3)]
     confusion = ConfusionMatrix()
-    log = evaluate(model, batches, torch.nn.functional.cross_entropy, [], [], torch.device("cpu"),
-                   confusion=confusion)
+    log = trainer.evaluate(batches, confusion=confusion)
     assert sum(map(sum, confusion.matrix)) == 15
     predicted = torch.cat([model(data).argmax(1) for data, _ in batches])
     targets = torch.cat([target for _, target in batches])
     assert confusion.matrix[0][0] == int(((predicted == 0) & (targets == 0)).sum())
     assert set(log) == {"loss"}
+    assert model.training  # evaluation restores the mode
+
+
+def test_a_column_output_against_a_flat_target_is_warned_about():
+    warning = broadcast_warning(torch.zeros(64, 1), torch.zeros(64))
+    assert warning.startswith("Warning: the output (64, 1) and the target (64,) differ in shape "
+                              "and broadcast to (64, 64)")
+    assert broadcast_warning(torch.zeros(64), torch.zeros(64)) is None
+    assert broadcast_warning(torch.zeros(64, 10), torch.zeros(64, dtype=torch.long)) is None
+    assert broadcast_warning(torch.zeros(8, 3), torch.zeros(3)) is None  # per-column targets

@@ -108,21 +108,19 @@ def test_without_a_terminal_the_log_has_a_line_every_log_step_a_table_and_a_summ
     assert "Best val_loss" in log_file and "* best valid" in log_file  # the table is kept
 
 
-def test_bars_replace_the_step_lines_and_keep_log_lines_whole(tmp_path, capsys, monkeypatch):
+def test_bars_replace_the_step_lines_and_keep_log_lines_whole(tmp_path, capsys):
     """With bars, a warning logged mid-epoch (a skipped step) prints above the bar, whole."""
-    import trainer.trainer as trainer_module
+    from trainer.trainer import Callback
 
-    real_step = trainer_module.Trainer._train_step
+    class Warner(Callback):
+        def on_step_start(self, trainer):
+            if trainer.global_step == 5:
+                trainer.logger.warning("a warning in the middle of an epoch")
+            if trainer.global_step == 9:
+                warnings.warn("a library's warning")
 
-    def step_with_warning(self, group, total):
-        if self.global_step == 5:
-            self.logger.warning("a warning in the middle of an epoch")
-        if self.global_step == 9:
-            warnings.warn("a library's warning")
-        return real_step(self, group, total)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_step", step_with_warning)
-    train.main(["-c", write_config(tmp_path, epochs=1, progress_bar=True), "--bs", "16"])
+    train.main(["-c", write_config(tmp_path, epochs=1, progress_bar=True), "--bs", "16"],
+               callbacks=[Warner()])
     out, err = capsys.readouterr()
     bar = next(line for line in re.split(r"[\r\n]", out) if line.startswith("epoch 1/1 ") and
                "samples/s" in line)  # the bar, with its postfix

@@ -1,5 +1,6 @@
 """The concrete Trainer, driven through `train.main` in this process (fast) on the real data."""
 import json
+import signal
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import train
 from parse_config import ConfigParser
 from tests.conftest import run_folders, small_config
 from trainer.checkpoint import load_checkpoint
+from trainer.trainer import Callback
 from utils.errors import ConfigError
 
 
@@ -81,6 +83,8 @@ def test_validation_metrics_cover_the_whole_validation_set(tmp_path):
     trainer = train.build_trainer(config)
     assert len(trainer.valid_data_loader.sampler) == 143
     log = trainer._valid_epoch(1)
+    assert trainer.model.training  # validation leaves the mode as it found it
+    trainer.model.eval()
     correct = sum((trainer.model(x).argmax(1) == y).sum().item()
                   for x, y in trainer.valid_data_loader)
     assert log["accuracy"] == pytest.approx(correct / 143, abs=1e-12)
@@ -170,6 +174,17 @@ ONE_CYCLE = json.dumps({"type": "OneCycleLR", "interval": "step",
                         "args": {"max_lr": 0.01, "total_steps": 63}})
 
 
+class SignalAt(Callback):
+    """A SIGTERM arriving during optimizer step `step` (the run stops after it)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer):
+        if trainer.global_step == self.step:
+            trainer.stop_signals.received = signal.SIGTERM
+
+
 @pytest.mark.parametrize("extra, stop_at", [
     ([], 30), (["-o", "trainer.len_epoch=30"], 55), (["-o", "data_loader.args.num_workers=2"], 25),
     (["-o", "trainer.grad_accum_steps=3", "-o", "trainer.len_epoch=10"], 17),
@@ -180,22 +195,13 @@ ONE_CYCLE = json.dumps({"type": "OneCycleLR", "interval": "step",
 def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, extra, stop_at):
     """The signal arrives (in this process: set by the step) at `stop_at`; the stopped run,
     resumed from its folder, ends exactly where the straight run does."""
-    import signal
-
-    from trainer.trainer import Trainer
     from utils.interrupts import TrainingInterrupted
 
     config = write_config(tmp_path, epochs=3)
     train.main(["-c", str(config), "--run-id", "straight", *extra])
-    original = Trainer._train_step
-
-    def step(self, group, total):
-        if self.global_step + 1 == stop_at:
-            self.stop_signals.received = signal.SIGTERM
-        return original(self, group, total)
-    monkeypatch.setattr(Trainer, "_train_step", step)
     with pytest.raises(TrainingInterrupted) as stopped:
-        train.main(["-c", str(config), "--run-id", "stopped", *extra])
+        train.main(["-c", str(config), "--run-id", "stopped", *extra],
+                   callbacks=[SignalAt(stop_at)])
     assert stopped.value.exit_code == 143
     runs = tmp_path / "saved" / "models" / "Digits_CNN"
     assert load_checkpoint(runs / "stopped" / "checkpoint-interrupted.pth")["global_step"] == stop_at

@@ -1,31 +1,13 @@
-"""One training or evaluation step's bookkeeping, shared by the trainer and test.py."""
+"""What test.py reports besides the means (the confusion matrix), and the messages the
+first-batch check gives."""
 import traceback
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from utils.errors import UserError
-from utils.util import MetricTracker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def to_device(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """Copy to `device`; asynchronous from pinned memory when it is a GPU."""
-    non_blocking = device.type == "cuda"
-    return tuple(t.to(device, non_blocking=non_blocking) for t in tensors)
-
-
-@torch.no_grad()
-def track_batch(tracker: MetricTracker, metric_fns: Sequence[Callable], names: Sequence[str],
-                loss: Tensor, output: Tensor, target: Tensor) -> None:
-    """Add one batch's loss and metrics to `tracker`, weighted by its size; no host sync."""
-    n = target.size(0)
-    tracker.update("loss", loss, n)
-    for fn, name in zip(metric_fns, names):
-        tracker.update(name, fn(output, target), n)
 
 
 class ConfusionMatrix:
@@ -61,56 +43,25 @@ class ConfusionMatrix:
         return self.counts.tolist() if self.counts is not None else None
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, criterion: Callable,
-             metric_fns: Sequence[Callable], names: Sequence[str], device: torch.device,
-             stop: Callable[[], bool] | None = None,
-             confusion: ConfusionMatrix | None = None) -> dict[str, float] | None:
-    """Sample-weighted mean loss and metrics of `model` over `batches`, in eval mode; None when
-    `stop()` turned true after a batch (a stop signal). Under torchrun every process passes its
-    own share of the data and gets the means over all of it. `confusion` also counts the
-    predictions (test.py; one process)."""
-    model.eval()
-    tracker = MetricTracker("loss", *names)
-    for data, target in batches:
-        data, target = to_device(device, data, target)
-        output = model(data)
-        track_batch(tracker, metric_fns, names, criterion(output, target), output, target)
-        if confusion is not None:
-            confusion.update(output, target)
-        if stop is not None and stop():
-            return None
-    tracker.all_reduce()  # torchrun: over every process's share of `batches`
-    return tracker.result()
-
-
-@torch.no_grad()
-def check_first_batch(model: nn.Module, batches: Iterable, criterion: Callable,
-                      metric_fns: Sequence[Callable], device: torch.device) -> Tensor:
-    """Put one batch through model, loss and metrics, in eval mode, before anything is written;
-    the batch's inputs.
-
-    A config whose pieces do not fit together (10 classes in the data, 5 in the model; a metric
-    argument of the wrong type) then fails at once as a `UserError` saying where, instead of
-    after the run folder exists. Eval mode draws no random numbers, so exact resume holds.
-    """
-    was_training = model.training
-    model.eval()
+def broadcast_warning(output, target) -> str | None:
+    """A warning when a float target and the output differ in shape but broadcast to a larger
+    shape (a (B, 1) output against a (B,) target: (B, B) in mse_loss), else None."""
+    if not isinstance(output, Tensor) or not isinstance(target, Tensor) or \
+            not target.is_floating_point() or output.shape == target.shape:
+        return None
     try:
-        data, target = to_device(device, *next(iter(batches)))
-        output = model(data)
-        criterion(output, target)
-        for fn in metric_fns:
-            fn(output, target)
-        return data
-    except (RuntimeError, IndexError, TypeError, ValueError, KeyError) as error:
-        raise UserError(f"the first batch does not go through model, loss and metrics: "
-                        f"{_describe(error)}") from None
-    finally:
-        model.train(was_training)
+        shape = torch.broadcast_shapes(output.shape, target.shape)
+    except RuntimeError:
+        return None
+    if shape.numel() <= max(output.numel(), target.numel()):
+        return None
+    return (f"Warning: the output {tuple(output.shape)} and the target {tuple(target.shape)} "
+            f"differ in shape and broadcast to {tuple(shape)} in an element-wise loss such as "
+            f"mse_loss, which then compares every output with every target; make them the "
+            f"same shape (e.g. output.squeeze(1) in the model or training_step)")
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """`IndexError: Target 8 is out of bounds (at model/loss.py:12)`: the innermost frame of ours."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     ours = [frame for frame in traceback.extract_tb(error.__traceback__)

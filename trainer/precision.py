@@ -35,21 +35,30 @@ class StepMechanics:
     def backward(self, loss: Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self) -> None:
-        """Unscale (fp16), clip, step the optimizer (the scaler skips steps with inf/NaN
-        gradients), update the scale."""
+    def step(self, optimizer: torch.optim.Optimizer | None = None, update: bool = True) -> None:
+        """Unscale (fp16), clip, step `optimizer` (default: the one given at construction; the
+        scaler skips steps with inf/NaN gradients), and with `update` update the scale (with
+        several optimizers: once, after all of them stepped)."""
+        optimizer = optimizer if optimizer is not None else self.optimizer
         if self.scaler is not None and self.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(optimizer)
         if self.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self._parameters(), self.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(_parameters(optimizer), self.grad_clip_norm)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.scaler.step(optimizer)
         else:
-            self.optimizer.step()
+            optimizer.step()
+        if update:
+            self.update()
 
-    def _parameters(self) -> Iterator[Tensor]:
-        return (p for group in self.optimizer.param_groups for p in group["params"])
+    def update(self) -> None:
+        """The grad scaler's new scale (fp16), once per optimizer step of the loop."""
+        if self.scaler is not None:
+            self.scaler.update()
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> Iterator[Tensor]:
+    return (p for group in optimizer.param_groups for p in group["params"])
 
 
 def configure_backends(cudnn_benchmark: bool, deterministic: bool) -> None:

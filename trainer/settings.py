@@ -67,6 +67,8 @@ class TrainerSettings:
     log_images: bool = False      # TensorBoard: a grid of the first training batch each epoch
     log_histograms: int = 0       # TensorBoard: weight and gradient histograms every N epochs
     watch: dict | None = None     # TensorBoard at log steps: grad_norm, activations, grad_stats
+    type: str = "Trainer"         # the trainer class: a Trainer subclass (trainer/ or examples/)
+    args: dict | None = None      # that class's own options (checked against its signature)
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
@@ -114,7 +116,8 @@ _RULES = {"epochs": ((1, None), False), "save_period": ((1, None), False),
           "grad_clip_norm": (float, True), "compile": (dict, False),
           "cudnn_benchmark": (bool, False), "deterministic": (bool, False),
           "progress_bar": (("auto", True, False), False), "log_images": (bool, False),
-          "log_histograms": ((0, None), False), "watch": (None, True)}
+          "log_histograms": ((0, None), False), "watch": (None, True),
+          "type": (str, False), "args": (None, True)}
 # What `trainer.compile` may pass to torch.compile.
 COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -16,13 +16,24 @@ from utils.errors import ConfigError
 from utils.names import callable_name, did_you_mean
 
 # Every top-level key the template reads; another key close to one of these is a likely typo.
-KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "loss", "metrics",
-                  "lr_scheduler", "trainer")
+KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "optimizers",
+                  "loss", "metrics", "lr_scheduler", "trainer")
 # Keys a block may have besides type and args, and their allowed values (None: checked by
 # `utils.model_options`).
 BLOCK_OPTIONS = {"lr_scheduler": {"interval": ("epoch", "step")},
                  "arch": {"init": None, "freeze": None, "weights": None},
-                 "optimizer": {"param_groups": None}}
+                 "optimizer": {"param_groups": None},
+                 "optimizers.*": {"params": None, "lr_scheduler": None},
+                 "optimizers.*.lr_scheduler": {"interval": ("epoch", "step")}}
+
+
+def block_options(key_path: str) -> dict:
+    """The options block `key_path` may have besides type and args (`optimizers.generator`
+    has those of `optimizers.*`)."""
+    parts = key_path.split(".")
+    if len(parts) >= 2 and parts[0] == "optimizers":
+        parts[1] = "*"
+    return BLOCK_OPTIONS.get(".".join(parts), {})
 # Data loader arguments every `BaseDataLoader` takes, with their smallest allowed value.
 _LOADER_MINIMUMS = {"batch_size": 1, "num_workers": 0}
 # Top-level integers and their ranges (a seed feeds NumPy, which takes 32 bits).
@@ -41,6 +52,7 @@ class Block:
     many: bool = False           # a list of blocks, each with a unique name (metrics)
     required: bool = True        # else absent or null means "none" (no lr_scheduler)
     kind: str = ""               # a class `type` must derive from this: "torch.nn.Module"
+    fallback: str = ""           # where a bare type name not in `module` resolves (imported then)
     # Build it during the check, on stand-ins, to catch values its constructor rejects (a
     # negative learning rate): "parameters" (one stand-in parameter) or the key of an earlier
     # block whose stand-in it takes (a scheduler takes the optimizer). Only for side-effect-free
@@ -54,7 +66,16 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
     raw = config.config
     problems = top_level_problems(raw, trainer)
     metric_names, stand_ins = None, {}
+    named = "optimizers" in raw and any(block.key == "optimizer" for block in blocks)
+    if named:  # several optimizers, each with its scheduler, instead of optimizer/lr_scheduler
+        problems += named_optimizer_problems(config, blocks)
     for block in blocks:
+        if named and block.key in ("optimizer", "lr_scheduler"):
+            continue
+        if block.key == "trainer":
+            if trainer:
+                problems += _trainer_type_problems(config, block)
+            continue
         if block.key not in raw and block.required:
             problems.append(f"{block.key}: missing from the config ({_EXAMPLES[block.key]})"
                             if block.key in _EXAMPLES else f"{block.key}: missing from the config")
@@ -75,7 +96,9 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
                 problems += str(error).splitlines()
     problems += data_loader_problems(raw, problems)
     from utils.model_options import arch_problems, param_group_problems
-    problems += arch_problems(raw.get("arch")) + param_group_problems(raw.get("optimizer"))
+    problems += arch_problems(raw.get("arch"))
+    if not named:
+        problems += param_group_problems(raw.get("optimizer"))
     scheduler = raw.get("lr_scheduler")
     if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and \
             str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau":
@@ -101,21 +124,29 @@ _EXAMPLES = {
 }
 
 
-def _check_block(config, block: Block) -> Any:
+def _check_block(config, block: Block, key: str | None = None) -> Any:
     module = importlib.import_module(block.module)
     if block.many:
-        return config.init_ftn_list(block.key, module, reserved=["loss"])
+        # a class's kind is imported only when a class is named (torchmetrics takes seconds)
+        return config.init_ftn_list(block.key, module, reserved=["loss"], kind=block.kind or None,
+                                    fallback=block.fallback)
     args = (None,) * block.positional
     kwargs = dict.fromkeys(block.given)
-    kind = None
-    if block.kind:
-        kind_module, _, kind_name = block.kind.rpartition(".")
-        kind = getattr(importlib.import_module(kind_module), kind_name)
-    return config.resolve_block(block.key, module, args, kwargs, partial=block.function, kind=kind)
+    return config.resolve_block(key or block.key, module, args, kwargs, partial=block.function,
+                                kind=kind_of(block), fallback=block.fallback)
 
 
-def _dry_run(config, block: Block, stand_ins: dict) -> Any:
-    """`block` built on a stand-in first argument; None when that stand-in is missing."""
+def kind_of(block: Block) -> type | None:
+    """The class `block.kind` names, imported; None without one."""
+    if not block.kind:
+        return None
+    kind_module, _, kind_name = block.kind.rpartition(".")
+    return getattr(importlib.import_module(kind_module), kind_name)
+
+
+def _dry_run(config, block: Block, stand_ins: dict, key: str | None = None) -> Any:
+    """`block` (at `key`) built on a stand-in first argument; None when that stand-in is
+    missing."""
     import torch
 
     if block.dry_run == "parameters":
@@ -124,7 +155,59 @@ def _dry_run(config, block: Block, stand_ins: dict) -> Any:
         first = stand_ins[block.dry_run]
     else:
         return None  # the block it builds on has a problem of its own
-    return config.init_obj(block.key, importlib.import_module(block.module), first)
+    return config.init_obj(key or block.key, importlib.import_module(block.module), first)
+
+
+def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
+    """`optimizers`: `{"name": {"type", "args", "params", "lr_scheduler"}, ...}`, each checked
+    like the `optimizer` and `lr_scheduler` blocks; with `optimizer` or `lr_scheduler` also set."""
+    raw = config.config
+    problems = [f"{key}: set either optimizer/lr_scheduler or optimizers, not both"
+                for key in ("optimizer", "lr_scheduler") if raw.get(key) is not None]
+    entries = raw["optimizers"]
+    if not isinstance(entries, dict) or not entries:
+        return problems + [f"optimizers: expected an object of named optimizers such as "
+                           f"{{\"generator\": {{\"type\": \"Adam\", \"args\": {{\"lr\": 0.0002}}, "
+                           f"\"params\": [\"generator.*\"]}}}}, got {json.dumps(entries)}"]
+    optimizer, scheduler = (next(block for block in blocks if block.key == key)
+                            for key in ("optimizer", "lr_scheduler"))
+    for name, entry in entries.items():
+        key = f"optimizers.{name}"
+        if not is_plain_name(name) or "." in name:
+            problems.append(f"{key}: an optimizer's name is a word (letters, digits, '-', '_')")
+            continue
+        try:
+            _check_block(config, optimizer, key)
+            stand_in = _dry_run(config, optimizer, {}, key)
+        except ConfigError as error:
+            problems += str(error).splitlines()
+            continue
+        params = entry.get("params")
+        patterns = [params] if isinstance(params, str) else params
+        if params is not None and not (isinstance(patterns, list) and patterns and
+                                       all(isinstance(p, str) and p for p in patterns)):
+            problems.append(f"{key}.params: expected a parameter name pattern (\"generator.*\") "
+                            f"or a list of them, got {json.dumps(params)}")
+        if entry.get("lr_scheduler") is not None:
+            try:
+                _check_block(config, scheduler, f"{key}.lr_scheduler")
+                _dry_run(config, scheduler, {"optimizer": stand_in}, f"{key}.lr_scheduler")
+            except ConfigError as error:
+                problems += str(error).splitlines()
+    return problems
+
+
+def _trainer_type_problems(config, block: Block) -> list[str]:
+    """`trainer.type` (a subclass of the Trainer in an allowed module) and `trainer.args` (its
+    own options)."""
+    section = config.config.get("trainer")
+    if not isinstance(section, dict) or ("type" not in section and "args" not in section):
+        return []
+    try:
+        config.trainer_class(importlib.import_module(block.module), kind_of(block), block.given)
+    except ConfigError as error:
+        return str(error).splitlines()
+    return []
 
 
 def _metric_labels(entries: Any) -> list[str]:
@@ -198,6 +281,9 @@ def monitor_problems(config: dict, metric_names: Sequence[str]) -> list[str]:
     except ConfigError:
         return []  # reported with the other trainer problems
     keys = ["loss", *metric_names]
+    section = config["trainer"]
+    if section.get("type", "Trainer") not in ("Trainer", "trainer.trainer.Trainer"):
+        return []  # a trainer of the user's logs loss parts too: checked on the first batch
     validating = bool(_loader_args(config).get("validation_split", 0.0))
     if validating:
         keys += [f"val_{key}" for key in keys]

@@ -5,7 +5,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from utils.config_check import BLOCK_OPTIONS, KNOWN_SECTIONS
+from utils.config_check import KNOWN_SECTIONS, block_options
 from utils.errors import ConfigError
 from utils.names import did_you_mean
 
@@ -75,10 +75,11 @@ def _set_by_path(config: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     if parents and parents[-1] == "args":  # a block may leave out its args: --lr on {"type": "Adam"}
         block = get_by_path(config, ".".join(parents[:-1])) if parents[:-1] else config
-        if isinstance(block, dict) and "type" in block and "args" not in block:
+        if isinstance(block, dict) and ("type" in block or parents[:-1] == ["trainer"]) and \
+                "args" not in block:
             block["args"] = {}
     option = ".".join(parents[:2])
-    if len(parents) >= 2 and parents[1] in BLOCK_OPTIONS.get(parents[0], {}) and \
+    if len(parents) >= 2 and parents[1] in block_options(parents[0]) and \
             isinstance(config.get(parents[0]), dict) and parents[1] not in config[parents[0]]:
         raise ConfigError(f"{path}: {option} is not in the config; set the whole block, e.g. "
                           f"-o '{option}={{...}}'")  # -o arch.init.type=... without arch.init
@@ -104,6 +105,6 @@ def _set_by_path(config: dict, path: str, value: Any) -> None:
 def _may_add(parents: list[str], leaf: str) -> bool:
     if not parents:
         return leaf in KNOWN_SECTIONS
-    if len(parents) == 1 and leaf in BLOCK_OPTIONS.get(parents[0], {}):  # -o arch.freeze=[...]
+    if leaf in block_options(".".join(parents)):  # -o arch.freeze=[...]
         return True
     return parents[-1] == "args" or parents == ["trainer"]

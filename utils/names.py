@@ -14,20 +14,24 @@ import importlib
 import inspect
 import json
 from types import ModuleType
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from utils.errors import ConfigError
 
 # Modules (with their submodules) a dotted `type` may name; nothing else is imported by a config.
 ALLOWED_MODULES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms",
-                   "torchvision.ops", "model", "data_loader")
+                   "torchvision.ops", "torchmetrics", "model", "data_loader", "trainer.trainer",
+                   "examples")
 # Packages the objects reached may be defined in (`torch.nn.functional.conv2d` is torch's own).
-ALLOWED_PACKAGES = ("torch", "torchvision", "model", "data_loader")
+ALLOWED_PACKAGES = ("torch", "torchvision", "torchmetrics", "model", "data_loader", "trainer",
+                    "examples")
 # Modules inside those packages whose functions load or run code, or fetch or write files.
 DENIED_MODULES = ("torch.hub", "torch.serialization", "torch.utils", "torch._ops", "torch.ops",
                   "torch.package", "torch.jit", "torch.onnx", "torch.export", "torch.distributed",
                   "torch.multiprocessing", "torch.classes", "torch.backends", "torchvision.io",
-                  "torchvision.datasets", "torchvision.utils")
+                  "torchvision.datasets", "torchvision.utils", "torchmetrics.utilities",
+                  "trainer.checkpoint")
 
 
 def did_you_mean(word: str, choices: Any) -> str:
@@ -42,10 +46,12 @@ def did_you_mean(word: str, choices: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | None = None) -> Callable:
-    """The callable a config's `type` names: a public name in `module`, or a dotted path inside
-    `ALLOWED_MODULES`. Nothing else is ever imported. A class must be a subclass of `kind`
-    (a function is taken as a factory of one)."""
+def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | str | None = None,
+                 fallback: str = "") -> Callable:
+    """The callable a config's `type` names: a public name in `module` (else in the module
+    `fallback`, imported only then), or a dotted path inside `ALLOWED_MODULES`. Nothing else is
+    ever imported. A class must be a subclass of `kind` (a function is taken as a factory of
+    one)."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{key_path}: expected a name, got {json.dumps(name)}")
     parts = name.split(".")
@@ -53,12 +59,22 @@ def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | None
     if private:
         raise ConfigError(f"{key_path}: {name!r} is not allowed (private or invalid name "
                           f"{private[0]!r})")
-    if len(parts) == 1:
+    if len(parts) == 1 and fallback and not hasattr(module, name):
+        try:
+            obj = _public_attr(importlib.import_module(fallback), name, key_path, fallback)
+        except ConfigError:  # the suggestion comes from the block's own module
+            obj = _public_attr(module, name, key_path, module.__name__)
+    elif len(parts) == 1:
         obj = _public_attr(module, name, key_path, module.__name__)
     else:
         obj = _resolve_dotted(parts, key_path)
     if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
         raise ConfigError(f"{key_path}: {name!r} is not a class or a function")
+    if isinstance(kind, str):  # "torchmetrics.Metric": for classes of that package, imported now
+        kind_module, _, kind_name = kind.rpartition(".")
+        same_package = (getattr(obj, "__module__", "") or "").split(".")[0] == kind.split(".")[0]
+        kind = getattr(importlib.import_module(kind_module), kind_name) \
+            if inspect.isclass(obj) and same_package else None
     if kind is not None and inspect.isclass(obj) and not issubclass(obj, kind):
         raise ConfigError(f"{key_path}: {name!r} is not a subclass of {kind.__name__} (it is "
                           f"a {obj.__mro__[1].__name__} subclass)")
@@ -154,6 +170,45 @@ def check_signature(factory: Callable, args: tuple, config_args: dict, key_path:
             problems.append(f"{key_path}: {error} for {display_name}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def check_options(cls: type, options: dict, key_path: str, given: Sequence[str] = (),
+                  stop_at: type | None = None) -> None:
+    """Raise a `ConfigError` (a line per problem) when `options` are not keyword parameters of
+    `cls.__init__` — or, where it passes `**kwargs` on, of its bases' up to `stop_at` — or have
+    the wrong JSON type; `given`: parameters the code passes, which options may not set."""
+    parameters = keyword_parameters(cls, stop_at)
+    choices = [name for name in parameters if name not in given]
+    problems = []
+    for key, value in options.items():
+        if key in given:
+            problems.append(f"{key_path}.{key}: set by the code, not by the config")
+        elif key not in parameters:
+            problems.append(f"{key_path}: unexpected argument {key!r} for {cls.__name__} (its "
+                            f"options: {', '.join(choices) or 'none'}){did_you_mean(key, choices)}")
+        elif problem := _json_type_problem(parameters[key], value, f"{key_path}.{key}"):
+            problems.append(problem)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def keyword_parameters(cls: type, stop_at: type | None = None) -> dict[str, inspect.Parameter]:
+    """The named parameters of `cls.__init__` and, while an `__init__` takes `**kwargs` (and
+    passes them on), of the bases' up to `stop_at`."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        except (TypeError, ValueError):
+            break
+        for parameter in parameters:
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                found.setdefault(parameter.name, parameter)
+        if klass is stop_at or not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return found
 
 
 _SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false",

@@ -23,7 +23,9 @@ class MetricTracker:
     """Sample-weighted running means, accumulated on the device.
 
     `update` never synchronises with the device: sums stay tensors and counts are host
-    integers, so the values are read back once, in `result()`.
+    integers, so the values are read back once, in `result()`. A key not given to the
+    constructor is added by its first `update` (under torchrun every process must add keys in
+    the same order: they are reduced in it).
     """
 
     def __init__(self, *keys: str):
@@ -36,6 +38,9 @@ class MetricTracker:
 
     def update(self, key: str, value: torch.Tensor | float, n: int = 1) -> None:
         """Add `value`, the mean over `n` samples, to the running mean of `key`."""
+        if key not in self._sums:
+            self._keys.append(key)
+            self._sums[key], self._counts[key] = 0.0, 0
         total = self._sums[key]
         if isinstance(value, torch.Tensor) and isinstance(total, torch.Tensor):
             total.add_(value.detach(), alpha=n)  # one in-place op: no allocation per batch
@@ -58,11 +63,16 @@ class MetricTracker:
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         """Continue from `state_dict()`'s sums and counts, the sums moved to `device`."""
+        self._keys = list(dict.fromkeys([*self._keys, *state["sums"]]))
         self.reset()
         for key in self._keys:
             total = state["sums"].get(key, 0.0)
             self._sums[key] = total.to(device) if isinstance(total, torch.Tensor) else total
             self._counts[key] = int(state["counts"].get(key, 0))
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._keys)
 
     def avg(self, key: str) -> float:
         return self.result()[key]

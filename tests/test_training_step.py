@@ -1,0 +1,236 @@
+"""The user's seam of trainer/trainer.py: a Trainer subclass overriding `training_step` (and
+friends), named by `trainer.type`, and the clear errors the first batch gives."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trainer.trainer as module_trainer
+import train
+from tests.conftest import ROOT, run_folders, small_config
+from trainer.checkpoint import load_checkpoint
+from trainer.trainer import Trainer
+from utils.errors import ConfigError, UserError
+
+
+@pytest.fixture
+def register(monkeypatch):
+    """Make a Trainer subclass defined in a test nameable by `trainer.type` (as if it were
+    written in trainer/trainer.py)."""
+    def add(cls):
+        cls.__module__ = "trainer.trainer"
+        monkeypatch.setattr(module_trainer, cls.__name__, cls, raising=False)
+        return cls
+    return add
+
+
+def write(tmp_path, modification=None, **trainer):
+    config = small_config(tmp_path / "saved", **{"epochs": 2, **trainer})
+    for key, value in (modification or {}).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+class LossParts(Trainer):
+    """The default classifier, with the loss split into two logged parts and an option."""
+
+    def __init__(self, *args, part_weight: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.part_weight = part_weight
+
+    def training_step(self, batch):
+        images, labels = batch
+        output = self.model(images)
+        nll = F.nll_loss(output, labels)
+        entropy = -(output.exp() * output).sum(1).mean()
+        return {"loss": nll + 0.0 * entropy, "output": output, "target": labels,
+                "nll": nll, "entropy": entropy * self.part_weight}
+
+
+def test_a_subclassed_step_trains_exactly_like_the_default_and_logs_its_parts(tmp_path, register,
+                                                                               capsys):
+    register(LossParts)
+    train.main(["-c", write(tmp_path), "--run-id", "default"])
+    train.main(["-c", write(tmp_path, {"trainer.type": "LossParts",
+                                       "trainer.args": {"part_weight": 1.0}},
+                            monitor="max val_entropy"), "--run-id", "parts"])
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    default = load_checkpoint(runs / "default" / "checkpoint-epoch2.pth")
+    parts = load_checkpoint(runs / "parts" / "checkpoint-epoch2.pth")
+    for key in default["state_dict"]:  # the same loss: bit-identical training
+        assert torch.equal(default["state_dict"][key], parts["state_dict"][key]), key
+    log = parts["best_log"]
+    assert list(log) == ["loss", "nll", "entropy", "accuracy", "top_k_acc", "val_loss", "val_nll",
+                         "val_entropy", "val_accuracy", "val_top_k_acc"]
+    assert log["nll"] == pytest.approx(log["loss"], rel=1e-6)
+    assert parts["monitor_best"] == log["val_entropy"]  # a loss part can be monitored
+    table = capsys.readouterr().out
+    assert "  entropy " in table and "  nll " in table
+
+
+def test_a_dict_batch_without_a_target_the_step_knows_is_one_line_and_writes_nothing(tmp_path):
+    from tests.conftest import run_script
+
+    config = json.loads((ROOT / "examples" / "dict_batches.json").read_text())
+    config["data_loader"]["args"]["data_dir"] = str(ROOT / "data")
+    config["trainer"].update({"save_dir": str(tmp_path / "saved"), "epochs": 1})
+    path = tmp_path / "dict.json"
+    path.write_text(json.dumps(config))
+    result = run_script("train.py", "-c", str(path), "-o", "trainer.args.target_key=digit",
+                        check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: batches are a dict with keys ['image', 'features', 'label'], without the key "
+        "'digit' (trainer.args.target_key); name the target key with -o "
+        "trainer.args.target_key=KEY, or override training_step(batch) in a Trainer subclass")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "saved").exists()
+
+
+class NonScalarLoss(Trainer):
+    def training_step(self, batch):
+        images, labels = batch
+        return F.nll_loss(self.model(images), labels, reduction="none")
+
+
+class OnlyTheLoss(Trainer):
+    def training_step(self, batch):
+        images, labels = batch
+        return F.nll_loss(self.model(images), labels)
+
+
+class ColumnOutput(Trainer):
+    """A regression-style mistake: a (B, 1) output against a (B,) float target."""
+
+    def training_step(self, batch):
+        images, labels = batch
+        output = self.model(images)[:, :1]                # (B, 1)
+        target = labels.float()                           # (B,)
+        return {"loss": F.mse_loss(output, target), "output": output, "target": target}
+
+
+@pytest.mark.parametrize("cls, metrics, expected", [
+    (NonScalarLoss, [], "validation_step returned as \"loss\" a tensor of shape (64,); it must be "
+                        "a scalar tensor (reduce it, e.g. with .mean())"),
+    (OnlyTheLoss, ["accuracy"], "metrics accuracy need the step's \"output\" and \"target\", and "
+                                "validation_step returned only the loss; return them in the step's "
+                                "dict, or set \"metrics\": []"),
+])
+def test_a_step_the_machinery_cannot_use_is_reported_before_anything_is_written(
+        tmp_path, register, cls, metrics, expected):
+    register(cls)
+    with pytest.raises(UserError) as error:
+        train.main(["-c", write(tmp_path, {"trainer.type": cls.__name__, "metrics": metrics},
+                                monitor="off")])
+    assert str(error.value) == expected
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_dry_run_warns_when_output_and_target_broadcast(tmp_path, register, capsys):
+    register(ColumnOutput)
+    train.main(["-c", write(tmp_path, {"trainer.type": "ColumnOutput", "metrics": []},
+                            monitor="off"), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert "Warning: the output (64, 1) and the target (64,) differ in shape and broadcast to " \
+           "(64, 64)" in out + err
+
+
+def test_a_monitored_part_the_step_does_not_log_is_one_line_before_the_run_folder(tmp_path,
+                                                                                   register):
+    register(LossParts)
+    with pytest.raises(ConfigError, match=r"^trainer\.monitor: 'val_entrpy' is not a logged value "
+                                          r"\(one of: loss, nll, entropy, accuracy"):
+        train.main(["-c", write(tmp_path, {"trainer.type": "LossParts"},
+                                monitor="max val_entrpy")])
+    assert run_folders(tmp_path / "saved") == []
+
+
+@pytest.mark.parametrize("trainer_type, expected", [
+    ("Trainr", "trainer.type: 'Trainr' is not in trainer.trainer (did you mean 'Trainer'?)"),
+    ("examples.vae.VAE", "trainer.type: 'examples.vae.VAE' is not a subclass of Trainer"),
+    ("os.system", "trainer.type: 'os.system' is outside the modules a config may use"),
+])
+def test_a_wrong_trainer_type_is_a_config_error(tmp_path, trainer_type, expected):
+    with pytest.raises(ConfigError) as error:
+        train.main(["-c", write(tmp_path, {"trainer.type": trainer_type}), "--print-config"])
+    assert str(error.value).startswith(expected)
+
+
+def test_several_optimizers_need_a_manual_step(tmp_path):
+    optimizers = {"first": {"type": "Adam", "args": {"lr": 0.001}, "params": ["conv*"]},
+                  "second": {"type": "SGD", "args": {"lr": 0.1}, "params": ["fc*"]}}
+    config = small_config(tmp_path / "saved", epochs=1)
+    del config["optimizer"], config["lr_scheduler"]
+    config["optimizers"] = optimizers
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"^optimizers: 2 optimizers need a training_step that "
+                                          r"steps them: set automatic_optimization = False"):
+        train.main(["-c", str(path)])
+    config["optimizers"]["second"]["params"] = ["fc9*"]
+    config["optimizers"]["first"]["lr_scheduler"] = {"type": "StepLr", "args": {"step_size": 1}}
+    config["optimizer"] = {"type": "Adam", "args": {}}
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as error:
+        train.main(["-c", str(path)])
+    lines = str(error.value).splitlines()
+    assert "optimizer: set either optimizer/lr_scheduler or optimizers, not both" in lines
+    assert any(line.startswith("optimizers.first.lr_scheduler.type: 'StepLr' is not in "
+                               "torch.optim.lr_scheduler (did you mean 'StepLR'?)")
+               for line in lines), lines
+
+
+class ManualSkip(Trainer):
+    """One optimizer stepped by hand, a NaN loss at the second step."""
+
+    automatic_optimization = False
+
+    def training_step(self, batch):
+        images, labels = batch
+        loss = F.nll_loss(self.model(images), labels)
+        if self.global_step == 1:
+            loss = loss * float("nan")
+        self.backward(loss)
+        self.step()
+        return loss
+
+
+def test_manual_optimization_keeps_the_nan_policy(tmp_path, register, capsys):
+    register(ManualSkip)
+    train.main(["-c", write(tmp_path, {"trainer.type": "ManualSkip", "metrics": []},
+                            nan_policy="skip", monitor="off", epochs=1), "--run-id", "r"])
+    assert "Skipped step 2: the loss is not finite (nan)." in capsys.readouterr().out
+    checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_CNN/r/checkpoint-epoch1.pth")
+    assert checkpoint["global_step"] == 21
+    assert {int(state["step"]) for state in checkpoint["optimizer"]["state"].values()} == {20}
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
+    with pytest.raises(Exception, match=r"the loss became NaN or infinite at epoch 1, step 2"):
+        train.main(["-c", write(tmp_path, {"trainer.type": "ManualSkip", "metrics": []},
+                                monitor="off", epochs=1)])
+
+
+def test_a_fixed_length_schedule_stepped_per_epoch_is_warned_about(tmp_path, capsys):
+    scheduler = {"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 2}}
+    train.main(["-c", write(tmp_path, {"lr_scheduler": scheduler}), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert ("Warning: lr_scheduler.type OneCycleLR has a fixed length (2 steps) and steps once "
+            "per epoch here; it is meant to step after every optimizer step: set "
+            "lr_scheduler.interval to \"step\" (and total_steps to 42).") in out + err
+
+
+def test_a_dry_run_exercises_watch_and_image_logging(tmp_path, capsys):
+    watch = {"grad_norm": True, "activations": ["fc1"]}
+    train.main(["-c", write(tmp_path, tensorboard=True, watch=watch, log_images=True),
+                "--dry-run"])
+    out = capsys.readouterr().out
+    assert "trainer.log_images: a grid of 16 images per epoch" in out
+    assert "trainer.watch: recorded on the first step: watch/activations/fc1/mean, " \
+           "watch/activations/fc1/std, watch/grad_norm" in out
+    assert not (tmp_path / "saved").exists()

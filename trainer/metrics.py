@@ -1,0 +1,135 @@
+"""An epoch's logged values: the loss, its parts and the metrics, accumulated on the device.
+
+Two kinds of metric:
+
+- a function `metric(output, target) -> 0-d tensor` (`model/metric.py`) is a batch mean; the
+  epoch's value is the sample-weighted mean of the batch values (exact for means of per-sample
+  values such as accuracy, not for RMSE or F1);
+- a `torchmetrics.Metric` (`{"type": "torchmetrics.regression.MeanSquaredError", "args":
+  {"squared": false}}`) keeps its own state, updated each batch on the device and computed once
+  over the whole epoch (synchronised over processes under torchrun): exact for any metric.
+"""
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from trainer.step_output import StepOutput
+from utils.names import callable_name
+from utils.util import MetricTracker
+
+
+def is_stateful(metric: Callable) -> bool:
+    """Whether `metric` is a `torchmetrics.Metric` (checked without importing torchmetrics,
+    which takes seconds, when no config uses it)."""
+    module = sys.modules.get("torchmetrics")
+    return module is not None and isinstance(metric, module.Metric)
+
+
+class EpochMetrics:
+    """`loss`, the step's loss parts and the metrics of one epoch (or one evaluation)."""
+
+    def __init__(self, metric_fns: Sequence[Callable], device: torch.device | str = "cpu",
+                 parts: Sequence[str] = ()):
+        """`parts`: the names of the step's loss parts. Under torchrun every process must know
+        every key before its first batch (a process may have none), so the step must return
+        the same parts every time."""
+        self.names = [callable_name(fn) for fn in metric_fns]
+        self.functions = [(name, fn) for name, fn in zip(self.names, metric_fns)
+                          if not is_stateful(fn)]
+        # a copy of each: training, validation and test keep states of their own
+        self.stateful = {name: fn.clone().to(device) for name, fn in zip(self.names, metric_fns)
+                         if is_stateful(fn)}
+        for metric in self.stateful.values():
+            metric.persistent(True)  # its state goes into state_dict(): mid-epoch checkpoints
+        self.means = MetricTracker("loss", *parts, *(name for name, _ in self.functions))
+        self.reset()
+
+    @property
+    def needs_output(self) -> bool:
+        return bool(self.names)
+
+    def reset(self) -> None:
+        self.means.reset()
+        for metric in self.stateful.values():
+            metric.reset()
+
+    @torch.no_grad()
+    def update(self, step: StepOutput, n: int) -> None:
+        """Add one batch of `n` samples: its loss and parts, and the metrics of its output and
+        target. No host sync."""
+        self.means.update("loss", step.loss, n)
+        for name, value in step.parts.items():
+            self.means.update(name, value, n)
+        for name, fn in self.functions:
+            self.means.update(name, fn(step.output, step.target), n)
+        for metric in self.stateful.values():
+            metric.update(step.output, step.target)
+
+    def all_reduce(self) -> None:
+        """torchrun: the means over every process (the stateful metrics synchronise when
+        computed)."""
+        self.means.all_reduce()
+
+    def result(self) -> dict[str, float]:
+        """`loss`, the parts, then the metrics in the config's order; read back once."""
+        means = self.means.result()
+        computed = {}
+        for name, metric in self.stateful.items():
+            with warnings.catch_warnings():  # an empty share of the data under torchrun
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update")
+                computed[name] = float(metric.compute())
+        values = {key: value for key, value in means.items() if key not in self.names}
+        values.update({name: means[name] if name in means else computed[name]
+                       for name in self.names if name in means or name in computed})
+        return values
+
+    def state_dict(self) -> dict:
+        """The running sums and the metrics' states of every process (under torchrun all of
+        them take part), as plain data."""
+        totals = MetricTracker()
+        totals.load_state_dict(self.means.state_dict(), _device_of(self.means))
+        totals.all_reduce()
+        states = {}
+        for name, metric in self.stateful.items():
+            with metric.sync_context(should_unsync=True):
+                states[name] = {key: _detached(value) for key, value in
+                                metric.state_dict().items()}
+        return {**totals.state_dict(), "metrics": states}
+
+    def load_state_dict(self, state: dict, device: torch.device | str, main: bool = True) -> None:
+        """Continue from `state_dict()`; only the `main` process carries the sums on (the
+        others start at zero, so each sample is counted once)."""
+        self.reset()
+        if not main:
+            return
+        self.means.load_state_dict(state, device)
+        for name, metric in self.stateful.items():
+            saved = (state.get("metrics") or {}).get(name)
+            if saved:
+                metric.load_state_dict({key: _moved(value, device)
+                                        for key, value in saved.items()})
+
+
+def _device_of(tracker: MetricTracker) -> torch.device | str:
+    tensor = next((value for value in tracker.state_dict()["sums"].values()
+                   if isinstance(value, Tensor)), None)
+    return tensor.device if tensor is not None else "cpu"
+
+
+def _detached(value):
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, list):
+        return [_detached(item) for item in value]
+    return value
+
+
+def _moved(value, device):
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_moved(item, device) for item in value]
+    return value
