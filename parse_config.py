@@ -21,14 +21,14 @@ from utils.config_check import Block, block_options, find_problems, is_plain_nam
 from utils.errors import BuildError, ConfigError, UserError
 from utils.key_paths import apply_modifications, get_by_path, parse_overrides
 from utils.names import (callable_name, check_options, check_signature, did_you_mean,
-                         resolve_type)
+                         metric_option_problems, resolve_type)
 from utils.files import read_json, write_json
 
 
 _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 # Packages whose callables reject a bad value with ValueError / TypeError: that is a config
 # mistake (one line). The same from the project's own code is a bug shown with its traceback.
-_LIBRARIES = ("torch", "torchvision")
+_LIBRARIES = ("torch", "torchvision", "torchmetrics")
 # What those raise for a bad argument value (a wrong weights name is a KeyError, weights that
 # cannot be downloaded an OSError).
 _LIBRARY_ARG_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
@@ -159,7 +159,7 @@ class ConfigParser:
         return self._init_ftn(name, module, args, kwargs)
 
     def _init_ftn(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
-                  kind: type | str | None = None, fallback: str = "") -> Callable:
+                  kind: type | str | None = None, fallback: tuple[str, ...] = ()) -> Callable:
         factory, config_args = self.resolve_block(name, module, args, kwargs, partial=True,
                                                   kind=kind, fallback=fallback)
         if inspect.isclass(factory):
@@ -182,7 +182,7 @@ class ConfigParser:
                              f"{type(error).__name__}; the traceback from its code:") from error
 
     def init_ftn_list(self, name: str, module: ModuleType, reserved: Sequence[str] = (),
-                      kind: type | str | None = None, fallback: str = "") -> list:
+                      kind: type | str | None = None, fallback: tuple[str, ...] = ()) -> list:
         """`init_ftn` for each entry of the list `name` (e.g. `metrics`), each with a unique
         `__name__`: the function's own, or the entry's `"name"` (`{"type": "top_k_acc",
         "args": {"k": 5}, "name": "top5"}`). A class entry must derive from `kind`; a bare
@@ -214,7 +214,7 @@ class ConfigParser:
 
     def resolve_block(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
                       partial: bool = False, kind: type | str | None = None,
-                      fallback: str = "") -> tuple[Callable, dict]:
+                      fallback: tuple[str, ...] = ()) -> tuple[Callable, dict]:
         """The factory block `name` names and its config args, checked against its signature
         (with what the code passes: positional `args` and `kwargs`)."""
         block = get_by_path(self._config, name)
@@ -244,14 +244,16 @@ class ConfigParser:
         if repeated:
             problems.append(f"{name}.args: {', '.join(map(repr, repeated))} set in the config is "
                             f"also given by the code; remove it from the config")
-        shown = block["type"] if "." in block["type"] else \
-            f"{module.__name__ if hasattr(module, block['type']) else fallback}.{block['type']}"
+        home = module.__name__ if hasattr(module, block["type"]) else factory.__module__
+        shown = block["type"] if "." in block["type"] else f"{home}.{block['type']}"
         try:
             check_signature(factory, args, config_args, f"{name}.args",
                             partial and not inspect.isclass(factory), code_kwargs=kwargs,
                             display_name=shown)
         except ConfigError as error:
             problems.append(str(error))
+        if inspect.isclass(factory) and factory.__module__.split(".")[0] == "torchmetrics":
+            problems += metric_option_problems(factory, config_args, f"{name}.args")
         if problems:
             raise ConfigError("\n".join(problems))
         return factory, dict(config_args)

@@ -94,6 +94,7 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     # the trainer class of the run (its validation_step), on the test split, without training
     trainer = train.build_trainer(config, training=False)
     load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
+    trainer.epoch, trainer.global_step = checkpoint["epoch"], checkpoint.get("global_step", 0)
     data_loader = trainer.data_loader
     trainer.check_first_batch()
     confusion = ConfusionMatrix()

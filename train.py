@@ -24,6 +24,9 @@ OPTIONS = [
 TRAINER_GIVEN = ("model", "criterion", "metric_fns", "optimizer", "config", "device",
                  "data_loader", "valid_data_loader", "lr_scheduler", "len_epoch")
 
+# Where a metric's bare name is looked up when model/metric.py does not have it.
+METRIC_MODULES = ("torchmetrics", "torchmetrics.classification", "torchmetrics.regression")
+
 # The blocks `build_trainer` builds, and what it passes to each besides the config's args.
 BLOCKS = (
     Block("data_loader", "data_loader.data_loaders", given=("seed",),
@@ -31,7 +34,7 @@ BLOCKS = (
     Block("arch", "model.model", kind="torch.nn.Module"),
     Block("loss", "model.loss", function=True, required=False),  # null: the step computes it
     Block("metrics", "model.metric", function=True, many=True, kind="torchmetrics.Metric",
-          fallback="torchmetrics"),
+          fallback=METRIC_MODULES),
     Block("optimizer", "torch.optim", positional=1, kind="torch.optim.Optimizer",
           dry_run="parameters"),
     Block("lr_scheduler", "torch.optim.lr_scheduler", positional=1, required=False,
@@ -70,7 +73,7 @@ def build_trainer(config: ConfigParser, device=None, training: bool = True):
 
     criterion = config.init_ftn("loss", module_loss) if config.get("loss") is not None else None
     metrics = config.init_ftn_list("metrics", module_metric, reserved=["loss"],
-                                   kind="torchmetrics.Metric", fallback="torchmetrics")
+                                   kind="torchmetrics.Metric", fallback=METRIC_MODULES)
     optimizer, lr_scheduler = build_optimizers(config, parameters) if training else (None, None)
     trainer_class, options = config.trainer_class(module_trainer, module_trainer.Trainer,
                                                   TRAINER_GIVEN)
@@ -142,20 +145,29 @@ def set_up_model(config: ConfigParser, model) -> tuple[list, list[str]]:
 
 def named_parameters(model, optimizers: dict, problems: list[str]) -> dict[str, list]:
     """The trainable parameters each named optimizer's `params` patterns select (all of them
-    without `params`); a pattern matching nothing is added to `problems`."""
-    from base.model_tools import trainable_matching
+    without `params`); a pattern matching nothing, or a parameter two optimizers would step, is
+    added to `problems`. A trainable parameter no optimizer holds is logged as a warning."""
+    from base.model_tools import some_names, trainable_matching
 
     trainable = dict((name, p) for name, p in model.named_parameters() if p.requires_grad)
-    selected = {}
+    selected, owner = {}, {}
     for name, block in optimizers.items():
         patterns = block.get("params")
-        if patterns is None:
-            selected[name] = list(trainable.values())
-            continue
-        patterns = [patterns] if isinstance(patterns, str) else patterns
+        patterns = ["*"] if patterns is None else [patterns] if isinstance(patterns, str) \
+            else patterns
         names, unmatched = trainable_matching(model, patterns, f"optimizers.{name}.params")
         problems += unmatched
+        for other in dict.fromkeys(owner[found] for found in names if found in owner):
+            shared = [found for found in names if owner.get(found) == other]
+            problems.append(f"optimizers.{name}.params: {some_names(shared, 4)} also in "
+                            f"optimizer {other!r}; a parameter may be in one optimizer only")
+        owner.update({found: name for found in names if found not in owner})
         selected[name] = [trainable[found] for found in names]
+    left = [name for name in trainable if name not in owner]
+    if left and not problems:
+        logging.getLogger("train").warning(
+            "Warning: no optimizer trains %s (optimizers.*.params); they stay as they are.",
+            some_names(left, 4))
     return selected
 
 
@@ -329,8 +341,9 @@ def summary_lines(trainer) -> list[str]:
 
     model = unwrap_model(trainer.eval_model)
     if trainer.first_inputs is None:
-        return ["(no table: the batches are not (inputs, target) pairs or dicts with a target "
-                "key)", totals_line(model)]
+        return ["(no table: the batches do not follow the default unpacking into (inputs, "
+                "target); for a dict batch, trainer.args.target_key names the target key)",
+                totals_line(model)]
     try:
         return summarize(model, trainer.first_inputs, call=call_model)
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as error:

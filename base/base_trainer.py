@@ -58,11 +58,14 @@ class BaseTrainer(ABC):
         # by name; one optimizer (the `optimizer` block) is named ""
         self.optimizers = dict(optimizer) if isinstance(optimizer, dict) else \
             ({"": optimizer} if optimizer is not None else {})
-        self.optimizer = optimizer if not isinstance(optimizer, dict) else None
+        # the optimizer when there is one (also one named in `optimizers`)
+        self.optimizer = next(iter(self.optimizers.values())) if len(self.optimizers) == 1 \
+            else None
         self.lr_schedulers = {name: scheduler for name, scheduler in
                               (lr_scheduler.items() if isinstance(lr_scheduler, dict)
                                else [("", lr_scheduler)]) if scheduler is not None}
-        self.lr_scheduler = lr_scheduler if not isinstance(lr_scheduler, dict) else None
+        self.lr_scheduler = next(iter(self.lr_schedulers.values()), None) \
+            if len(self.optimizers) == 1 else None
         # "epoch": step a scheduler after each epoch; "step": after each optimizer step
         self.scheduler_intervals = {name: (optimizer_block(config.config, name, "lr_scheduler")
                                            or {}).get("interval", "epoch")

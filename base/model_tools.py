@@ -42,7 +42,7 @@ def matching(names: Sequence[str], patterns: Sequence[str],
         if not hits:
             problems.append(f"{key_path}.{index}: {pattern!r} matches no parameter"
                             f"{did_you_mean(pattern, names)} (the model's: "
-                            f"{_some(names)})")
+                            f"{some_names(names)})")
         found += [name for name in hits if name not in found]
     return found, problems
 
@@ -104,6 +104,7 @@ def parameter_groups(model: nn.Module, groups: Sequence[dict],
     return ([{"params": rest}] if rest else []) + built
 
 
-def _some(names: Sequence[str], shown: int = 6) -> str:
+def some_names(names: Sequence[str], shown: int = 6) -> str:
+    """`a, b, c, ... 4 more`: the first `shown` names and how many more."""
     listed = ", ".join(names[:shown])
     return listed + (f", ... {len(names) - shown} more" if len(names) > shown else "")

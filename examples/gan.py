@@ -28,7 +28,7 @@ class GAN(BaseModel):
         return self.discriminator(images)
 
 
-# --- the trainer code of this example: 18 lines
+# --- the trainer code of this example: 20 lines
 class GANTrainer(Trainer):
     """The discriminator steps on real against generated images, then the generator on
     fooling it; both losses are logged."""

@@ -50,7 +50,8 @@ class CsvDataLoader(BaseDataLoader):
         permutation = torch.randperm(len(table), generator=torch.Generator().manual_seed(
             SPLIT_SEED))
         n_test = int(len(table) * TEST_FRACTION)
-        train_rows, test_rows = permutation[n_test:].sort().values, permutation[:n_test].sort().values
+        train_rows = permutation[n_test:].sort().values
+        test_rows = permutation[:n_test].sort().values
         mean, std = inputs[train_rows].mean(0), inputs[train_rows].std(0).clamp_min(1e-8)
         rows = train_rows if training else test_rows
         dataset = TensorDataset((inputs[rows] - mean) / std, targets[rows])  # (N, F), (N,)

@@ -25,7 +25,7 @@ class VAE(BaseModel):
         return recon, mu, logvar
 
 
-# --- the trainer code of this example: 20 lines
+# --- the trainer code of this example: 21 lines
 class VAETrainer(Trainer):
     """The ELBO as the loss, its parts logged; the KL weight rises linearly to 1 over the
     first `kl_warmup_epochs` epochs (validation and test use the full ELBO)."""

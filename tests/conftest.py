@@ -40,6 +40,18 @@ def build(tmp_path: Path, modification: dict | None = None, **trainer):
     return train.build_trainer(config, device=None)
 
 
+def signal_at(step: int, signum: int):
+    """A callback that makes a signal arrive during optimizer step `step` (the run then stops
+    after it), through the public `Callback` seam."""
+    from trainer.trainer import Callback
+
+    class SignalAt(Callback):
+        def on_step_end(self, trainer):
+            if trainer.global_step == step:
+                trainer.stop_signals.received = signum
+    return SignalAt()
+
+
 def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,
                timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of the project's scripts the way a user does, in a fresh Python process."""

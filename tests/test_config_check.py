@@ -114,7 +114,8 @@ CASES = [
     ("loss_typo", lambda t: C + [write(t, change("loss", "nll"))],
      ["loss: 'nll' is not in model.loss (did you mean 'nll_loss'?)"]),
     ("metric_typo", lambda t: C + [write(t, change("metrics.0", "acuracy"))],
-     ["metrics.0: 'acuracy' is not in model.metric (did you mean 'accuracy'?)"]),
+     ["metrics.0: 'acuracy' is not in model.metric (nor in torchmetrics) (did you mean "
+      "'accuracy'?)"]),
     ("metric_twice", lambda t: C + [write(t, change("metrics", ["accuracy", "accuracy"]))],
      ['metrics.1: the name "accuracy" is taken by metrics.0']),
     ("metrics_not_a_list", lambda t: C + [write(t, change("metrics", "accuracy"))],

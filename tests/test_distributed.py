@@ -442,3 +442,17 @@ def test_an_example_in_two_processes_trains_like_one_with_the_doubled_batch(tmp_
     assert single["best_log"].keys() == ddp["best_log"].keys()
     for key, value in single["best_log"].items():
         assert ddp["best_log"][key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_manual_optimization_under_torchrun_is_refused_with_one_line(tmp_path):
+    config = json.loads((ROOT / "examples" / "gan.json").read_text())
+    config["data_loader"]["args"]["data_dir"] = str(ROOT / "data")
+    config["trainer"].update({"epochs": 1, "save_dir": str(tmp_path / "saved")})
+    path = tmp_path / "gan.json"
+    path.write_text(json.dumps(config))
+    result = torchrun("-c", str(path), check=False)
+    assert result.returncode != 0
+    assert f'File "{ROOT}' not in result.stderr  # torchrun's own summary follows; none of ours
+    assert "error: trainer.type: GANTrainer steps its optimizers itself (automatic_optimization" \
+           " = False), which torchrun does not support" in result.stderr
+    assert not (tmp_path / "saved").exists()

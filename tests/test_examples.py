@@ -9,9 +9,8 @@ import torch
 
 import test as test_script
 import train
-from tests.conftest import ROOT, run_folders
+from tests.conftest import ROOT, run_folders, signal_at
 from trainer.checkpoint import load_checkpoint
-from trainer.trainer import Callback
 from utils.interrupts import TrainingInterrupted
 
 EXAMPLES = {"tabular": "Diabetes_MLP", "dict_batches": "Digits_Dict", "vae": "Digits_VAE",
@@ -30,15 +29,6 @@ def example_config(tmp_path: Path, example: str, **trainer) -> Path:
     path = tmp_path / f"{example}.json"
     path.write_text(json.dumps(config))
     return path
-
-
-class SignalAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.global_step == self.step:
-            trainer.stop_signals.received = signal.SIGINT
 
 
 def assert_bit_identical(a: dict, b: dict) -> None:
@@ -60,18 +50,22 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_an_example_stopped_mid_epoch_resumes_bit_for_bit_and_tests(tmp_path, example, capsys):
-    config = example_config(tmp_path, example)
+    config = example_config(tmp_path, example, monitor="min val_loss")  # best_log: every value
     train.main(["-c", str(config), "--run-id", "straight"])
     with pytest.raises(TrainingInterrupted) as stopped:
-        train.main(["-c", str(config), "--run-id", "stopped"], callbacks=[SignalAt(3)])
+        train.main(["-c", str(config), "--run-id", "stopped"],
+                   callbacks=[signal_at(3, signal.SIGINT)])
     assert stopped.value.exit_code == 130
     runs = tmp_path / "saved" / "models" / EXAMPLES[example]
     assert load_checkpoint(runs / "stopped" / "checkpoint-interrupted.pth")["epoch_step"] == 3
     train.main(["-r", str(runs / "stopped")])
-    straight = load_checkpoint(runs / "straight" / "checkpoint-epoch2.pth")
-    assert_bit_identical(straight, load_checkpoint(runs / "stopped" / "checkpoint-epoch2.pth"))
-    assert list(straight["best_log"] or {}) in ([], ["loss", *LOGGED[example], "val_loss",
-                                                     *(f"val_{key}" for key in LOGGED[example])])
+    for epoch in (1, 2):  # the interrupted epoch's values too (best_log: all of epoch 1's)
+        name = f"checkpoint-epoch{epoch}.pth"
+        assert_bit_identical(load_checkpoint(runs / "straight" / name),
+                             load_checkpoint(runs / "stopped" / name))
+    first = load_checkpoint(runs / "straight" / "checkpoint-epoch1.pth")
+    assert list(first["best_log"]) == ["loss", *LOGGED[example], "val_loss",
+                                       *(f"val_{key}" for key in LOGGED[example])]
     capsys.readouterr()
     results = test_script.main(["-r", str(runs / "straight" / "checkpoint-epoch2.pth")])
     assert list(results) == ["loss", *LOGGED[example], "n_samples"]

@@ -44,8 +44,8 @@ def test_rmse_as_a_torchmetrics_metric_is_exact_over_the_epoch_a_function_is_not
 
 def test_macro_f1_is_exact_over_the_epoch():
     generator = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(n, 3, generator=generator), torch.randint(0, 3, (n,), generator=generator))
-               for n in (16, 16, 5)]
+    batches = [(torch.randn(n, 3, generator=generator),
+                torch.randint(0, 3, (n,), generator=generator)) for n in (16, 16, 5)]
     metrics = EpochMetrics([named(MulticlassF1Score(num_classes=3, average="macro"), "f1"),
                             accuracy])
     for output, target in batches:
@@ -55,11 +55,13 @@ def test_macro_f1_is_exact_over_the_epoch():
     scores = []
     for c in range(3):
         tp = int(((predicted == c) & (target == c)).sum())
-        fp, fn = int(((predicted == c) & (target != c)).sum()), int(((predicted != c) & (target == c)).sum())
+        fp = int(((predicted == c) & (target != c)).sum())
+        fn = int(((predicted != c) & (target == c)).sum())
         scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     values = metrics.result()
     assert values["f1"] == pytest.approx(sum(scores) / 3, rel=1e-6)
-    assert values["accuracy"] == pytest.approx(float((predicted == target).float().mean()), rel=1e-6)
+    correct = float((predicted == target).float().mean())
+    assert values["accuracy"] == pytest.approx(correct, rel=1e-6)
 
 
 def test_a_mid_epoch_state_continues_to_the_same_values():

@@ -61,7 +61,8 @@ def test_config_mistakes_in_a_real_process_exit_2_with_a_line_each_and_write_not
     assert result.stderr.splitlines() == [
         "error: arch.type: 'os.system' is outside the modules a config may use (torch.nn, "
         "torch.optim, torchvision.models, torchvision.transforms, torchvision.ops, torchmetrics, "
-        "model, data_loader, trainer.trainer, examples)",
+        "model, data_loader, trainer.trainer, examples; code of your own goes in model/, "
+        "data_loader/ or examples/)",
         "error: optimizer.type: 'Adamm' is not in torch.optim (did you mean 'Adam'?)",
         "error: trainer.erly_stop: unknown key (did you mean 'early_stop'?)"]
     assert not (tmp_path / "saved").exists()

@@ -7,9 +7,8 @@ import torch
 
 import train
 from parse_config import ConfigParser
-from tests.conftest import run_folders, small_config
+from tests.conftest import run_folders, signal_at, small_config
 from trainer.checkpoint import load_checkpoint
-from trainer.trainer import Callback
 from utils.errors import ConfigError
 
 
@@ -174,17 +173,6 @@ ONE_CYCLE = json.dumps({"type": "OneCycleLR", "interval": "step",
                         "args": {"max_lr": 0.01, "total_steps": 63}})
 
 
-class SignalAt(Callback):
-    """A SIGTERM arriving during optimizer step `step` (the run stops after it)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.global_step == self.step:
-            trainer.stop_signals.received = signal.SIGTERM
-
-
 @pytest.mark.parametrize("extra, stop_at", [
     ([], 30), (["-o", "trainer.len_epoch=30"], 55), (["-o", "data_loader.args.num_workers=2"], 25),
     (["-o", "trainer.grad_accum_steps=3", "-o", "trainer.len_epoch=10"], 17),
@@ -201,7 +189,7 @@ def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch, extr
     train.main(["-c", str(config), "--run-id", "straight", *extra])
     with pytest.raises(TrainingInterrupted) as stopped:
         train.main(["-c", str(config), "--run-id", "stopped", *extra],
-                   callbacks=[SignalAt(stop_at)])
+                   callbacks=[signal_at(stop_at, signal.SIGTERM)])
     assert stopped.value.exit_code == 143
     runs = tmp_path / "saved" / "models" / "Digits_CNN"
     assert load_checkpoint(runs / "stopped" / "checkpoint-interrupted.pth")["global_step"] == stop_at

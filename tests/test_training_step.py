@@ -11,7 +11,7 @@ import train
 from tests.conftest import ROOT, run_folders, small_config
 from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, TrainingDiverged, UserError
 
 
 @pytest.fixture
@@ -106,6 +106,39 @@ class OnlyTheLoss(Trainer):
         return F.nll_loss(self.model(images), labels)
 
 
+class ValidationOnly(NonScalarLoss):
+    """A correct validation_step does not hide a wrong training_step."""
+
+    def validation_step(self, batch):
+        return super().training_step(batch).mean()
+
+
+class OtherParts(Trainer):
+    def training_step(self, batch):
+        images, labels = batch
+        loss = F.nll_loss(self.model(images), labels)
+        return {"loss": loss, "nll": loss}
+
+    def validation_step(self, batch):
+        return super().training_step(batch)["loss"]
+
+
+class VaryingParts(Trainer):
+    def training_step(self, batch):
+        images, labels = batch
+        loss = F.nll_loss(self.model(images), labels)
+        return {"loss": loss, **({"odd": loss} if self.global_step % 2 else {})}
+
+
+def test_a_step_whose_parts_change_is_stopped_with_one_line(tmp_path, register):
+    register(VaryingParts)
+    with pytest.raises(UserError, match=r"^the step returned the loss parts \['odd'\], its first "
+                                        r"batch \[\]; a step must return the same parts every "
+                                        r"time"):
+        train.main(["-c", write(tmp_path, {"trainer.type": "VaryingParts", "metrics": []},
+                                monitor="off")])
+
+
 class ColumnOutput(Trainer):
     """A regression-style mistake: a (B, 1) output against a (B,) float target."""
 
@@ -117,11 +150,15 @@ class ColumnOutput(Trainer):
 
 
 @pytest.mark.parametrize("cls, metrics, expected", [
-    (NonScalarLoss, [], "validation_step returned as \"loss\" a tensor of shape (64,); it must be "
+    (NonScalarLoss, [], "training_step returned as \"loss\" a tensor of shape (64,); it must be "
                         "a scalar tensor (reduce it, e.g. with .mean())"),
     (OnlyTheLoss, ["accuracy"], "metrics accuracy need the step's \"output\" and \"target\", and "
-                                "validation_step returned only the loss; return them in the step's "
+                                "training_step returned only the loss; return them in the step's "
                                 "dict, or set \"metrics\": []"),
+    (ValidationOnly, [], "training_step returned as \"loss\" a tensor of shape (64,); it must "
+                         "be a scalar tensor (reduce it, e.g. with .mean())"),
+    (OtherParts, [], "training_step returns the loss parts ['nll'], validation_step []; both "
+                     "must return the same"),
 ])
 def test_a_step_the_machinery_cannot_use_is_reported_before_anything_is_written(
         tmp_path, register, cls, metrics, expected):
@@ -211,7 +248,8 @@ def test_manual_optimization_keeps_the_nan_policy(tmp_path, register, capsys):
     assert checkpoint["global_step"] == 21
     assert {int(state["step"]) for state in checkpoint["optimizer"]["state"].values()} == {20}
     assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
-    with pytest.raises(Exception, match=r"the loss became NaN or infinite at epoch 1, step 2"):
+    with pytest.raises(TrainingDiverged, match=r"the loss became NaN or infinite at epoch 1, "
+                                               r"step 2"):
         train.main(["-c", write(tmp_path, {"trainer.type": "ManualSkip", "metrics": []},
                                 monitor="off", epochs=1)])
 
@@ -234,3 +272,140 @@ def test_a_dry_run_exercises_watch_and_image_logging(tmp_path, capsys):
     assert "trainer.watch: recorded on the first step: watch/activations/fc1/mean, " \
            "watch/activations/fc1/std, watch/grad_norm" in out
     assert not (tmp_path / "saved").exists()
+
+
+class TwoParts(Trainer):
+    """Two optimizers on disjoint parameters; the head's loss reaches the features too, unless
+    `isolate` keeps it from them. The features' update must never include the head's loss."""
+
+    automatic_optimization = False
+
+    def __init__(self, *args, isolate: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.isolate = isolate
+
+    def training_step(self, batch):
+        images, labels = batch
+        loss_a = F.nll_loss(self.model(images), labels)
+        self.backward(loss_a)
+        self.step("features")
+        features = [self.module.conv1.weight, self.module.conv1.bias, self.module.conv2.weight,
+                    self.module.conv2.bias]
+        for parameter in features if self.isolate else ():
+            parameter.requires_grad_(False)
+        loss_b = F.nll_loss(self.model(images), labels)
+        for parameter in features:
+            parameter.requires_grad_(True)
+        self.backward(loss_b)
+        self.step("head")
+        return {"loss": loss_a + loss_b, "a": loss_a, "b": loss_b}
+
+
+def two_optimizer_config(tmp_path, **changes):
+    config = small_config(tmp_path / "saved", epochs=1, monitor="off")
+    del config["optimizer"], config["lr_scheduler"]
+    config["optimizers"] = {"features": {"type": "SGD", "args": {"lr": 0.05}, "params": "conv*"},
+                            "head": {"type": "SGD", "args": {"lr": 0.05}, "params": "fc*",
+                                     "lr_scheduler": {"type": "StepLR", "interval": "step",
+                                                      "args": {"step_size": 5}}}}
+    config["trainer"]["type"] = "TwoParts"
+    config["metrics"] = []
+    for key, value in changes.items():
+        config["trainer"][key] = value
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_manual_accumulation_steps_each_optimizer_on_its_own_losses_only(tmp_path, register):
+    register(TwoParts)
+    config = two_optimizer_config(tmp_path, grad_accum_steps=2)
+    train.main(["-c", config, "--run-id", "leaky"])
+    train.main(["-c", config, "--run-id", "isolated", "-o", "trainer.args.isolate=true"])
+    runs = tmp_path / "saved" / "models" / "Digits_CNN"
+    leaky, isolated = (load_checkpoint(runs / run / "checkpoint-epoch1.pth")
+                       for run in ("leaky", "isolated"))
+    for key in leaky["state_dict"]:
+        assert torch.equal(leaky["state_dict"][key], isolated["state_dict"][key]), key
+    assert leaky["global_step"] == 11  # ceil(21 micro-batches / 2)
+    assert leaky["lr_scheduler"]["head"]["last_epoch"] == 11  # stepped with its optimizer
+    assert leaky["lr_scheduler"]["features"] is None
+
+
+class TwiceStepped(TwoParts):
+    def training_step(self, batch):
+        result = super().training_step(batch)
+        self.step("head")
+        return result
+
+
+class MisnamedStep(Trainer):
+    automatic_optimization = False
+
+    def training_step(self, batch):
+        images, labels = batch
+        loss = F.nll_loss(self.model(images), labels)
+        self.backward(loss)
+        self.step("generatr")
+        return loss
+
+
+def test_stepping_a_wrong_or_twice_named_optimizer_is_one_line_before_the_run_folder(
+        tmp_path, register):
+    register(MisnamedStep)
+    with pytest.raises(UserError, match=r"^step\('generatr'\): no such optimizer \(the "
+                                        r"config's: ''\)"):
+        train.main(["-c", write(tmp_path, {"trainer.type": "MisnamedStep", "metrics": []},
+                                monitor="off")])
+    assert not (tmp_path / "saved").exists()
+    register(TwiceStepped)
+    with pytest.raises(UserError, match=r"^step\('head'\) was called twice in one "
+                                        r"training_step"):
+        train.main(["-c", two_optimizer_config(tmp_path).replace("TwoParts", "TwiceStepped"),
+                    "-o", "trainer.type=TwiceStepped"])
+
+
+def test_one_named_optimizer_trains_with_the_default_step(tmp_path):
+    config = small_config(tmp_path / "saved", epochs=1)
+    del config["optimizer"], config["lr_scheduler"]
+    config["optimizers"] = {"main": {"type": "Adam", "args": {"lr": 0.001}}}
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(config))
+    train.main(["-c", str(path), "--run-id", "r"])
+    checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_CNN/r/checkpoint-epoch1.pth")
+    assert {int(state["step"]) for state in checkpoint["optimizer"]["main"]["state"].values()} \
+        == {21}
+
+
+class NanAtSecondStep(Trainer):
+    def training_step(self, batch):
+        result = super().training_step(batch)
+        if self.global_step == 1:
+            result["loss"] = result["loss"] * float("nan")
+        return result
+
+
+def test_fp16_with_a_skipped_step_goes_on(tmp_path, register, capsys):
+    register(NanAtSecondStep)
+    train.main(["-c", write(tmp_path, {"trainer.type": "NanAtSecondStep"}, amp="fp16",
+                            nan_policy="skip", epochs=1), "--run-id", "r"])
+    assert "Skipped step 2: the loss is not finite (nan)." in capsys.readouterr().out
+    checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_CNN/r/checkpoint-epoch1.pth")
+    assert checkpoint["global_step"] == 21 and checkpoint["scaler"] is not None
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
+    assert checkpoint["best_log"]["loss"] == checkpoint["best_log"]["loss"]  # not NaN
+
+
+@pytest.mark.parametrize("metric, expected", [
+    ("torchmetrics.text.SacreBLEUScore", "metrics.0.type: torchmetrics.text.SacreBLEUScore is "
+                                         "not allowed in a config"),
+    ("CLIPScore", "metrics.0.type: "),
+    ("torchmetrics.functional.mean_squared_error", "metrics.0.type: "
+                                                   "torchmetrics.functional.mean_squared_error is "
+                                                   "not allowed in a config"),
+])
+def test_torchmetrics_that_load_models_or_data_are_refused(tmp_path, metric, expected):
+    with pytest.raises(ConfigError) as error:
+        train.main(["-c", write(tmp_path, {"metrics": [{"type": metric}]}), "--print-config"])
+    assert str(error.value).startswith(expected)
+    assert "not allowed" in str(error.value) or "is not in" in str(error.value)

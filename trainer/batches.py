@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from utils.errors import UserError
+from utils.names import did_you_mean
 
 # Dict keys the default step takes for the target, in this order (else `trainer.args.target_key`).
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")
@@ -97,7 +98,8 @@ def split_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
         keys = [target_key] if target_key else TARGET_KEYS
         key = next((key for key in keys if key in batch), None)
         if key is None:
-            wanted = f"the key {target_key!r} (trainer.args.target_key)" if target_key else \
+            wanted = f"the key {target_key!r} (trainer.args.target_key)" \
+                f"{did_you_mean(target_key, list(batch))}" if target_key else \
                 (f"a target key ({', '.join(TARGET_KEYS)})")
             raise UserError(f"batches are a dict with keys {list(batch)}, without {wanted}; "
                             f"name the target key with -o trainer.args.target_key=KEY, or "
@@ -113,7 +115,8 @@ def split_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
 
 
 def describe(value: Any) -> str:
-    """A short description of a batch: `a dict with keys ['image', 'label']`, `a tensor (64, 10)`."""
+    """A short description of a batch: `a dict with keys ['image', 'label']`, `a tensor
+    (64, 10)`."""
     if isinstance(value, Tensor):
         return f"a tensor {tuple(value.shape)}"
     if isinstance(value, Mapping):
@@ -121,7 +124,8 @@ def describe(value: Any) -> str:
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return f"a {type(value).__name__} with fields {list(value._fields)}"
     if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)} ({', '.join(describe(v) for v in value[:4])})"
+        items = ", ".join(describe(item) for item in value[:4])
+        return f"a {type(value).__name__} of {len(value)} ({items})"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return f"a {type(value).__name__} dataclass"
     return f"a {type(value).__name__}"

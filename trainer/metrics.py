@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from trainer.step_output import StepOutput
+from utils.errors import UserError
 from utils.names import callable_name
 from utils.util import MetricTracker
 
@@ -32,10 +33,12 @@ class EpochMetrics:
     """`loss`, the step's loss parts and the metrics of one epoch (or one evaluation)."""
 
     def __init__(self, metric_fns: Sequence[Callable], device: torch.device | str = "cpu",
-                 parts: Sequence[str] = ()):
-        """`parts`: the names of the step's loss parts. Under torchrun every process must know
-        every key before its first batch (a process may have none), so the step must return
-        the same parts every time."""
+                 parts: Sequence[str] | None = None):
+        """`parts`: the names of the step's loss parts (None: not known yet, taken as they
+        come). Under torchrun every process must know every key before its first batch (a
+        process may have none), so a step must return the same parts every time: `update`
+        refuses others."""
+        self.parts = list(parts) if parts is not None else None
         self.names = [callable_name(fn) for fn in metric_fns]
         self.functions = [(name, fn) for name, fn in zip(self.names, metric_fns)
                           if not is_stateful(fn)]
@@ -44,7 +47,7 @@ class EpochMetrics:
                          if is_stateful(fn)}
         for metric in self.stateful.values():
             metric.persistent(True)  # its state goes into state_dict(): mid-epoch checkpoints
-        self.means = MetricTracker("loss", *parts, *(name for name, _ in self.functions))
+        self.means = MetricTracker("loss", *(parts or ()), *(name for name, _ in self.functions))
         self.reset()
 
     @property
@@ -60,6 +63,10 @@ class EpochMetrics:
     def update(self, step: StepOutput, n: int) -> None:
         """Add one batch of `n` samples: its loss and parts, and the metrics of its output and
         target. No host sync."""
+        if self.parts is not None and list(step.parts) != self.parts:
+            raise UserError(f"the step returned the loss parts {list(step.parts)}, its first "
+                            f"batch {self.parts}; a step must return the same parts every time "
+                            f"(log a part that does not apply as 0)")
         self.means.update("loss", step.loss, n)
         for name, value in step.parts.items():
             self.means.update(name, value, n)

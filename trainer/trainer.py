@@ -1,157 +1,39 @@
-"""The concrete trainer: the user's seam (`training_step`, ...) and the machinery around it."""
-import contextlib
-import itertools
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-
-import torch
+"""The concrete trainer: the user's seam. A task of your own overrides these methods in a
+subclass named by `trainer.type` (README, "Your own task"); the machinery that calls them is
+`trainer.driver.Driver`."""
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from base.base_data_loader import BaseDataLoader, release_workers
-from base.base_trainer import BaseTrainer, StopRequested, metric_name
-from logger.progress import bars_wanted, counted, progress_bar, step_postfix
-from logger.visualization import is_image_batch
-from trainer.batches import (call_model, detached, first_tensor, leading_size, map_tensors,
-                             move_to_device, split_batch)
+from trainer.batches import call_model, leading_size, move_to_device, split_batch
 from trainer.checkpoint import unwrap_model
-from trainer.evaluation import ConfusionMatrix, broadcast_warning, describe_error
-from trainer.metrics import EpochMetrics
-from trainer.nan_guard import NanGuard
-from trainer.precision import StepMechanics
-from trainer.step_output import StepOutput, step_output
-from trainer.watch import Watch
-from utils import distributed
-from utils.errors import ConfigError, UserError
-from utils.interrupts import STOP_SIGNALS
-from utils.seeding import get_rng_state, set_rng_state
-from utils.util import inf_loop
+from trainer.driver import Callback, Driver, DryRunResult
+from utils.errors import UserError
+
+__all__ = ["Callback", "DryRunResult", "Trainer"]
 
 
-class Callback:
-    """Code run by the trainer at fixed points (`train.main(argv, callbacks=[...])`), each
-    method given the trainer: extra logging, a test's injected signal. The defaults do
-    nothing."""
+class Trainer(Driver):
+    """Supervised training of `model` with `criterion` over batches of any structure.
 
-    def on_step_start(self, trainer: "Trainer") -> None:
-        """Before each training optimizer step (`trainer.global_step` steps done)."""
-
-    def on_step_end(self, trainer: "Trainer") -> None:
-        """After each training optimizer step, before a stop signal is acted on."""
-
-    def on_validation_batch_end(self, trainer: "Trainer") -> None:
-        """After each validation batch, before a stop signal is acted on."""
-
-
-@dataclass
-class _MicroBatch:
-    """Where the machinery stands inside one optimizer step, for `backward` and `step`."""
-
-    updating: bool = False  # inside a training step: backward and step act
-    weight: float = 1.0     # this micro-batch's share of the step's samples (x processes)
-    last: bool = True       # the step's last micro-batch: the optimizers step after it
-    finite: Tensor | None = None  # whether every loss of the step so far was finite (device)
-    stepped: set[str] = field(default_factory=set)  # optimizers that stepped
-    skipped: set[str] = field(default_factory=set)  # optimizers whose step nan_policy skipped
-
-    def note(self, loss: Tensor) -> None:
-        finite = torch.isfinite(loss.detach())
-        self.finite = finite if self.finite is None else self.finite & finite
-
-
-@dataclass
-class DryRunResult:
-    """What `Trainer.dry_run` did: the steps' losses, the validation values (None without
-    validation data) and notes on the optional switches it exercised."""
-
-    losses: list[float] = field(default_factory=list)
-    log: dict[str, float] | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _image_warning(images) -> str:
-    shape = tuple(images.shape) if isinstance(images, Tensor) else "not a tensor"
-    return ("Warning: trainer.log_images needs image batches (B, C, H, W) with 1 or 3 channels; "
-            f"these are {shape}. No images are logged.")
-
-
-class Trainer(BaseTrainer):
-    """Trains `model` on `data_loader`, validating on `valid_data_loader` after each epoch.
-
-    The user's seam is public and small (override it in a subclass named by `trainer.type`):
-    `training_step(batch)` returns the loss or a dict with "loss", "output", "target" and loss
-    parts; `validation_step(batch)`; `to_device(batch)`; `batch_size(batch)`; and with
+    The seam, each method public and small: `training_step(batch)` returns the loss or a dict
+    with "loss", "output", "target" and loss parts; `validation_step(batch)`;
+    `to_device(batch)`; `batch_size(batch)`; `unpack(batch)`; and with
     `automatic_optimization = False` the step calls `backward(loss)` and `step(name)` itself
-    (several optimizers). The step can read `self.epoch` and `self.global_step`. Everything else
-    (accumulation, sample weighting, DDP, amp, clipping, the NaN policy, stop signals, resume
-    positions, progress) is private machinery that calls it.
+    (several optimizers). The step can read `self.epoch`, `self.global_step`, `self.model`,
+    `self.module`, `self.criterion` and its own options. Everything else — accumulation, sample
+    weighting, DDP, amp, clipping, the NaN policy, stop signals, resume positions, progress — is
+    the machinery's (`Driver`), which calls these.
 
-    With `len_epoch` (or `trainer.len_epoch`) an epoch is exactly that many optimizer steps,
-    cycling through the data as often as needed; otherwise it is one pass over the data.
-
-    Under torchrun the model is wrapped in DistributedDataParallel: each process trains on its
-    share of every global batch, gradients are averaged across processes, each loss weighted
-    so that a step equals the single-process step over the whole global batch.
+    Its own options (`trainer.args`) are the keyword parameters of `__init__`; a subclass adds
+    its own the same way: `def __init__(self, *args, kl_warmup_epochs: int = 0, **kwargs)`.
     """
 
-    # False: `training_step` calls `self.backward(loss)` and `self.step(name)` itself
-    automatic_optimization = True
-
-    def __init__(self, model: nn.Module, criterion: Callable, metric_fns: Sequence[Callable],
-                 optimizer, config, device: torch.device,
-                 data_loader: DataLoader, valid_data_loader: DataLoader | None = None,
-                 lr_scheduler=None, len_epoch: int | None = None, *,
-                 target_key: str | None = None):
-        """`target_key`: the key of a dict batch that holds the target (`trainer.args`;
-        default: the first of `TARGET_KEYS` present)."""
-        super().__init__(model, criterion, metric_fns, optimizer, config, lr_scheduler)
-        self.device = device
-        self.data_loader = data_loader
-        self.valid_data_loader = valid_data_loader
+    def __init__(self, *args, target_key: str | None = None, **kwargs):
+        """`target_key`: the key of a dict batch that holds the target (default: the first of
+        `trainer.batches.TARGET_KEYS` present). The other arguments are the machinery's
+        (model, criterion, metric_fns, optimizer, ...), given by train.py."""
         self.target_key = target_key
-        self.accum = self.settings.grad_accum_steps
-        # optimizer steps per epoch; a pass's last group of micro-batches may be short
-        self.len_epoch = len_epoch or self.settings.len_epoch or -(-len(data_loader) // self.accum)
-        self.iteration_based = bool(len_epoch or self.settings.len_epoch)
-        self.epoch = self.start_epoch  # the epoch being trained, for the user's step
-        self.metric_names = [metric_name(fn) for fn in self.metric_fns]
-        self.train_metrics = EpochMetrics(self.metric_fns, device)
-        self.loss_parts: list[str] = []  # what the step logs besides the loss (first batch)
-        self.nan_guard = NanGuard(self.settings.nan_policy, self.settings.log_step, device)
-        self.mechanics = StepMechanics(self.model, self.optimizer, device, self.settings.amp,
-                                       self.settings.grad_clip_norm)
-        self.scaler = self.mechanics.scaler
-        self._micro = _MicroBatch()  # where the machinery is inside an optimizer step
-        self.watch = Watch(unwrap_model(self.model), self.settings.watch)  # hooks: train()
-        compile_options = self.settings.compile
-        if compile_options is True or isinstance(compile_options, dict):  # {} = the defaults
-            options = compile_options if isinstance(compile_options, dict) else {}
-            self.model = torch.compile(self.model, **options)  # checkpoints: unwrap_model
-        # evaluation runs the model without the DDP wrapper (`train()` adds it): no
-        # collectives, so processes may have different numbers of validation batches
-        self.eval_model = self.model
-        if distributed.active() and not isinstance(data_loader, BaseDataLoader):
-            raise ConfigError(
-                f"data_loader.type: {type(data_loader).__name__} is not a BaseDataLoader; "
-                f"under torchrun each process must load its own share of the data, which "
-                f"BaseDataLoader does")
-        if len(self.optimizers) > 1 and self.automatic_optimization:
-            raise ConfigError(
-                f"optimizers: {len(self.optimizers)} optimizers need a training_step that steps "
-                f"them: set automatic_optimization = False in {type(self).__name__} and call "
-                f"self.backward(loss) and self.step(name) in its training_step")
-        # tqdm bars on a terminal (rank 0 only), else a log line every log_step steps
-        self.bars = bars_wanted(self.settings.progress_bar) and distributed.is_main()
-        self._window = (0.0, 0)  # (time, samples) at the last log step: samples/s since then
-        self._epoch_samples = 0
-        self.log_images = self.settings.log_images and distributed.is_main()
-        self.first_inputs = None  # two samples' model inputs, set by check_first_batch
-        self.model_notes: list[str] = []  # what building the model did (train.py's arch.*)
-        self.callbacks: list[Callback] = []
-        self._check_schedule_length()  # the monitored value: once the step's parts are known
+        super().__init__(*args, **kwargs)
 
-    # ------------------------------------------------------------------ the user's seam
     def training_step(self, batch) -> Tensor | dict[str, Tensor]:
         """Forward and loss for one (micro-)batch already on the device, in train mode and
         under autocast when `trainer.amp` is on.
@@ -161,14 +43,14 @@ class Trainer(BaseTrainer):
         (loss parts such as "recon", "kl"), which are logged like the loss. Never call
         `.item()` or `.backward()` here (in manual optimization: `self.backward`).
 
-        The default: `inputs, target = split_batch(batch)`, `output = model(inputs)` (dict
+        The default: `inputs, target = self.unpack(batch)`, `output = model(inputs)` (dict
         inputs: `model(**inputs)`), `loss = criterion(output, target)`.
         """
         if self.criterion is None:
             raise UserError("loss: the config sets no loss, which the default training_step "
                             "needs (\"loss\": \"nll_loss\"); set one, or override "
                             "training_step(batch) in a Trainer subclass")
-        inputs, target = split_batch(batch, self.target_key)
+        inputs, target = self.unpack(batch)
         output = call_model(self.model, inputs)
         return {"loss": self.criterion(output, target), "output": output, "target": target}
 
@@ -187,6 +69,13 @@ class Trainer(BaseTrainer):
         accumulated or distributed step, in the epoch means, and in samples/s."""
         return leading_size(batch)
 
+    def unpack(self, batch) -> tuple:
+        """`(inputs, target)`: a pair `(inputs, target)`; `(x1, x2, ..., target)` gives the
+        inputs `(x1, x2, ...)`; a dict its target under `target_key` (or the first of `target`,
+        `targets`, `label`, `labels`, `y`) and the rest as inputs, called as `model(**inputs)`.
+        A batch that follows none of these is a one-line `UserError`."""
+        return split_batch(batch, self.target_key)
+
     def backward(self, loss: Tensor) -> None:
         """Backpropagate `loss` of this micro-batch, weighted by its share of the optimizer
         step's samples and scaled by the fp16 grad scaler (manual optimization calls it from
@@ -200,15 +89,29 @@ class Trainer(BaseTrainer):
     def step(self, name: str = "") -> None:
         """Step optimizer `name` ("" or omitted: the only one) and clear its gradients: unscale,
         clip, the scaler's skip of inf gradients, and with `grad_accum_steps` only after the
-        step's last micro-batch (manual optimization calls it from `training_step`). Nothing
-        during validation."""
-        micro = self._micro
-        if not micro.updating or not micro.last:
+        step's last micro-batch (the gradients it has at its earlier calls are kept for then).
+        Manual optimization calls it from `training_step`, once per optimizer. Nothing during
+        validation."""
+        if not self.optimizers:  # test.py: evaluation only
             return
+        if not name and len(self.optimizers) == 1:
+            name = next(iter(self.optimizers))
         if name not in self.optimizers:
             raise UserError(f"step({name!r}): no such optimizer (the config's: "
                             f"{', '.join(map(repr, self.optimizers))})")
+        micro = self._micro
+        if not micro.updating:
+            return
+        if name in micro.called:
+            raise UserError(f"step({name!r}) was called twice in one training_step; each "
+                            f"optimizer steps once per step")
+        micro.called.add(name)
         optimizer = self.optimizers[name]
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if not micro.last:
+            micro.hold(name, parameters)
+            return
+        micro.give_back(name, parameters)
         if self.settings.nan_policy == "skip" and micro.finite is not None and \
                 self.nan_guard.skip_step(micro.finite):
             micro.skipped.add(name)
@@ -222,455 +125,3 @@ class Trainer(BaseTrainer):
         """The model without its DDP / DataParallel / compile wrappers: its submodules and
         attributes (`self.module.generator`); call `self.model(...)` to run it under DDP."""
         return unwrap_model(self.model)
-
-    # ------------------------------------------------------------------ checks
-    def _check_schedule_length(self) -> None:
-        """A schedule with a fixed length (OneCycleLR's total_steps) must cover the run when it
-        steps per optimizer step (else it fails part-way, after hours); stepped per epoch it
-        is most likely a mistake."""
-        for name, scheduler in self.lr_schedulers.items():
-            total = getattr(scheduler, "total_steps", None)
-            if not isinstance(total, int):
-                continue
-            path = f"optimizers.{name}.lr_scheduler" if name else "lr_scheduler"
-            needed = self.settings.epochs * self.len_epoch
-            if self.scheduler_intervals[name] == "step" and total < needed:
-                raise ConfigError(
-                    f"{path}.args.total_steps: the schedule has {total} steps but training runs "
-                    f"{needed} ({self.settings.epochs} epochs x {self.len_epoch} optimizer "
-                    f"steps); set total_steps to {needed}")
-            if self.scheduler_intervals[name] == "epoch":
-                self.logger.warning(
-                    "Warning: %s.type %s has a fixed length (%d steps) and steps once per epoch "
-                    "here; it is meant to step after every optimizer step: set %s.interval to "
-                    "\"step\" (and total_steps to %d).", path, type(scheduler).__name__, total,
-                    path, needed)
-
-    def expected_log_keys(self) -> list[str]:
-        keys = ["loss", *self.loss_parts, *self.metric_names]
-        if self.valid_data_loader is not None:
-            keys += [f"val_{key}" for key in keys]
-        return keys
-
-    def check_first_batch(self) -> None:
-        """Fail now, with one clear line, if a batch does not go through the step, the model,
-        the loss and the metrics (warn when output and target broadcast in the loss); learn the
-        step's loss parts. Eval mode; the generators are left as they were, so exact resume
-        holds whatever the step draws."""
-        loader = self.valid_data_loader
-        if loader is None or len(loader) == 0:  # torchrun: this process's share may be empty
-            loader = self.data_loader
-        batch = next(iter(loader))
-        release_workers(loader)
-        rng_state = get_rng_state()
-        try:
-            step = self._check_step(self.to_device(batch))
-        except (RuntimeError, IndexError, TypeError, ValueError, KeyError,
-                AttributeError) as error:
-            raise UserError(f"the first batch does not go through model, loss and metrics: "
-                            f"{describe_error(error)}") from None
-        finally:
-            set_rng_state(rng_state)
-        self.loss_parts = list(step.parts)
-        self.train_metrics = EpochMetrics(self.metric_fns, self.device, self.loss_parts)
-        self.check_monitor()
-        self.first_inputs = self._summary_inputs(batch)
-
-    def _check_step(self, batch) -> StepOutput:
-        """`validation_step` on `batch`, and its output through the metrics."""
-        with self._evaluating(), self.mechanics.autocast():
-            step = step_output(self.validation_step(batch), "validation_step")
-            metrics = EpochMetrics(self.metric_fns, self.device)
-            if metrics.needs_output and (step.output is None or step.target is None):
-                raise UserError(
-                    f"metrics {', '.join(self.metric_names)} need the step's \"output\" and "
-                    f"\"target\", and validation_step returned only "
-                    f"{['loss', *step.parts] if step.parts else 'the loss'}; return them in the "
-                    f"step's dict, or set \"metrics\": []")
-            metrics.update(step, self.batch_size(batch))
-        warning = broadcast_warning(step.output, step.target)
-        if warning:
-            self.logger.warning(warning)
-        return step
-
-    def _summary_inputs(self, batch):
-        """Two samples of the model's inputs by the default convention, for the model summary;
-        None when the batch does not follow it."""
-        try:
-            inputs, _ = split_batch(batch, self.target_key)
-        except UserError:
-            return None
-        return map_tensors(inputs, lambda tensor: tensor[:2] if tensor.dim() else tensor)
-
-    # ------------------------------------------------------------------ training
-    def train(self) -> None:
-        """Train; under torchrun in DistributedDataParallel, which it wraps the model in first
-        (compiled inside DDP, as torch.compile's docs advise; DDP starts from rank 0's
-        weights, which resume has loaded in every process alike)."""
-        self.check_monitor()  # check_first_batch checked it, unless it was not called
-        self._wrap_ddp()
-        if self.watch.enabled and not self.settings.tensorboard:
-            self.logger.warning("Warning: trainer.watch writes to TensorBoard only, and "
-                                "trainer.tensorboard is off: nothing is watched.")
-            self.watch.enabled = False
-        if self.watch.enabled:
-            self.watch.attach()
-        try:
-            super().train()
-        finally:  # persistent workers end with training, not whenever the loaders are collected
-            self.watch.detach()  # no hook is left on the model
-            release_workers(self.data_loader, self.valid_data_loader)
-
-    def _wrap_ddp(self) -> None:
-        if distributed.active() and not isinstance(self.model,
-                                                   nn.parallel.DistributedDataParallel):
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def dry_run(self, steps: int = 2, batches: int = 2) -> DryRunResult:
-        """`steps` optimizer steps and `batches` validation batches, exactly as training runs
-        them (the same driver; image logging and watch hooks exercised when on), writing
-        nothing. A loss that is not finite raises `TrainingDiverged`."""
-        self._wrap_ddp()
-        self.model.train()
-        epoch, result = self.start_epoch, DryRunResult()
-        self.epoch, self.epoch_step = epoch, self.start_step  # a NaN is reported at its step
-        watching = self.watch.enabled and self.settings.tensorboard
-        if watching:
-            self.watch.attach()
-        try:
-            for index, group in enumerate(itertools.islice(
-                    self._step_groups(epoch, self.start_step), steps)):
-                sizes, total, _ = self._step_total(group)
-                if index == 0 and self.settings.log_images:
-                    result.notes.append(self._image_note(group[0]))
-                self.watch.recording = watching and index == 0
-                stepped = self._optimizer_step(group, sizes, total)
-                self.watch.recording = False
-                if watching and index == 0:
-                    result.notes.append(f"trainer.watch: recorded on the first step: "
-                                        f"{', '.join(self.watch.scalars())}")
-                self.epoch_step += 1
-                self.global_step += 1
-                self.nan_guard.check(epoch, self.epoch_step, self.global_step)
-                if stepped is not None:
-                    result.losses.append(stepped[-1][0].loss.item())
-            if self.valid_data_loader is not None:
-                result.log = self.evaluate(itertools.islice(self.valid_data_loader, batches))
-        finally:
-            self.watch.detach()
-            release_workers(self.data_loader, self.valid_data_loader)
-        return result
-
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
-        self.epoch = epoch
-        if epoch == self.start_epoch and self.start_step:  # resumed mid-epoch
-            self.epoch_step = self.start_step
-        else:
-            self.epoch_step = 0
-            self.train_metrics.reset()
-        started = time.monotonic()
-        self._window, self._epoch_samples = (started, 0), 0
-        with progress_bar(self.bars, self.len_epoch, f"epoch {epoch}/{self.settings.epochs}",
-                          initial=self.epoch_step) as bar:
-            self._train_steps(epoch, bar)
-        self.nan_guard.check(epoch, self.epoch_step, self.global_step)
-        seconds = time.monotonic() - started
-        self.epoch_stats = {"samples_per_s": self._epoch_samples / seconds} \
-            if self._epoch_samples and seconds > 0 else {}
-        self.train_metrics.all_reduce()  # torchrun: the epoch's means over every process
-        log = self.train_metrics.result()
-        if self.valid_data_loader is not None:
-            log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
-        return log
-
-    def _train_steps(self, epoch: int, bar) -> None:
-        """The epoch's optimizer steps from `epoch_step` on, advancing `bar` (if any)."""
-        for group in self._step_groups(epoch, self.epoch_step):
-            sizes, total, signal = self._step_total(group)
-            if signal:  # torchrun: every process stops before the same step
-                self._stop(epoch, signal)
-            if self.epoch_step == 0 and self.log_images:
-                self._log_images(group[0])
-            log_now = self.epoch_step % self.settings.log_step == 0  # this step is logged
-            # hooks record on steps that are logged, and only where TensorBoard is written
-            self.watch.recording = self.watch.enabled and distributed.is_main() and log_now
-            if self.watch.recording and self.scaler is not None:  # a host sync, on log steps
-                self.watch.gradient_scale = self.scaler.get_scale()
-            for callback in self.callbacks:
-                callback.on_step_start(self)
-            stepped = self._optimizer_step(group, sizes, total)
-            self.watch.recording = False
-            self.global_step += 1
-            self.epoch_step += 1
-            for callback in self.callbacks:
-                callback.on_step_end(self)
-            self._epoch_samples += total
-            for step, size in stepped or ():
-                self.train_metrics.update(step, size)
-            rates = self.learning_rates() if log_now else None  # as used by this step
-            if stepped is not None:
-                for name, scheduler in self.lr_schedulers.items():
-                    if self.scheduler_intervals[name] == "step":
-                        scheduler.step()
-            if bar is not None:
-                bar.update(1)
-            if log_now:
-                self.nan_guard.check(epoch, self.epoch_step, self.global_step)
-                if stepped is not None:
-                    self._log_progress(epoch, stepped[-1][0].loss, rates, bar)
-            if self.stop_signals.requested and not distributed.active():
-                self._stop(epoch, self.stop_signals.received)
-
-    def _image_batch(self, batch):
-        """The image tensor of a batch: the first tensor of its inputs (default convention),
-        else of the batch."""
-        try:
-            inputs, _ = split_batch(batch, self.target_key)
-        except UserError:
-            inputs = batch
-        return first_tensor(inputs)
-
-    def _image_note(self, batch) -> str:
-        """What `trainer.log_images` would log from `batch` (the dry run's check)."""
-        images = self._image_batch(batch)
-        if is_image_batch(images):
-            return f"trainer.log_images: a grid of {min(16, images.size(0))} images per epoch"
-        return _image_warning(images)
-
-    def _log_images(self, batch) -> None:
-        """The epoch's first input batch as an image grid (`trainer.log_images`)."""
-        images = self._image_batch(batch)
-        if not is_image_batch(images):
-            self.logger.warning(_image_warning(images))
-            self.log_images = False
-            return
-        self.writer.add_image_grid("inputs/train", images, self.global_step)
-
-    def _stop(self, epoch: int, signal: int) -> None:
-        """Stop on `signal` where the epoch stands; never with weights a non-finite loss has
-        reached."""
-        self.nan_guard.check(epoch, self.epoch_step, self.global_step)
-        raise StopRequested(signal)
-
-    def _step_total(self, group: list) -> tuple[list[int], int, int | None]:
-        """The samples of each micro-batch, of this optimizer step over every process, and
-        under torchrun the signal that stops them all (one agreed before each step: no process
-        is left waiting in a collective that the others have stopped calling)."""
-        sizes = [self.batch_size(batch) for batch in group]
-        total = sum(sizes)
-        if not distributed.active():
-            return sizes, total, None
-        received = self.stop_signals.received
-        total, *counts = distributed.sum_counts([total, *(received == s for s in STOP_SIGNALS)])
-        return sizes, int(total), next((s for s, count in zip(STOP_SIGNALS, counts) if count),
-                                       None)
-
-    def _optimizer_step(self, group: list, sizes: list[int], total: int
-                        ) -> list[tuple[StepOutput, int]] | None:
-        """One optimizer step over a group of micro-batches, each loss weighted by its share of
-        the step's `total` samples (so N micro-batches of B step like one batch of N*B, and
-        under torchrun K processes like one: DDP averages their gradients, hence the factor
-        K); each micro-batch's detached step output and size, or None when `nan_policy: skip`
-        skipped the step."""
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        processes = distributed.world_size()
-        micro = self._micro = _MicroBatch(updating=True)
-        results = []
-        try:
-            for index, (batch, size) in enumerate(zip(group, sizes)):
-                batch = self.to_device(batch)
-                micro.weight, micro.last = size * processes / total, index == len(group) - 1
-                # DDP averages gradients in the last micro-batch's backward only
-                with self._no_sync() if not micro.last else contextlib.nullcontext():
-                    with self.mechanics.autocast():
-                        step = step_output(self.training_step(batch))
-                    if self.automatic_optimization:
-                        self.backward(step.loss)
-                    else:
-                        micro.note(step.loss)
-                results.append((StepOutput(step.loss.detach(), detached(step.output),
-                                           detached(step.target), detached(step.parts)), size))
-        finally:
-            self._micro = _MicroBatch()
-        if self.automatic_optimization:
-            if self.settings.nan_policy == "skip" and self.nan_guard.skip_step(micro.finite):
-                micro.skipped.add("")
-            else:
-                self.mechanics.step(self.optimizer, update=False)
-                micro.stepped.add("")
-        self.mechanics.update()
-        if self.settings.nan_policy == "stop":  # noted on the device; read back at log steps
-            self.nan_guard.note(micro.finite)
-        if micro.skipped:
-            self._warn_skipped(micro, [step.loss for step, _ in results])
-        return results if micro.stepped or not micro.skipped else None
-
-    def _warn_skipped(self, micro: "_MicroBatch", losses: list[Tensor]) -> None:
-        names = [name for name in micro.skipped if name]
-        which = f" of optimizer {', '.join(names)}" if names else ""
-        shown = "" if distributed.active() else \
-            f" ({', '.join(str(loss.item()) for loss in losses)})"
-        self.logger.warning("Skipped step %d%s: the loss is not finite%s.", self.global_step + 1,
-                            which, shown)
-
-    def _no_sync(self) -> contextlib.AbstractContextManager:
-        """DDP's `no_sync` (keep gradients local); nothing to skip without DDP."""
-        no_sync = getattr(self.model, "no_sync", None)
-        return no_sync() if no_sync is not None else contextlib.nullcontext()
-
-    # ------------------------------------------------------------------ evaluation
-    @contextlib.contextmanager
-    def _evaluating(self) -> Iterator[None]:
-        """The model the step sees is the evaluation one (no DDP wrapper), in eval mode, without
-        gradients; `backward` and `step` do nothing. Restored afterwards."""
-        model, was_training = self.model, self.model.training
-        self.model = self.eval_model
-        self.eval_model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.model = model
-            model.train(was_training)
-
-    def evaluate(self, batches: Iterable, stop: Callable[[], bool] | None = None,
-                 confusion: ConfusionMatrix | None = None) -> dict[str, float] | None:
-        """Sample-weighted mean loss and loss parts, and the metrics, of `validation_step` over
-        `batches`; None when `stop()` turned true after a batch (a stop signal). Under torchrun
-        every process passes its own share of the data and gets the values over all of it.
-        `confusion` also counts the predictions (test.py; one process)."""
-        metrics = EpochMetrics(self.metric_fns, self.device, self.loss_parts)
-        with self._evaluating(), self.mechanics.autocast():
-            for batch in batches:
-                batch = self.to_device(batch)
-                step = step_output(self.validation_step(batch), "validation_step")
-                metrics.update(step, self.batch_size(batch))
-                if confusion is not None:
-                    confusion.update(step.output, step.target)
-                for callback in self.callbacks:
-                    callback.on_validation_batch_end(self)
-                if stop is not None and stop():
-                    return None
-        metrics.all_reduce()  # torchrun: over every process's share of `batches`
-        return metrics.result()
-
-    def _valid_epoch(self, epoch: int) -> dict[str, float]:
-        """Validation; a stop signal ends it early, and the checkpoint then holds the point
-        before it (with the generators as they were, as loading data may draw from them)."""
-        rng_state = get_rng_state()
-        # under torchrun a signal is agreed on after validation (no collectives inside it)
-        stop = None if distributed.active() else lambda: self.stop_signals.requested
-        loader = self.valid_data_loader
-        with progress_bar(self.bars, len(loader), f"epoch {epoch} validation",
-                          unit="batch") as bar:
-            log = self.evaluate(counted(loader, bar), stop=stop)
-        if log is None:
-            self.position_rng_state = rng_state
-            raise StopRequested(self.stop_signals.received)
-        return log
-
-    # ------------------------------------------------------------------ resume positions
-    def epoch_state(self) -> dict:
-        """The epoch's running sums and metric states over every process, and what its
-        position means."""
-        return {"train_metrics": self.train_metrics.state_dict(),
-                "batch_size": self.data_loader.batch_size, "world_size": distributed.world_size(),
-                "batches_per_pass": len(self.data_loader),
-                "len_epoch": self.len_epoch, "grad_accum_steps": self.accum}
-
-    def load_epoch_state(self, state: dict) -> None:
-        """The epoch's running metric sums; the position in it only means the same batches
-        with the same global batch size and epoch length."""
-        saved = (state.get("batch_size", self.data_loader.batch_size), state.get("world_size", 1))
-        now = (self.data_loader.batch_size, distributed.world_size())
-        if saved[0] * saved[1] != now[0] * now[1]:
-            raise ConfigError(
-                f"data_loader.args.batch_size: the checkpoint stopped mid-epoch with "
-                f"{_batch_text(*saved)}; resuming with {_batch_text(*now)} would not continue the "
-                f"same epoch. Keep {saved[0] * saved[1]} samples per step{_bs_hint(saved, now)}, "
-                f"or resume from an epoch checkpoint")
-        passes = (state.get("batches_per_pass", len(self.data_loader)), len(self.data_loader))
-        if passes[0] != passes[1]:  # same global batch: only a left-out last batch differs
-            raise ConfigError(
-                f"data_loader.args.batch_size: the checkpoint stopped mid-epoch with "
-                f"{passes[0]} batches per pass over the data, this run makes {passes[1]} (with "
-                f"several processes a last global batch of fewer samples than processes is "
-                f"left out); resume from an epoch checkpoint, or with as many processes")
-        for key, now, path in (("len_epoch", self.len_epoch, "trainer.len_epoch"),
-                               ("grad_accum_steps", self.accum, "trainer.grad_accum_steps")):
-            if state.get(key, now) != now:
-                raise ConfigError(f"{path}: the checkpoint stopped mid-epoch with {key} "
-                                  f"{state[key]}; resuming with {now} would not continue the same "
-                                  f"epoch. Keep {state[key]}, or resume from an epoch checkpoint")
-        # the sums are of every process: one process carries them on, the others start at 0
-        self.train_metrics.load_state_dict(state.get("train_metrics") or {"sums": {},
-                                                                          "counts": {}},
-                                           self.device, main=distributed.is_main())
-
-    def _step_groups(self, epoch: int, start: int) -> Iterator[list]:
-        """Lists of `grad_accum_steps` micro-batches, one per optimizer step, from step `start`
-        of `epoch` on; a pass's last list may be shorter."""
-        batches = self._epoch_batches(epoch, start * self.accum, (self.len_epoch - start) *
-                                      self.accum if self.iteration_based else None)
-        while group := list(itertools.islice(batches, self.accum)):
-            yield group
-
-    def _epoch_batches(self, epoch: int, start: int = 0, count: int | None = None) -> Iterator:
-        """The (micro-)batches of `epoch` after its first `start`, in an order that depends only
-        on the seed and `epoch` — `count` of them cycling through the data (iteration-based), or
-        the rest of one pass; the skipped ones are skipped by the sampler, not loaded."""
-        if count is not None and count <= 0 or count is None and start >= len(self.data_loader):
-            return iter(())
-        skip = 0
-        if isinstance(self.data_loader, BaseDataLoader):
-            self.data_loader.set_epoch(epoch, start)
-        else:
-            set_epoch = getattr(self.data_loader, "set_epoch", None) or \
-                getattr(getattr(self.data_loader, "sampler", None), "set_epoch", None)
-            if set_epoch is not None:
-                set_epoch(epoch)
-            skip = start  # a loader of another kind can only be read past the seen batches
-            if skip:
-                self.logger.warning("%s cannot start mid-epoch: reading past %d batches.",
-                                    type(self.data_loader).__name__, skip)
-        if count is not None:
-            return itertools.islice(inf_loop(self.data_loader), skip, skip + count)
-        return itertools.islice(iter(self.data_loader), skip, None)
-
-    def _log_progress(self, epoch: int, loss: Tensor, rates: dict[str, float], bar) -> None:
-        """The loss, samples/s since the last log step and learning rates `rates`: in the
-        bar's postfix or a log line, and to TensorBoard. Reads the loss back: a host sync."""
-        if not distributed.is_main():  # only rank 0 logs: no host sync elsewhere
-            return
-        loss_value = loss.item()
-        now, samples = time.monotonic(), self._epoch_samples
-        speed = (samples - self._window[1]) / (now - self._window[0]) \
-            if now > self._window[0] else None
-        self._window = (now, samples)
-        postfix = step_postfix(loss_value, speed, list(rates.values()))
-        if bar is not None:
-            bar.set_postfix_str(postfix, refresh=False)
-        else:
-            step = self.epoch_step
-            self.logger.debug("Train epoch %d [%d/%d (%.0f%%)] %s", epoch, step, self.len_epoch,
-                              100.0 * step / self.len_epoch, postfix)
-        scalars = {"loss/train_step": loss_value, **rates,
-                   **(self.watch.scalars() if self.watch.enabled else {})}
-        if speed is not None:
-            scalars["speed/samples_per_s"] = speed
-        self.writer.add_scalars(scalars, self.global_step)
-
-
-def _bs_hint(saved: tuple[int, int], now: tuple[int, int]) -> str:
-    """` (--bs 32 with 2 processes)`: the per-process batch size that keeps the global one."""
-    total, processes = saved[0] * saved[1], now[1]
-    return f" (--bs {total // processes} with {processes} process" \
-           f"{'es' if processes > 1 else ''})" if total % processes == 0 else ""
-
-
-def _batch_text(batch_size: int, processes: int) -> str:
-    """`batch_size 64`, or `batch_size 32 x 2 processes`."""
-    return f"batch_size {batch_size}" + (f" x {processes} processes" if processes > 1 else "")

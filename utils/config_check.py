@@ -52,7 +52,8 @@ class Block:
     many: bool = False           # a list of blocks, each with a unique name (metrics)
     required: bool = True        # else absent or null means "none" (no lr_scheduler)
     kind: str = ""               # a class `type` must derive from this: "torch.nn.Module"
-    fallback: str = ""           # where a bare type name not in `module` resolves (imported then)
+    fallback: tuple[str, ...] = ()  # where a bare type name not in `module` resolves (then
+    #                                 imported)
     # Build it during the check, on stand-ins, to catch values its constructor rejects (a
     # negative learning rate): "parameters" (one stand-in parameter) or the key of an earlier
     # block whose stand-in it takes (a scheduler takes the optimizer). Only for side-effect-free
@@ -99,11 +100,15 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
     problems += arch_problems(raw.get("arch"))
     if not named:
         problems += param_group_problems(raw.get("optimizer"))
-    scheduler = raw.get("lr_scheduler")
-    if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and \
-            str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau":
-        problems.append("lr_scheduler.interval: ReduceLROnPlateau steps on a validation value "
-                        "once an epoch; use \"epoch\"")
+    schedulers = {"lr_scheduler": raw.get("lr_scheduler")}
+    if named and isinstance(raw["optimizers"], dict):
+        schedulers = {f"optimizers.{name}.lr_scheduler": entry.get("lr_scheduler")
+                      for name, entry in raw["optimizers"].items() if isinstance(entry, dict)}
+    for key, scheduler in schedulers.items():
+        if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and \
+                str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau":
+            problems.append(f"{key}.interval: ReduceLROnPlateau steps on a validation value "
+                            f"once an epoch; use \"epoch\"")
     if trainer and isinstance(raw.get("trainer"), dict):
         from trainer.settings import TrainerSettings
         problems += TrainerSettings.problems(raw["trainer"])

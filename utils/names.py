@@ -30,8 +30,7 @@ ALLOWED_PACKAGES = ("torch", "torchvision", "torchmetrics", "model", "data_loade
 DENIED_MODULES = ("torch.hub", "torch.serialization", "torch.utils", "torch._ops", "torch.ops",
                   "torch.package", "torch.jit", "torch.onnx", "torch.export", "torch.distributed",
                   "torch.multiprocessing", "torch.classes", "torch.backends", "torchvision.io",
-                  "torchvision.datasets", "torchvision.utils", "torchmetrics.utilities",
-                  "trainer.checkpoint")
+                  "torchvision.datasets", "torchvision.utils", "trainer.checkpoint")
 
 
 def did_you_mean(word: str, choices: Any) -> str:
@@ -47,11 +46,11 @@ def did_you_mean(word: str, choices: Any) -> str:
 
 
 def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | str | None = None,
-                 fallback: str = "") -> Callable:
-    """The callable a config's `type` names: a public name in `module` (else in the module
-    `fallback`, imported only then), or a dotted path inside `ALLOWED_MODULES`. Nothing else is
-    ever imported. A class must be a subclass of `kind` (a function is taken as a factory of
-    one)."""
+                 fallback: tuple[str, ...] = ()) -> Callable:
+    """The callable a config's `type` names: a public name in `module` (else in the first of
+    the modules `fallback` that has it, imported only then), or a dotted path inside
+    `ALLOWED_MODULES`. Nothing else is ever imported. A class must be a subclass of `kind` (a
+    function is taken as a factory of one)."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{key_path}: expected a name, got {json.dumps(name)}")
     parts = name.split(".")
@@ -60,10 +59,7 @@ def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | str 
         raise ConfigError(f"{key_path}: {name!r} is not allowed (private or invalid name "
                           f"{private[0]!r})")
     if len(parts) == 1 and fallback and not hasattr(module, name):
-        try:
-            obj = _public_attr(importlib.import_module(fallback), name, key_path, fallback)
-        except ConfigError:  # the suggestion comes from the block's own module
-            obj = _public_attr(module, name, key_path, module.__name__)
+        obj = _fallback_attr(module, fallback, name, key_path)
     elif len(parts) == 1:
         obj = _public_attr(module, name, key_path, module.__name__)
     else:
@@ -88,7 +84,8 @@ def _allowed_module(module_name: str) -> bool:
 def _resolve_dotted(parts: list[str], key_path: str) -> Any:
     if not _allowed_module(".".join(parts[:-1])):
         raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the modules a config may "
-                          f"use ({', '.join(ALLOWED_MODULES)})")
+                          f"use ({', '.join(ALLOWED_MODULES)}; code of your own goes in model/, "
+                          f"data_loader/ or examples/)")
     for split in range(len(parts) - 1, 0, -1):  # the longest importable allowed module prefix
         module_name = ".".join(parts[:split])
         if not _allowed_module(module_name):
@@ -115,9 +112,32 @@ def _public_attr(owner: Any, name: str, key_path: str, owner_name: str) -> Any:
         if problem:
             raise ConfigError(f"{key_path}: {problem}")
         return obj
-    choices = [n for n in dir(owner) if not n.startswith("_") and callable(getattr(owner, n, None))
-               and not _origin_problem(getattr(owner, n), n)]
+    choices = _public_names(owner)
     raise ConfigError(f"{key_path}: {name!r} is not in {owner_name}{did_you_mean(name, choices)}")
+
+
+def _fallback_attr(module: ModuleType, fallback: tuple[str, ...], name: str, key_path: str) -> Any:
+    """`name` from the first module of `fallback` that has it; else an error suggesting the
+    nearest name of `module` and of those modules."""
+    modules = [importlib.import_module(module_name) for module_name in fallback]
+    found = next((other for other in modules if hasattr(other, name)), None)
+    if found is not None:
+        return _public_attr(found, name, key_path, found.__name__)
+    choices = [*_public_names(module), *(n for other in modules for n in _public_names(other))]
+    raise ConfigError(f"{key_path}: {name!r} is not in {module.__name__} (nor in "
+                      f"{fallback[0]}){did_you_mean(name, choices)}")
+
+
+def _public_names(owner: Any) -> list[str]:
+    """The public callables of `owner` a config may name."""
+    return [n for n in dir(owner) if not n.startswith("_") and callable(getattr(owner, n, None))
+            and not _origin_problem(getattr(owner, n), n)]
+
+
+# The torchmetrics subpackages a config may use: metrics of plain tensors. The others load
+# models or data sets (text, image, audio, multimodal: downloads, remote code).
+TORCHMETRICS_ALLOWED = ("torchmetrics.classification", "torchmetrics.regression",
+                        "torchmetrics.aggregation")
 
 
 def _origin_problem(obj: Any, shown: str) -> str | None:
@@ -133,6 +153,10 @@ def _origin_problem(obj: Any, shown: str) -> str | None:
     if not isinstance(origin, str) or origin.split(".")[0] not in ALLOWED_PACKAGES:
         return (f"{shown} comes from {origin or 'an unknown module'}, outside the packages a "
                 f"config may use ({', '.join(ALLOWED_PACKAGES)})")
+    if origin.split(".")[0] == "torchmetrics" and not any(
+            origin == m or origin.startswith(m + ".") for m in TORCHMETRICS_ALLOWED):
+        return (f"{shown} is not allowed in a config (of torchmetrics only the metrics in "
+                f"{', '.join(TORCHMETRICS_ALLOWED)})")
     if any(origin == d or origin.startswith(d + ".") for d in DENIED_MODULES):
         return f"{shown} is not allowed in a config (it loads or runs code, or fetches or writes files)"
     return None
@@ -190,6 +214,24 @@ def check_options(cls: type, options: dict, key_path: str, given: Sequence[str] 
             problems.append(problem)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+# The keyword options every torchmetrics.Metric takes through **kwargs (its documentation's).
+TORCHMETRICS_OPTIONS = ("compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn",
+                        "distributed_available_fn", "sync_on_compute", "compute_with_cache")
+
+
+def metric_option_problems(cls: type, config_args: dict, key_path: str) -> list[str]:
+    """Arguments a torchmetrics class does not take: its constructors (`__new__` of a task
+    wrapper such as `F1Score`, `__init__` through the bases while they pass **kwargs on)
+    take them through **kwargs, so the signature check cannot see a misspelt one."""
+    known = list(keyword_parameters(cls))
+    if "__new__" in vars(cls):
+        known += [name for name, p in list(inspect.signature(cls.__new__).parameters.items())[1:]
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    known += TORCHMETRICS_OPTIONS
+    return [f"{key_path}: unexpected argument {key!r} for {cls.__name__}"
+            f"{did_you_mean(key, known)}" for key in config_args if key not in known]
 
 
 def keyword_parameters(cls: type, stop_at: type | None = None) -> dict[str, inspect.Parameter]:
