@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
 
+from trainer.batches import map_tensors
 from trainer.step_output import StepOutput
 from utils.errors import UserError
 from utils.names import callable_name
@@ -39,6 +39,7 @@ class EpochMetrics:
         process may have none), so a step must return the same parts every time: `update`
         refuses others."""
         self.parts = list(parts) if parts is not None else None
+        self.device = device
         self.names = [callable_name(fn) for fn in metric_fns]
         self.functions = [(name, fn) for name, fn in zip(self.names, metric_fns)
                           if not is_stateful(fn)]
@@ -97,13 +98,12 @@ class EpochMetrics:
         """The running sums and the metrics' states of every process (under torchrun all of
         them take part), as plain data."""
         totals = MetricTracker()
-        totals.load_state_dict(self.means.state_dict(), _device_of(self.means))
+        totals.load_state_dict(self.means.state_dict(), self.device)
         totals.all_reduce()
         states = {}
         for name, metric in self.stateful.items():
             with metric.sync_context(should_unsync=True):
-                states[name] = {key: _detached(value) for key, value in
-                                metric.state_dict().items()}
+                states[name] = dict(metric.state_dict())  # detached copies
         return {**totals.state_dict(), "metrics": states}
 
     def load_state_dict(self, state: dict, device: torch.device | str, main: bool = True) -> None:
@@ -116,27 +116,5 @@ class EpochMetrics:
         for name, metric in self.stateful.items():
             saved = (state.get("metrics") or {}).get(name)
             if saved:
-                metric.load_state_dict({key: _moved(value, device)
-                                        for key, value in saved.items()})
+                metric.load_state_dict(map_tensors(saved, lambda tensor: tensor.to(device)))
 
-
-def _device_of(tracker: MetricTracker) -> torch.device | str:
-    tensor = next((value for value in tracker.state_dict()["sums"].values()
-                   if isinstance(value, Tensor)), None)
-    return tensor.device if tensor is not None else "cpu"
-
-
-def _detached(value):
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    if isinstance(value, list):
-        return [_detached(item) for item in value]
-    return value
-
-
-def _moved(value, device):
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, list):
-        return [_moved(item, device) for item in value]
-    return value

@@ -43,7 +43,7 @@ class StepMechanics:
         if self.scaler is not None and self.grad_clip_norm is not None:
             self.scaler.unscale_(optimizer)
         if self.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(_parameters(optimizer), self.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(optimizer_parameters(optimizer), self.grad_clip_norm)
         if self.scaler is not None:
             self.scaler.step(optimizer)
         else:
@@ -57,7 +57,8 @@ class StepMechanics:
             self.scaler.update()
 
 
-def _parameters(optimizer: torch.optim.Optimizer) -> Iterator[Tensor]:
+def optimizer_parameters(optimizer: torch.optim.Optimizer) -> Iterator[Tensor]:
+    """Every parameter of every group of `optimizer`."""
     return (p for group in optimizer.param_groups for p in group["params"])
 
 

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from trainer.batches import call_model, leading_size, move_to_device, split_batch
 from trainer.checkpoint import unwrap_model
 from trainer.driver import Callback, Driver, DryRunResult
+from trainer.precision import optimizer_parameters
 from utils.errors import UserError
 
 __all__ = ["Callback", "DryRunResult", "Trainer"]
@@ -107,7 +108,7 @@ class Trainer(Driver):
                             f"optimizer steps once per step")
         micro.called.add(name)
         optimizer = self.optimizers[name]
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        parameters = list(optimizer_parameters(optimizer))
         if not micro.last:
             micro.hold(name, parameters)
             return

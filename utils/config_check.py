@@ -187,12 +187,10 @@ def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
         except ConfigError as error:
             problems += str(error).splitlines()
             continue
-        params = entry.get("params")
-        patterns = [params] if isinstance(params, str) else params
-        if params is not None and not (isinstance(patterns, list) and patterns and
-                                       all(isinstance(p, str) and p for p in patterns)):
-            problems.append(f"{key}.params: expected a parameter name pattern (\"generator.*\") "
-                            f"or a list of them, got {json.dumps(params)}")
+        if entry.get("params") is not None:
+            from utils.model_options import params_problem
+            problem = params_problem(entry["params"], f"{key}.params", "generator.*")
+            problems += [problem] if problem else []
         if entry.get("lr_scheduler") is not None:
             try:
                 _check_block(config, scheduler, f"{key}.lr_scheduler")

@@ -128,17 +128,24 @@ def param_group_problems(optimizer: Any) -> list[str]:
             problems.append(f"{where}: expected {{\"params\": \"fc.*\", ...}}, got "
                             f"{json.dumps(group)}")
             continue
-        patterns = group.get("params")
-        patterns = [patterns] if isinstance(patterns, str) else patterns
-        if not (isinstance(patterns, list) and patterns and
-                all(isinstance(p, str) and p for p in patterns)):
-            problems.append(f"{where}.params: expected a parameter name pattern (\"fc.*\") or a "
-                            f"list of them, got {json.dumps(group.get('params'))}")
+        problem = params_problem(group.get("params"), f"{where}.params", "fc.*")
+        if problem:
+            problems.append(problem)
         if options is not None:
             problems += [f"{where}.{key}: not an option of the optimizer (one of "
                          f"{', '.join(options)}){did_you_mean(key, options)}"
                          for key in group if key != "params" and key not in options]
     return problems
+
+
+def params_problem(params: Any, key_path: str, example: str) -> str | None:
+    """What is wrong with a `params` entry (a parameter name pattern or a non-empty list of
+    them), or None."""
+    patterns = [params] if isinstance(params, str) else params
+    if isinstance(patterns, list) and patterns and all(isinstance(p, str) and p for p in patterns):
+        return None
+    return (f"{key_path}: expected a parameter name pattern (\"{example}\") or a list of them, "
+            f"got {json.dumps(params)}")
 
 
 def _optimizer_options(type_name: Any) -> list[str] | None:

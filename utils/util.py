@@ -70,10 +70,6 @@ class MetricTracker:
             self._sums[key] = total.to(device) if isinstance(total, torch.Tensor) else total
             self._counts[key] = int(state["counts"].get(key, 0))
 
-    @property
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
     def avg(self, key: str) -> float:
         return self.result()[key]
 
