@@ -16,23 +16,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from utils.command_line import CustomArgs, checked_checkpoint, option_dest, parse_command_line
-from utils.config_check import Block, block_options, find_problems, is_plain_name
-from utils.errors import BuildError, ConfigError, UserError
-from utils.key_paths import apply_modifications, get_by_path, parse_overrides
-from utils.names import (callable_name, check_options, check_signature, did_you_mean,
-                         metric_option_problems, resolve_type)
+from config.blocks import call_factory, resolve_block
+from config.checks import Block, find_problems
+from config.command_line import CustomArgs, Resume, option_dest
+from config.key_paths import apply_modifications, parse_overrides
+from config.names import callable_name, resolve_type
+from config.sections import is_plain_name
+from config.signatures import check_options
+from utils.errors import ConfigError, UserError
 from utils.files import read_json, write_json
 
-
 _LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
-# Packages whose callables reject a bad value with ValueError / TypeError: that is a config
-# mistake (one line). The same from the project's own code is a bug shown with its traceback.
-_LIBRARIES = ("torch", "torchvision", "torchmetrics")
-# What those raise for a bad argument value (a wrong weights name is a KeyError, weights that
-# cannot be downloaded an OSError).
-_LIBRARY_ARG_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
-_BLOCK_KEYS = ("type", "args", "name")
 
 
 class ConfigParser:
@@ -72,39 +66,27 @@ class ConfigParser:
 
     # ---------------------------------------------------------------- building from the CLI
     @classmethod
-    def from_args(cls, parser: argparse.ArgumentParser, options: Iterable[CustomArgs] = (),
-                  argv: Sequence[str] | None = None, evaluating: bool = False) -> "ConfigParser":
-        """Add the standard and the registered options to `parser`, parse `argv`, build the config.
-
-        `-r` alone resumes with the config stored in the checkpoint; `-c` with `-r` is fine-tuning,
-        or with `evaluating` (test.py, where `-r` is required) a config override. Problems in the
-        overrides, the run id and a checkpoint given with `-c` are reported by `validate`, with
-        the config's own.
-        """
-        args = parse_command_line(parser, options, argv, evaluating)
-        problems: list[str] = []
-        resume, continue_run = None, False
+    def from_args(cls, args: argparse.Namespace, options: Iterable[CustomArgs] = (),
+                  resume: Resume | None = None, evaluating: bool = False) -> "ConfigParser":
+        """The config of a parsed command line (`parse_command_line`): the `-c` file, or with
+        `-r` alone the checkpoint's stored config, plus the overrides. `resume` is what the
+        entry script resolved `-r` to; `evaluating` (test.py): `-c` with `-r` overrides the
+        checkpoint's config instead of fine-tuning. Problems in the overrides, the run id and the resumed
+        file are reported by `validate`, with the config's own."""
+        problems = list(resume.problems) if resume is not None else []
         if args.config is not None:
             config = read_json(args.config)
             if not isinstance(config, dict):
                 raise ConfigError(f"{args.config}: the config must be a JSON object")
-            if args.resume is not None:
-                resume = checked_checkpoint(args.resume, problems, prefer_best=evaluating)
-        else:  # the config stored in the checkpoint: nothing to check without it
-            from trainer.checkpoint import find_checkpoint, is_latest_in_run, load_checkpoint
-            # a file, or in a run folder the newest (test.py: model_best.pth)
-            resume = find_checkpoint(args.resume, prefer_best=evaluating)
-            checkpoint = load_checkpoint(resume, mmap=True)
-            config = checkpoint["config"]
-            # resuming the newest checkpoint of a run continues it; an older one branches off
-            continue_run = not evaluating and is_latest_in_run(resume, checkpoint)
-
+        else:
+            config = resume.config
         modification = {option.target: getattr(args, option_dest(option.flags))
                         for option in options}
         modification = {key: value for key, value in modification.items() if value is not None}
         modification.update(parse_overrides(args.override))
-        parsed = cls(config, resume=resume, modification=modification,
-                     run_id=getattr(args, "run_id", None), continue_run=continue_run,
+        parsed = cls(config, resume=resume.path if resume is not None else None,
+                     modification=modification, run_id=getattr(args, "run_id", None),
+                     continue_run=resume is not None and resume.continue_run,
                      fine_tune=not evaluating and args.config is not None and resume is not None,
                      problems=problems)
         parsed.cli_args = args
@@ -139,7 +121,7 @@ class ConfigParser:
         command line's first)."""
         problems = list(dict.fromkeys([*self._problems, *find_problems(self, blocks, trainer)]))
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError(*problems)
 
     # ---------------------------------------------------------------- building objects
     def init_obj(self, name: str, module: ModuleType, *args, **kwargs) -> Any:
@@ -149,7 +131,7 @@ class ConfigParser:
         torch is a `ConfigError`; an exception from the user's own code a `BuildError`.
         """
         factory, config_args = self.resolve_block(name, module, args, kwargs)
-        return self._call(name, factory, args, config_args, kwargs)
+        return call_factory(self._config, name, factory, args, config_args, kwargs)
 
     def init_ftn(self, name: str, module: ModuleType, *args, **kwargs) -> Callable:
         """`functools.partial(module.<type>, *args, **config_args, **kwargs)` for block `name`.
@@ -163,23 +145,8 @@ class ConfigParser:
         factory, config_args = self.resolve_block(name, module, args, kwargs, partial=True,
                                                   kind=kind, fallback=fallback)
         if inspect.isclass(factory):
-            return self._call(name, factory, args, config_args, kwargs)
+            return call_factory(self._config, name, factory, args, config_args, kwargs)
         return functools.partial(factory, *args, **config_args, **kwargs)
-
-    def _call(self, name: str, factory: Callable, args: tuple, config_args: dict,
-              kwargs: dict) -> Any:
-        try:
-            return factory(*args, **config_args, **kwargs)
-        except ConfigError as error:  # the factory's own check of its arguments
-            raise ConfigError(_prefixed(f"{name}.args", str(error), config_args)) from None
-        except UserError:
-            raise
-        except Exception as error:
-            origin = (getattr(factory, "__module__", None) or "").split(".")[0]
-            if origin in _LIBRARIES and isinstance(error, _LIBRARY_ARG_ERRORS):
-                raise ConfigError(_prefixed(f"{name}.args", str(error))) from None
-            raise BuildError(f"{name}: building {_type_name(self._config, name)} raised "
-                             f"{type(error).__name__}; the traceback from its code:") from error
 
     def init_ftn_list(self, name: str, module: ModuleType, reserved: Sequence[str] = (),
                       kind: type | str | None = None, fallback: tuple[str, ...] = ()) -> list:
@@ -209,7 +176,7 @@ class ConfigParser:
             functions.append(function)
             seen[label] = index
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError(*problems)
         return functions
 
     def resolve_block(self, name: str, module: ModuleType, args: tuple, kwargs: dict,
@@ -217,46 +184,7 @@ class ConfigParser:
                       fallback: tuple[str, ...] = ()) -> tuple[Callable, dict]:
         """The factory block `name` names and its config args, checked against its signature
         (with what the code passes: positional `args` and `kwargs`)."""
-        block = get_by_path(self._config, name)
-        type_path = name if isinstance(block, str) else f"{name}.type"
-        if isinstance(block, str):  # "loss": "nll_loss"
-            block = {"type": block}
-        if not isinstance(block, dict) or "type" not in block:
-            raise ConfigError(f"{name}: expected {{\"type\": ..., \"args\": {{...}}}} or a name, "
-                              f"got {json.dumps(block)}")
-        keys = _BLOCK_KEYS if name.rpartition(".")[2].isdigit() else _BLOCK_KEYS[:2]  # in a list
-        options = block_options(name)
-        problems = [f"{name}.{key}: unknown key (a block has type, args and, in a list, name)"
-                    f"{did_you_mean(key, [*keys, *options])}" for key in block
-                    if key not in keys and key not in options]
-        problems += [f"{name}.{key}: expected one of {', '.join(map(json.dumps, choices))}, got "
-                     f"{json.dumps(block[key])}" for key, choices in options.items()
-                     if key in block and choices is not None and block[key] not in choices]
-        config_args = block.get("args", {})
-        if not isinstance(config_args, dict):
-            problems.append(f"{name}.args: expected a JSON object, got {json.dumps(config_args)}")
-            config_args = {}
-        try:
-            factory = resolve_type(block["type"], module, type_path, kind, fallback)
-        except ConfigError as error:
-            raise ConfigError("\n".join([*problems, str(error)])) from None
-        repeated = sorted(set(config_args) & set(kwargs))
-        if repeated:
-            problems.append(f"{name}.args: {', '.join(map(repr, repeated))} set in the config is "
-                            f"also given by the code; remove it from the config")
-        home = module.__name__ if hasattr(module, block["type"]) else factory.__module__
-        shown = block["type"] if "." in block["type"] else f"{home}.{block['type']}"
-        try:
-            check_signature(factory, args, config_args, f"{name}.args",
-                            partial and not inspect.isclass(factory), code_kwargs=kwargs,
-                            display_name=shown)
-        except ConfigError as error:
-            problems.append(str(error))
-        if inspect.isclass(factory) and factory.__module__.split(".")[0] == "torchmetrics":
-            problems += metric_option_problems(factory, config_args, f"{name}.args")
-        if problems:
-            raise ConfigError("\n".join(problems))
-        return factory, dict(config_args)
+        return resolve_block(self._config, name, module, args, kwargs, partial, kind, fallback)
 
     def trainer_class(self, module: ModuleType, kind: type, given: Sequence[str] = ()
                       ) -> tuple[type, dict]:
@@ -294,7 +222,7 @@ class ConfigParser:
     def make_run_dirs(self) -> None:
         """Create the run folders; a run id taken by another run gets a suffix (`_1`, `_2`, ...)."""
         if self._problems:  # from_args's problems, had `validate` not been called
-            raise ConfigError("\n".join(self._problems))
+            raise ConfigError(*self._problems)
         if self._continue_run:
             try:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -327,24 +255,3 @@ class ConfigParser:
         logger = logging.getLogger(name)
         logger.setLevel(_LOG_LEVELS[verbosity])
         return logger
-
-
-def _prefixed(key_path: str, message: str, arguments: Iterable[str] = ()) -> str:
-    """`message` with every line starting with `key_path` (unless it already does); a line
-    that starts with one of `arguments` (`weights: ...`) gets that argument's key path."""
-    def prefixed(line: str) -> str:
-        if line.startswith(key_path):
-            return line
-        argument = line.split(":", 1)[0]
-        if argument in arguments:
-            return f"{key_path}.{line}"
-        return f"{key_path}: {line}"
-    return "\n".join(map(prefixed, message.splitlines() or [""]))
-
-
-def _type_name(config: dict, key_path: str) -> str:
-    try:
-        block = get_by_path(config, key_path)
-    except ConfigError:
-        return key_path
-    return block if isinstance(block, str) else str(block.get("type", key_path))

@@ -3,20 +3,26 @@ import argparse
 import json
 from pathlib import Path
 
-import train
+from config.command_line import parse_command_line
 from parse_config import ConfigParser
+from trainer.build import BLOCKS as TRAINING_BLOCKS
+from trainer.build import build_trainer
 from utils.cli import run_cli
 from utils.errors import UserError
 
 # The blocks test.py builds: train.py's, without the optimizer and the scheduler.
-BLOCKS = tuple(block for block in train.BLOCKS if block.key not in ("optimizer", "lr_scheduler"))
+BLOCKS = tuple(block for block in TRAINING_BLOCKS if block.key not in ("optimizer", "lr_scheduler"))
 
 
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (checkpoint's or -c, + overrides) and exit")
-    config = ConfigParser.from_args(parser, argv=argv, evaluating=True)
+    args = parse_command_line(parser, (), argv, evaluating=True)
+    from base.run_folder import resolve_resume  # imports torch: after --help
+
+    resume = resolve_resume(args.resume, args.config is not None, evaluating=True)
+    config = ConfigParser.from_args(args, resume=resume, evaluating=True)
     from utils import distributed
 
     if distributed.launched_world_size() > 1:
@@ -82,17 +88,18 @@ def write_confusion_image(checkpoint: Path, classes: dict, epoch: int) -> Path |
 def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     """Loss and metrics of the checkpoint `config.resume` on the test split, its epoch, and
     for a classifier the per-class accuracy and confusion matrix (`class_report`)."""
-    from base.base_data_loader import release_workers
+    from base.base_data_loader import release_workers, sample_count
     from logger.logger import setup_logging
     from logger.progress import bars_wanted, counted, progress_bar
     from logger.report import class_report
-    from trainer.checkpoint import load_checkpoint, load_model_state, unwrap_model
     from trainer.evaluation import ConfusionMatrix
+    from utils.checkpoint import load_checkpoint
+    from utils.weights import load_model_state, unwrap_model
 
     setup_logging(None)  # console only: test.py writes nothing but its report
     checkpoint = load_checkpoint(config.resume)
     # the trainer class of the run (its validation_step), on the test split, without training
-    trainer = train.build_trainer(config, training=False)
+    trainer = build_trainer(config, training=False)
     load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
     trainer.epoch, trainer.global_step = checkpoint["epoch"], checkpoint.get("global_step", 0)
     data_loader = trainer.data_loader
@@ -102,7 +109,7 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     with progress_bar(bars, len(data_loader), "test", unit="batch") as bar:
         results = trainer.evaluate(counted(data_loader, bar), confusion=confusion)
     release_workers(data_loader)
-    results["n_samples"] = len(data_loader.sampler)
+    results["n_samples"] = sample_count(data_loader)
     matrix = confusion.matrix
     classes = class_report(matrix, getattr(data_loader.dataset, "classes", None)) \
         if matrix is not None else None

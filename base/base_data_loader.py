@@ -1,157 +1,72 @@
 """A DataLoader with a seeded validation split and an epoch-determined shuffle order."""
-import itertools
 import json
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
+from base.samplers import EpochSampler, SeededBatchSampler
 from utils import distributed
 from utils.errors import ConfigError
 from utils.interrupts import WorkerInit
 from utils.seeding import derive_seed
 
 
-class EpochSampler(Sampler[int]):
-    """Yields `indices`, shuffled by a permutation that depends only on (seed, epoch, pass).
-
-    `set_epoch(e)` makes the order of epoch e reproducible whatever ran before it in this
-    process, which is what exact resume needs. Each further pass over the sampler within one
-    epoch (iteration-based training) draws a new permutation. `set_position(e, p, skip)` starts
-    the next pass as pass p of epoch e, without its first `skip` indices: a run resumed
-    mid-epoch continues the same order without replaying the data it has seen.
-    """
-
-    def __init__(self, indices: Sequence[int], shuffle: bool, seed: int):
-        self.indices = torch.as_tensor(list(indices), dtype=torch.int64)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-        self.pass_index = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.set_position(epoch, 0, 0)
-
-    def set_position(self, epoch: int, pass_index: int, skip: int) -> None:
-        self.epoch, self.pass_index, self.skip = epoch, pass_index, skip
-
-    def __iter__(self):
-        order = self.indices
-        if self.shuffle:
-            seed = derive_seed(self.seed, self.epoch, self.pass_index)
-            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))]
-        order = order[self.skip:]
-        self.pass_index += 1
-        self.skip = 0
-        return iter(order.tolist())
-
-    def __len__(self) -> int:
-        return len(self.indices) - self.skip
-
-
-class SeededBatch(list):
-    """The indices of one batch, and the seed of that batch's random transforms.
-
-    A DataLoader worker fetches a batch by iterating its indices; iterating a `SeededBatch`
-    inside a worker first seeds the worker's Python, NumPy and torch generators from
-    `seed_key`.
-    Random augmentation then gives the same batch whichever worker loads it, however many
-    workers there are, and after a resume mid-epoch. In the main process (`num_workers` 0)
-    nothing is reseeded: there the global generators run on and are saved in checkpoints.
-    """
-
-    seed_key: tuple[int, ...] = ()  # the seed is derive_seed(*seed_key), computed in the worker
-
-    def __iter__(self):
-        if self.seed_key and get_worker_info() is not None:
-            seed = derive_seed(*self.seed_key)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.default_generator.manual_seed(seed)  # torch.manual_seed costs ~90 us more
-        return super().__iter__()
-
-
-class SeededBatchSampler(Sampler[list[int]]):
-    """`BatchSampler` over an `EpochSampler` whose batches are `SeededBatch`es, seeded from
-    (seed, epoch, pass, batch number); with `per_pass` False from (seed, batch number) only, so
-    that every validation sees the same transforms.
-
-    With several processes (`world_size` > 1) each batch of the single-process run is cut
-    into `world_size` pieces: the sampler takes `batch_size * world_size` indices of the shared
-    permutation (a global batch) and yields piece `rank` of it. Two processes with batch B then
-    see exactly the samples one process with batch 2B sees, step by step. A short last global
-    batch is split as evenly as it goes (sizes differ by at most one). With `even` (training)
-    every process yields the same number of batches — each of them takes part in every step —
-    so a last global batch with fewer samples than processes is left out; without it
-    (validation) every sample is yielded once, and a process may get one batch fewer.
-    """
-
-    def __init__(self, sampler: "EpochSampler", batch_size: int, drop_last: bool, seed: int,
-                 per_pass: bool = True, rank: int = 0, world_size: int = 1, even: bool = True):
-        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-        self.seed, self.per_pass = seed, per_pass
-        self.rank, self.world_size, self.even = rank, world_size, even
-        self.global_batch = batch_size * world_size
-
-    def __iter__(self):
-        sampler = self.sampler
-        stream = (sampler.epoch, sampler.pass_index) if self.per_pass else (-1, 0)
-        process = (self.rank,) if self.world_size > 1 else ()  # augmentation differs per piece
-        number = sampler.skip // self.global_batch  # batches of this pass done before a resume
-        indices = iter(sampler)
-        while chunk := list(itertools.islice(indices, self.global_batch)):
-            if len(chunk) < self.global_batch and (self.drop_last or
-                                                   self.even and len(chunk) < self.world_size):
-                return
-            batch = SeededBatch(self._piece(chunk))
-            if batch:
-                batch.seed_key = (self.seed, *stream, number, *process)
-                yield batch
-            number += 1
-
-    def _piece(self, chunk: list[int]) -> list[int]:
-        """This process's contiguous share of a global batch."""
-        if self.world_size == 1:
-            return chunk
-        base, extra = divmod(len(chunk), self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return chunk[start:start + base + (self.rank < extra)]
-
-    def __len__(self) -> int:
-        return self.batch_count(len(self.sampler))
-
-    def batch_count(self, n_samples: int) -> int:
-        """How many batches this process yields from `n_samples` indices."""
-        count, tail = divmod(n_samples, self.global_batch)
-        if tail and not self.drop_last and (tail >= self.world_size or
-                                            not self.even and self.rank < tail):
-            count += 1
-        return count
-
-
 class SeededDataLoader(DataLoader):
-    """A DataLoader over an `EpochSampler` whose batches carry seeds (`SeededBatch`).
+    """A DataLoader whose batches come from a `SeededBatchSampler` over an `EpochSampler`, its
+    public `batch_sampler`: batches carry seeds (`SeededBatch`), and with `world_size` > 1 it
+    loads process `rank`'s share of each global batch (`batch_size` is then per process).
 
-    It keeps DataLoader's public attributes (`sampler`, `batch_size`, `drop_last`) and hands its
-    iterators the seeded batches through `_index_sampler`, the property they read batches from.
-    With `world_size` > 1 it loads process `rank`'s share of each global batch
-    (`SeededBatchSampler`); `batch_size` is then per process.
+    As for any DataLoader built from a batch sampler, DataLoader's own `batch_size` is None and
+    its `sampler` a placeholder: `epoch_sampler` and `batch_sampler.batch_size` say what they
+    would (`batch_size_of` / `sample_count` read any DataLoader).
     """
 
-    def __init__(self, *args, batch_seed: int, per_pass: bool = True, rank: int = 0,
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, *,
+                 batch_seed: int, drop_last: bool = False, per_pass: bool = True, rank: int = 0,
                  world_size: int = 1, even: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._seeded_batches = SeededBatchSampler(self.sampler, self.batch_size, self.drop_last,
-                                                  batch_seed, per_pass, rank, world_size, even)
+        batches = SeededBatchSampler(sampler, batch_size, drop_last, batch_seed, per_pass, rank,
+                                     world_size, even)
+        super().__init__(dataset, batch_sampler=batches, **kwargs)
 
     @property
-    def _index_sampler(self):
-        return self._seeded_batches
+    def epoch_sampler(self) -> EpochSampler:
+        """The sampler whose permutation the batches are cut from (its position: `set_epoch`)."""
+        return self.batch_sampler.sampler
+
+
+def batch_size_of(loader: DataLoader) -> int | None:
+    """The (per-process) batch size of any DataLoader, also one built from a batch sampler."""
+    if loader.batch_size is not None:
+        return loader.batch_size
+    return getattr(loader.batch_sampler, "batch_size", None)
+
+
+def sample_count(loader: DataLoader) -> int:
+    """How many samples one pass over `loader` draws from (this process's share aside)."""
+    sampler = getattr(loader.batch_sampler, "sampler", None)
+    return len(sampler if sampler is not None else loader.sampler)
+
+
+# Data loader arguments every `BaseDataLoader` takes, with their smallest allowed value.
+_LOADER_MINIMUMS = {"batch_size": 1, "num_workers": 0}
+
+
+def loader_args_problems(args: dict) -> list[str]:
+    """The ranges of the arguments every `BaseDataLoader` takes, in a config's
+    `data_loader.args` (the data set size is checked when the data is loaded)."""
+    problems = []
+    for key, smallest in _LOADER_MINIMUMS.items():
+        value = args.get(key, smallest)
+        if isinstance(value, int) and not isinstance(value, bool) and value < smallest:
+            problems.append(f"data_loader.args.{key}: expected an integer >= {smallest}, "
+                            f"got {json.dumps(value)}")
+    split_problem = validation_split_problem(args.get("validation_split", 0.0))
+    if split_problem:
+        problems.append(f"data_loader.args.validation_split: {split_problem}")
+    return problems
 
 
 def validation_split_problem(validation_split: Any, n_samples: int | None = None) -> str | None:
@@ -234,14 +149,14 @@ class BaseDataLoader(SeededDataLoader):
         """Make the next iteration epoch `epoch`'s, starting after its first `start_batch`
         batches (a run resumed mid-epoch): the same batches, in the same order, with the same
         worker seeds as in a run that was never interrupted."""
-        batches_per_pass = max(1, self._seeded_batches.batch_count(len(self.sampler.indices)))
+        batches = self.batch_sampler
+        batches_per_pass = max(1, batches.batch_count(len(self.epoch_sampler.indices)))
         pass_index, batch_in_pass = divmod(start_batch, batches_per_pass)
-        self.sampler.set_position(epoch, pass_index,
-                                  batch_in_pass * self._seeded_batches.global_batch)
+        self.epoch_sampler.set_position(epoch, pass_index, batch_in_pass * batches.global_batch)
 
     def __iter__(self):
         # worker seeds (torch's base seed + worker id) depend only on (seed, epoch, pass)
-        sampler = self.sampler
+        sampler = self.epoch_sampler
         self.generator.manual_seed(derive_seed(self.seed, sampler.epoch, sampler.pass_index))
         return super().__iter__()
 
@@ -261,6 +176,11 @@ def release_workers(*loaders: DataLoader | None) -> None:
     With `persistent_workers` a DataLoader keeps its workers (in its `_iterator`) until it is
     garbage-collected; left to then — a loader referenced by a traceback, a test, a notebook —
     shutting them down can take seconds per worker. The trainer calls this when training ends.
+
+    DataLoader has no public way to stop persistent workers: this function is the one place
+    that uses its private `_iterator._shutdown_workers()`;
+    tests/test_base_data_loader.py::test_release_workers_stops_persistent_workers_at_once fails
+    loudly when a torch release renames them.
     """
     for loader in loaders:
         iterator = getattr(loader, "_iterator", None)

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from config.names import did_you_mean
 from utils.errors import ConfigError
-from utils.names import did_you_mean
 
 
 def initialise(model: nn.Module, init_fn: Callable, args: dict,
@@ -73,7 +73,7 @@ def freeze(model: nn.Module, patterns: Sequence[str], key_path: str = "arch.free
     for name in frozen:
         parameters[name].requires_grad_(False)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(*problems)
     return frozen
 
 
@@ -99,7 +99,7 @@ def parameter_groups(model: nn.Module, groups: Sequence[dict],
             claimed.setdefault(name, index)
         built.append({**group, "params": [trainable[name] for name in names]})
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(*problems)
     rest = [p for name, p in trainable.items() if name not in claimed]
     return ([{"params": rest}] if rest else []) + built
 

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.checkpoint import load_checkpoint  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
 
 
 def write_config(folder: Path, batch_size: int, epochs: int) -> Path:

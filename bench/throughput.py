@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+from base.base_data_loader import batch_size_of, sample_count  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
-from utils.key_paths import parse_overrides  # noqa: E402
+from config.key_paths import parse_overrides  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
 from utils.util import read_json  # noqa: E402
 
@@ -63,9 +64,9 @@ def samples_per_second(config: dict, epochs: int, trainer_keys: dict) -> float:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     if trainer.iteration_based:
-        n_samples = trainer.len_epoch * trainer.accum * trainer.data_loader.batch_size
+        n_samples = trainer.len_epoch * trainer.accum * batch_size_of(trainer.data_loader)
     else:
-        n_samples = len(trainer.data_loader.sampler)
+        n_samples = sample_count(trainer.data_loader)
     return epochs * n_samples / seconds
 
 

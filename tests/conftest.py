@@ -40,6 +40,20 @@ def build(tmp_path: Path, modification: dict | None = None, **trainer):
     return train.build_trainer(config, device=None)
 
 
+def from_command_line(argv: list[str], options=(), evaluating: bool = False):
+    """The `ConfigParser` train.py (test.py with `evaluating`) makes of a command line."""
+    import argparse
+
+    from base.run_folder import resolve_resume
+    from config.command_line import parse_command_line
+    from parse_config import ConfigParser
+
+    args = parse_command_line(argparse.ArgumentParser(), options, argv, evaluating)
+    resume = resolve_resume(args.resume, args.config is not None, evaluating) \
+        if args.resume else None
+    return ConfigParser.from_args(args, options, resume, evaluating)
+
+
 def signal_at(step: int, signum: int):
     """A callback that makes a signal arrive during optimizer step `step` (the run then stops
     after it), through the public `Callback` seam."""

@@ -97,7 +97,7 @@ class NoisyTensorDataset(torch.utils.data.TensorDataset):
 
 NoisyDigitsDataLoader.__module__ = "data_loader.data_loaders"  # a config may name it
 module_data.NoisyDigitsDataLoader = NoisyDigitsDataLoader
-import trainer.checkpoint as module_checkpoint  # noqa: E402
+import utils.checkpoint as module_checkpoint  # noqa: E402
 
 module_checkpoint.atomic_write = slow_write(module_util.atomic_write)
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from base.base_data_loader import BaseDataLoader, EpochSampler, split_indices
+from base.base_data_loader import BaseDataLoader, split_indices
+from base.samplers import EpochSampler
 
 
 def make_loader(n=100, **kwargs) -> BaseDataLoader:

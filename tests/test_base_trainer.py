@@ -3,10 +3,11 @@ import torch
 from torch import nn
 
 from base.base_trainer import BaseTrainer
+from base.settings import Monitor
 from parse_config import ConfigParser
 from tests.conftest import small_config
-from trainer.checkpoint import load_checkpoint
-from trainer.settings import Monitor, TrainerSettings
+from trainer.settings import TrainerSettings
+from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 
 
@@ -39,10 +40,10 @@ def saved_epochs(trainer, name):
 def test_model_best_is_written_on_every_improving_epoch_whatever_save_period(tmp_path):
     trainer = make(tmp_path, [5, 4, 3, 3.5, 2, 9], epochs=6, save_period=4, monitor="min val_loss")
     best_epochs = []
-    original = trainer._save_checkpoint
-    trainer._save_checkpoint = lambda epoch, path: (
-        best_epochs.append(epoch) if path.name == "model_best.pth" else None,
-        original(epoch, path))
+    original = trainer.saver.write
+    trainer.saver.write = lambda state, path: (
+        best_epochs.append(state()["epoch"]) if path.name == "model_best.pth" else None,
+        original(state, path))
     trainer.train()
     assert best_epochs == [1, 2, 3, 5]
     assert saved_epochs(trainer, "model_best.pth") == 5
@@ -75,7 +76,7 @@ def test_early_stop_zero_never_stops(tmp_path):
 def test_monitor_max_and_off(tmp_path):
     trainer = make(tmp_path / "a", [1, 3, 2], epochs=3, monitor="max val_loss")
     trainer.train()
-    assert trainer.monitor_best == 3 and saved_epochs(trainer, "model_best.pth") == 2
+    assert trainer.best.value == 3 and saved_epochs(trainer, "model_best.pth") == 2
     off = make(tmp_path / "b", [1, 3, 2], epochs=3, monitor="off")
     off.train()
     assert not (off.checkpoint_dir / "model_best.pth").exists()
@@ -107,13 +108,11 @@ def test_monitor_of_a_value_never_logged_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"epoch": 3}, r"^trainer\.epoch: unknown key \(did you mean 'epochs'\?\)"),
     ({"monitor": "minimum val_loss"}, r"^trainer\.monitor: expected"),
     ({"epochs": 0}, r"^trainer\.epochs: expected an integer >= 1, got 0"),
     ({"epochs": "2"}, r"^trainer\.epochs: expected an integer >= 1, got \"2\""),
     ({"epochs": 2.5}, r"^trainer\.epochs: expected an integer"),
     ({"save_period": 0}, r"^trainer\.save_period: expected an integer >= 1"),
-    ({"log_step": 0}, r"^trainer\.log_step: expected an integer >= 1"),
     ({"early_stop": -1}, r"^trainer\.early_stop: expected an integer >= 0"),
     ({"tensorboard": "yes"}, r"^trainer\.tensorboard: expected true or false"),
     ({"verbosity": 3}, r"^trainer\.verbosity: expected an integer from 0 to 2, got 3"),
@@ -121,6 +120,14 @@ def test_monitor_of_a_value_never_logged_is_a_config_error(tmp_path):
 def test_trainer_section_mistakes_are_config_errors(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
         make(tmp_path, [1], **settings)
+
+
+def test_an_unknown_trainer_key_is_a_config_problem_a_bare_base_trainer_ignores(tmp_path):
+    assert TrainerSettings.problems({"epochs": 1, "save_dir": "s", "epoch": 3}) == [
+        "trainer.epoch: unknown key (did you mean 'epochs'?)"]
+    assert TrainerSettings.problems({"epochs": 1, "save_dir": "s", "log_step": 0}) == [
+        "trainer.log_step: expected an integer >= 1, got 0"]
+    assert make(tmp_path, [1], log_step=0, epoch=3).settings.epochs == 3  # not its keys
 
 
 def test_save_dir_must_be_a_string():

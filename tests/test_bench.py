@@ -1,8 +1,11 @@
 """The benchmark scripts still run (tiny sizes; their figures are not checked here: timing
 belongs in bench/, not in tests)."""
+import pytest
+
 from tests.conftest import run_script
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_runs_and_reports_both_workloads():
     result = run_script("bench/overhead.py", "--repeats", "1", "--mnist-samples", "640",
                         "--digits-epochs", "1", "--no-memory")
@@ -11,6 +14,7 @@ def test_overhead_benchmark_runs_and_reports_both_workloads():
     assert lines[2].startswith("digits: ") and lines[-1].startswith("reproduce: ")
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_runs_on_the_cpu():
     result = run_script("bench/throughput.py", "--epochs", "1", "-o", "trainer.len_epoch=3")
     lines = result.stdout.splitlines()
@@ -18,6 +22,7 @@ def test_throughput_benchmark_runs_on_the_cpu():
     assert all(float(line.split()[-2]) > 0 for line in lines[1:3])
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_measures_given_settings():
     result = run_script("bench/throughput.py", "--epochs", "1", "-o", "trainer.len_epoch=3",
                         "--setting", '{"tensorboard": true, "watch": {"grad_norm": true}}')

@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from model.model import DigitsModel
-from trainer.checkpoint import (FORMAT_VERSION, INTERRUPTED_NAME, find_checkpoint,
-                                is_latest_in_run, load_checkpoint, load_model_state, prune_checkpoints,
-                                save_checkpoint, unwrap_model)
+from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.errors import CheckpointError
+from utils.weights import load_model_state, unwrap_model
 
 
 def minimal_checkpoint(model: nn.Module) -> dict:
@@ -25,6 +24,7 @@ def test_data_parallel_checkpoint_has_no_module_prefix(tmp_path):
     assert keys and not any(key.startswith("module.") for key in keys)
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_where_the_project_is_not_importable(tmp_path):
     save_checkpoint(minimal_checkpoint(DigitsModel()), tmp_path / "c.pth")
     script = ("import importlib.util, torch; assert importlib.util.find_spec('trainer') is None; "
@@ -107,51 +107,3 @@ def test_messages_say_what_kind_of_bad_file_it_is(tmp_path):
     torch.save({"state_dict": CreatesFile(str(tmp_path / "x"))}, exploit)
     with pytest.raises(CheckpointError, match="pickled objects, which are refused"):
         load_checkpoint(exploit)
-    with pytest.raises(CheckpointError, match="a folder with no loadable checkpoint-epochN.pth"):
-        find_checkpoint(tmp_path)
-
-
-def test_a_run_folder_resumes_from_its_newest_loadable_checkpoint(tmp_path, caplog):
-    def save(name, epoch, step=0):
-        state = {**minimal_checkpoint(DigitsModel()), "epoch": epoch, "epoch_step": step}
-        save_checkpoint(state, tmp_path / name)
-    save("checkpoint-epoch1.pth", 1)
-    save("checkpoint-epoch2.pth", 2)
-    assert find_checkpoint(tmp_path).name == "checkpoint-epoch2.pth"
-    save(INTERRUPTED_NAME, 2, step=5)  # stopped 5 steps into epoch 3
-    assert find_checkpoint(tmp_path).name == INTERRUPTED_NAME
-    save("checkpoint-epoch3.pth", 3)
-    assert find_checkpoint(tmp_path).name == "checkpoint-epoch3.pth"
-    (tmp_path / "checkpoint-epoch4.pth").write_bytes(b"torn by a power cut")
-    assert find_checkpoint(tmp_path).name == "checkpoint-epoch3.pth"
-    assert "checkpoint-epoch4.pth: not a checkpoint" in caplog.text
-
-
-def test_keep_last_keeps_the_newest_and_the_one_resumed_from(tmp_path):
-    for epoch in range(1, 6):
-        save_checkpoint(minimal_checkpoint(DigitsModel()), tmp_path / f"checkpoint-epoch{epoch}.pth")
-    (tmp_path / "model_best.pth").write_bytes(b"best")
-    deleted = prune_checkpoints(tmp_path, 2, protect=tmp_path / "checkpoint-epoch1.pth")
-    assert sorted(p.name for p in deleted) == ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint-epoch1.pth", "checkpoint-epoch4.pth", "checkpoint-epoch5.pth", "model_best.pth"]
-
-
-def test_a_torn_later_checkpoint_does_not_make_a_resume_branch_off(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    for epoch in (2, 3):
-        state = {**minimal_checkpoint(DigitsModel()), "epoch": epoch}
-        save_checkpoint(state, tmp_path / f"checkpoint-epoch{epoch}.pth")
-    second = load_checkpoint(tmp_path / "checkpoint-epoch2.pth")
-    assert not is_latest_in_run(tmp_path / "checkpoint-epoch2.pth", second)
-    (tmp_path / "checkpoint-epoch3.pth").write_bytes(b"torn")
-    assert is_latest_in_run(tmp_path / "checkpoint-epoch2.pth", second)
-
-
-def test_evaluating_a_run_folder_means_its_best_model(tmp_path):
-    for name in ("checkpoint-epoch1.pth", "checkpoint-epoch2.pth"):
-        save_checkpoint(minimal_checkpoint(DigitsModel()), tmp_path / name)
-    assert find_checkpoint(tmp_path, prefer_best=True).name == "checkpoint-epoch2.pth"
-    save_checkpoint(minimal_checkpoint(DigitsModel()), tmp_path / "model_best.pth")
-    assert find_checkpoint(tmp_path, prefer_best=True).name == "model_best.pth"
-    assert find_checkpoint(tmp_path).name == "checkpoint-epoch2.pth"  # resuming: the newest

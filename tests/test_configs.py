@@ -2,11 +2,14 @@
 every one."""
 import json
 
+import pytest
+
 import train
 from tests.conftest import ROOT, run_folders, run_script
 from tests.test_data_loaders import write_tiny_cifar10
 
 
+@pytest.mark.slow
 def test_torchvision_resnet18_trains_on_the_shipped_digits(tmp_path):
     """configs/digits_resnet18.json, cut to a few steps; then test.py on what it saved."""
     run_script("train.py", "-c", "configs/digits_resnet18.json", "--epochs", "2",
@@ -17,6 +20,7 @@ def test_torchvision_resnet18_trains_on_the_shipped_digits(tmp_path):
     assert report["n_samples"] == 359 and len(report["confusion_matrix"]["counts"]) == 10
 
 
+@pytest.mark.slow
 def test_cifar10_config_runs_on_tiny_files(tmp_path, monkeypatch, capsys):
     import torchvision.datasets.cifar
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from base.base_data_loader import sample_count
 from data_loader.data_loaders import Cifar10DataLoader, DigitsDataLoader, MnistDataLoader
 from data_loader.datasets import digits_dataset, load_digits
 from tests.conftest import ROOT
@@ -34,9 +35,9 @@ def test_digits_loader_batches_and_test_split():
     loader = DigitsDataLoader(str(DATA), batch_size=64, validation_split=0.1, seed=1)
     data, target = next(iter(loader))
     assert data.shape == (64, 1, 8, 8) and target.dtype == torch.int64
-    assert loader.n_samples + len(loader.split_validation().sampler) == 1438
+    assert loader.n_samples + sample_count(loader.split_validation()) == 1438
     test = DigitsDataLoader(str(DATA), batch_size=500, shuffle=False, training=False)
-    assert len(test.sampler) == 359
+    assert sample_count(test) == 359
 
 
 def test_missing_digits_file_is_a_user_error(tmp_path):
@@ -66,7 +67,7 @@ def test_mnist_loader_reads_idx_files_without_downloading(tmp_path):
     loader = MnistDataLoader(str(tmp_path), batch_size=4, validation_split=2, download=True)
     data, target = next(iter(loader))
     assert data.shape == (4, 1, 28, 28) and data.dtype == torch.float32
-    assert loader.n_samples == 10 and len(loader.split_validation().sampler) == 2
+    assert loader.n_samples == 10 and sample_count(loader.split_validation()) == 2
     test = MnistDataLoader(str(tmp_path), batch_size=5, shuffle=False, training=False)
     assert next(iter(test))[1].tolist() == [0, 1, 2, 3, 4]
 
@@ -103,7 +104,7 @@ def test_cifar10_loader_reads_the_python_batches_without_downloading(tmp_path, m
     loader = Cifar10DataLoader(str(tmp_path), batch_size=4, validation_split=4, download=True)
     data, target = next(iter(loader))
     assert data.shape == (4, 3, 32, 32) and data.dtype == torch.float32
-    assert loader.n_samples == 16 and len(loader.split_validation().sampler) == 4
+    assert loader.n_samples == 16 and sample_count(loader.split_validation()) == 4
     test = Cifar10DataLoader(str(tmp_path), batch_size=6, shuffle=False, training=False)
     assert next(iter(test))[1].tolist() == [5, 6, 7, 8, 9, 0]
     assert test.dataset.classes[0] == "airplane"  # test.py names the classes with these

@@ -2,12 +2,14 @@
 import importlib.util
 import json
 
+import pytest
 from PIL import Image
 
 import train
 from tests.conftest import ROOT, run_folders, small_config
 
 
+@pytest.mark.slow
 def test_render_curves_draws_the_loss_and_accuracy_cards(tmp_path):
     config = small_config(tmp_path / "saved", epochs=2, tensorboard=True)
     (tmp_path / "c.json").write_text(json.dumps(config))

@@ -9,8 +9,8 @@ import torch
 
 import test as test_script
 import train
-from tests.conftest import ROOT, run_folders, signal_at
-from trainer.checkpoint import load_checkpoint
+from tests.conftest import ROOT, from_command_line, run_folders, signal_at
+from utils.checkpoint import load_checkpoint
 from utils.interrupts import TrainingInterrupted
 
 EXAMPLES = {"tabular": "Diabetes_MLP", "dict_batches": "Digits_Dict", "vae": "Digits_VAE",
@@ -48,6 +48,7 @@ def assert_bit_identical(a: dict, b: dict) -> None:
     assert a["best_log"] == b["best_log"] and a["monitor_best"] == b["monitor_best"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_an_example_stopped_mid_epoch_resumes_bit_for_bit_and_tests(tmp_path, example, capsys):
     config = example_config(tmp_path, example, monitor="min val_loss")  # best_log: every value
@@ -86,6 +87,7 @@ def test_an_example_dry_runs_writing_nothing(tmp_path, example, capsys):
     assert images in out
 
 
+@pytest.mark.slow
 def test_the_vae_logs_its_loss_parts_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -118,15 +120,12 @@ def test_the_vae_trainer_option_is_checked_and_set_from_the_command_line(tmp_pat
 
 
 def _parsed(*argv):
-    import argparse
-
-    from parse_config import ConfigParser
-
-    config = ConfigParser.from_args(argparse.ArgumentParser(), train.OPTIONS, ["-c", *argv])
+    config = from_command_line(["-c", *argv], train.OPTIONS)
     config.validate(train.BLOCKS)
     return config
 
 
+@pytest.mark.slow
 def test_the_gan_steps_each_optimizer_once_per_step_also_accumulating(tmp_path):
     train.main(["-c", str(example_config(tmp_path, "gan", grad_accum_steps=2)), "--run-id", "r"])
     checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_GAN/r/checkpoint-epoch2.pth")

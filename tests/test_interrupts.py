@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from base.run_folder import INTERRUPTED_NAME
 from tests.conftest import ROOT, run_script, small_config
-from trainer.checkpoint import INTERRUPTED_NAME, load_checkpoint
+from utils.checkpoint import load_checkpoint
 
 EPOCHS = 3
 
@@ -124,6 +125,7 @@ def copy_config(references: Path, name: str, tmp_path: Path, new_name: str) -> P
     return path
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(references, tmp_path):
     config = copy_config(references, "plain", tmp_path, "stopped")
     process, seen = start("-c", str(config), env={"STEP_DELAY": "0.01"}), []
@@ -145,6 +147,7 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(refer
     assert [s["resumed_from"] for s in sessions] == [None, str(folder / INTERRUPTED_NAME)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_workers_and_a_second_ctrl_c_while_saving(references, tmp_path):
     """Ctrl-C in a terminal reaches the whole process group, the loader's workers included."""
     config = copy_config(references, "noisy", tmp_path, "stopped")
@@ -177,6 +180,7 @@ def tensorboard_points(root: Path) -> dict[str, list[tuple[int, float]]]:
             for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_leaves_every_checkpoint_loadable(references, tmp_path):
     config = copy_config(references, "plain", tmp_path, "killed")
     folder_of = lambda: run_folder(tmp_path, "killed")  # noqa: E731
@@ -197,6 +201,7 @@ def test_sigkill_at_any_point_leaves_every_checkpoint_loadable(references, tmp_p
     assert_same_training(tmp_path, "killed", references / "plain")
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = write_config(tmp_path, "nan")
     process, seen = start("-c", str(config), env={"NAN_AT_STEP": "30"}), []
@@ -209,6 +214,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         "checkpoint-epoch1.pth", "model_best.pth"]
 
 
+@pytest.mark.slow
 def test_nan_policy_skip_leaves_out_the_bad_step(tmp_path):
     config = write_config(tmp_path, "skip", nan_policy="skip")
     process, seen = start("-c", str(config), env={"NAN_AT_STEP": "30"}), []
@@ -220,6 +226,7 @@ def test_nan_policy_skip_leaves_out_the_bad_step(tmp_path):
     assert final["global_step"] == 3 * 21
 
 
+@pytest.mark.slow
 def test_a_signal_during_validation_stops_there_and_resumes_exactly(references, tmp_path):
     """Validation may be long: the run stops after the current validation batch, and the
     checkpoint holds the point before validation (generators included: the noise is drawn from

@@ -1,10 +1,10 @@
-"""utils/key_paths.py: dotted key paths and the `-o key.path=value` overrides."""
+"""config/key_paths.py: dotted key paths and the `-o key.path=value` overrides."""
 import pytest
 
+from config.key_paths import apply_modifications, get_by_path, parse_overrides
 from parse_config import ConfigParser
 from tests.conftest import small_config
 from utils.errors import ConfigError
-from utils.key_paths import apply_modifications, get_by_path, parse_overrides
 
 
 def test_override_values_parse_as_json_when_they_can():

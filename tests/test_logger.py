@@ -63,6 +63,7 @@ def read_events(log_dir):
     return events
 
 
+@pytest.mark.slow
 def test_training_writes_curves_side_by_side_per_step_loss_and_an_hparams_entry(tmp_path):
     """What the TensorBoard tab shows, read back with TensorBoard's own event reader."""
     config = small_config(tmp_path / "saved", epochs=2, tensorboard=True, log_step=10,

@@ -7,12 +7,12 @@ import torch
 
 import train
 from base.model_tools import freeze, initialise, parameter_groups
+from config.model_options import arch_problems, param_group_problems, resolve_init
 from model.model import DigitsModel
 from parse_config import ConfigParser
 from tests.conftest import run_folders, run_script, small_config
-from trainer.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
-from utils.model_options import arch_problems, param_group_problems, resolve_init
 from utils.seeding import seed_everything
 
 
@@ -108,6 +108,7 @@ def test_param_group_mistakes_name_the_key_path():
                                   "pattern")
 
 
+@pytest.mark.slow
 def test_param_groups_train_and_a_resume_changes_only_what_changed(tmp_path, capsys):
     config = small_config(tmp_path / "saved", epochs=2, verbosity=2)
     config["optimizer"]["param_groups"] = [{"params": "fc2.*", "lr": 0.01}]
@@ -136,6 +137,7 @@ def test_weights_start_from_a_state_dict_and_skip_init(tmp_path):
         assert torch.equal(trainer.model.state_dict()[name], value), name
 
 
+@pytest.mark.slow
 def test_a_strict_load_of_mismatched_weights_fails_with_a_readable_report(tmp_path):
     state = DigitsModel(num_classes=5).state_dict()
     del state["fc1.bias"]
@@ -173,6 +175,7 @@ def test_a_file_of_pickled_objects_is_refused(tmp_path):
         build(tmp_path, **{"arch.weights": str(path)})
 
 
+@pytest.mark.slow
 def test_the_fine_tuning_config_trains_on_the_digits(tmp_path):
     """configs/digits_finetune.json: weights of a default run, frozen convolutions, a faster
     head; run from a copy of the project layout's relative paths."""
@@ -189,6 +192,7 @@ def test_the_fine_tuning_config_trains_on_the_digits(tmp_path):
     assert tuned["monitor_best"] < start["monitor_best"]  # went on from the pretrained model
 
 
+@pytest.mark.slow
 def test_the_checks_that_need_the_model_are_reported_together(tmp_path):
     config = small_config(tmp_path / "saved", watch={"activations": ["conv9"],
                                                      "grad_stats": ["conv1.*"]})
@@ -211,6 +215,7 @@ def test_freezing_every_parameter_is_an_error_naming_freeze(tmp_path):
         build(tmp_path, **{"arch.freeze": ["*"]})
 
 
+@pytest.mark.slow
 def test_a_resume_with_other_frozen_parameters_starts_the_optimizer_fresh(tmp_path, capsys):
     config = small_config(tmp_path / "saved", epochs=2)
     (tmp_path / "c.json").write_text(json.dumps(config))
@@ -229,7 +234,7 @@ def test_a_resume_with_other_frozen_parameters_starts_the_optimizer_fresh(tmp_pa
 def test_weights_names_are_aligned_with_the_model(tmp_path):
     """A torch.compile'd model's file, and torchvision's own file for TorchvisionClassifier."""
     from model.model import TorchvisionClassifier
-    from trainer.checkpoint import load_model_state
+    from utils.weights import load_model_state
 
     source = DigitsModel()
     compiled = {f"_orig_mod.{key}": value for key, value in source.state_dict().items()}
@@ -246,8 +251,8 @@ def test_weights_names_are_aligned_with_the_model(tmp_path):
 
 
 def test_a_loose_load_where_nothing_fits_is_an_error(tmp_path):
-    from trainer.checkpoint import load_model_state
     from utils.errors import CheckpointError
+    from utils.weights import load_model_state
 
     with pytest.raises(CheckpointError, match=r"no tensor fits DigitsModel \(the file's names "
                                               r"are like 'head\.weight'"):
@@ -255,7 +260,7 @@ def test_a_loose_load_where_nothing_fits_is_an_error(tmp_path):
 
 
 def test_weights_that_are_not_a_torch_file_say_so(tmp_path):
-    from trainer.checkpoint import read_weights
+    from utils.checkpoint import read_weights
     from utils.errors import CheckpointError
 
     junk = tmp_path / "junk.pth"
@@ -268,8 +273,8 @@ def test_weights_that_are_not_a_torch_file_say_so(tmp_path):
 def test_names_are_not_renamed_when_that_makes_few_of_them_fit():
     """A DigitsModel file given to a ResNet: the report shows the file's own names."""
     from model.model import TorchvisionClassifier
-    from trainer.checkpoint import load_model_state
     from utils.errors import CheckpointError
+    from utils.weights import load_model_state
 
     with pytest.raises(CheckpointError) as error:
         load_model_state(TorchvisionClassifier("resnet18", 10, in_channels=1),

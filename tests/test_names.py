@@ -1,13 +1,14 @@
-"""utils/names.py: config `type` names to callables, safely, and their arguments checked."""
+"""config/names.py: config `type` names to callables, safely, and their arguments checked."""
 import pytest
 import torch
 import torchvision
 
 import model.model as module_arch
+from config.names import resolve_type
+from config.signatures import check_signature
 from parse_config import ConfigParser
 from tests.conftest import small_config
 from utils.errors import ConfigError
-from utils.names import check_signature, resolve_type
 
 
 def test_dotted_type_inside_allow_list_resolves():

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from tests.conftest import ROOT, run_folders, run_script
 
 
+@pytest.mark.slow
 def test_new_project_copies_the_template_and_trains_on_its_own(tmp_path):
     (ROOT / "saved" / "stray_output.txt").write_text("run output")   # must not be copied
     try:
@@ -26,6 +29,7 @@ def test_new_project_copies_the_template_and_trains_on_its_own(tmp_path):
     assert len(run_folders(project / "saved")) == 1
 
 
+@pytest.mark.slow
 def test_new_project_refuses_a_non_empty_target(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     result = run_script("new_project.py", str(tmp_path), check=False)
@@ -33,6 +37,7 @@ def test_new_project_refuses_a_non_empty_target(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_new_project_refuses_a_target_inside_the_template(tmp_path):
     result = run_script("new_project.py", str(ROOT / "saved" / "copy"), check=False)
     assert result.returncode == 2 and not (ROOT / "saved" / "copy").exists()

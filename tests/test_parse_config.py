@@ -1,4 +1,3 @@
-import argparse
 import json
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import torch
 import model.metric as module_metric
 import model.model as module_arch
 from parse_config import ConfigParser, CustomArgs
-from tests.conftest import small_config
+from tests.conftest import from_command_line, small_config
 from utils.errors import ConfigError, UserError
 
 OPTIONS = [CustomArgs(["--lr", "--learning_rate"], float, "optimizer.args.lr"),
@@ -16,7 +15,7 @@ OPTIONS = [CustomArgs(["--lr", "--learning_rate"], float, "optimizer.args.lr"),
 
 
 def from_argv(*argv: str) -> ConfigParser:
-    return ConfigParser.from_args(argparse.ArgumentParser(), OPTIONS, list(argv))
+    return from_command_line(list(argv), OPTIONS)
 
 
 @pytest.fixture
@@ -120,7 +119,7 @@ def test_missing_config_file_is_a_user_error(tmp_path):
 
 
 def test_resume_without_config_reads_config_from_checkpoint(tmp_path):
-    from trainer.checkpoint import FORMAT_VERSION, save_checkpoint
+    from utils.checkpoint import FORMAT_VERSION, save_checkpoint
     run = tmp_path / "models" / "Digits_CNN" / "0101_000000"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
@@ -144,7 +143,7 @@ def test_get_logger_rejects_bad_verbosity(parser_config):
 
 
 def test_resume_of_an_older_checkpoint_goes_to_a_new_run_folder(tmp_path):
-    from trainer.checkpoint import FORMAT_VERSION, save_checkpoint
+    from utils.checkpoint import FORMAT_VERSION, save_checkpoint
     run = tmp_path / "models" / "Digits_CNN" / "0101_000000"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
@@ -203,10 +202,9 @@ def test_an_unusable_save_dir_is_a_user_error(tmp_path):
 def test_seed_and_name_flags(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(small_config(tmp_path)))
-    parser = argparse.ArgumentParser()
     import train
-    config = ConfigParser.from_args(parser, train.OPTIONS, ["-c", str(path), "--seed", "9",
-                                                            "--name", "Other"])
+    config = from_command_line(["-c", str(path), "--seed", "9", "--name", "Other"],
+                               train.OPTIONS)
     assert config["seed"] == 9 and config.save_dir.parent.name == "Other"
 
 

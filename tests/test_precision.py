@@ -8,8 +8,8 @@ from torch import nn
 
 import train
 from tests.conftest import run_folders, small_config
-from trainer.checkpoint import load_checkpoint
 from trainer.precision import StepMechanics, configure_backends
+from utils.checkpoint import load_checkpoint
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -26,6 +26,7 @@ def train_run(tmp_path, run_id: str, *argv: str, epochs: int = 1, **trainer) -> 
                            f"checkpoint-epoch{epochs}.pth")
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_the_cpu(tmp_path):
     model = nn.Linear(4, 2)
     mechanics = StepMechanics(model, torch.optim.SGD(model.parameters(), lr=0.1),
@@ -41,6 +42,7 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path):
     assert bf16["scaler"] is None
 
 
+@pytest.mark.slow
 def test_fp16_keeps_its_grad_scaler_in_checkpoints_and_resumes_exactly(tmp_path):
     straight = train_run(tmp_path, "straight", "-o", "trainer.amp=fp16", epochs=2)
     assert straight["scaler"]["scale"] > 0 and straight["scaler"]["_growth_tracker"] > 0
@@ -53,6 +55,7 @@ def test_fp16_keeps_its_grad_scaler_in_checkpoints_and_resumes_exactly(tmp_path)
         assert torch.equal(resumed["state_dict"][key], tensor), key
 
 
+@pytest.mark.slow
 def test_accumulating_n_micro_batches_steps_like_one_batch_of_n_times_the_size(tmp_path):
     whole = train_run(tmp_path, "whole", "--bs", "64", "-o", "optimizer.type=SGD",
                       "-o", "optimizer.args={\"lr\": 0.05}")
@@ -85,6 +88,7 @@ def grad_norm(model: nn.Module) -> float:
                                                        for p in model.parameters()])))
 
 
+@pytest.mark.slow
 def test_a_compiled_model_trains_and_checkpoints_plain_keys(tmp_path):
     checkpoint = train_run(tmp_path, "compiled", "-o", 'trainer.compile={"backend": "eager"}')
     assert set(checkpoint["state_dict"]) == {f"{layer}.{kind}" for layer in
@@ -133,6 +137,7 @@ def test_run_folders_helper_still_sees_one_run(tmp_path):
     assert [p.name for p in run_folders(tmp_path / "saved")] == ["only"]
 
 
+@pytest.mark.slow
 def test_an_empty_compile_object_compiles_with_the_defaults(tmp_path):
     from parse_config import ConfigParser
 
@@ -142,6 +147,7 @@ def test_an_empty_compile_object_compiles_with_the_defaults(tmp_path):
     assert not hasattr(train.build_trainer(config).model, "_orig_mod")
 
 
+@pytest.mark.slow
 def test_a_longer_one_cycle_on_resume_continues_on_the_new_schedule(tmp_path):
     def one_cycle(total: int) -> str:
         return json.dumps({"type": "OneCycleLR", "interval": "step",

@@ -10,7 +10,7 @@ import pytest
 import train
 from logger.progress import bars_wanted, epoch_table, format_duration, format_value
 from tests.conftest import run_folders, small_config
-from trainer.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint
 
 
 class FakeStream(io.StringIO):
@@ -82,6 +82,7 @@ def write_config(tmp_path, **trainer) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_without_a_terminal_the_log_has_a_line_every_log_step_a_table_and_a_summary(
         tmp_path, capsys):
     train.main(["-c", write_config(tmp_path, epochs=2, log_step=10, progress_bar="auto")])
@@ -134,6 +135,7 @@ def test_bars_replace_the_step_lines_and_keep_log_lines_whole(tmp_path, capsys):
     assert any(line.startswith("Epoch 1/1 ") for line in screen_lines)
 
 
+@pytest.mark.slow
 def test_the_end_summary_names_the_best_epoch_across_a_resume(tmp_path, capsys):
     config = write_config(tmp_path, epochs=3, monitor="max val_accuracy")
     train.main(["-c", config, "--epochs", "2"])
@@ -159,6 +161,7 @@ def test_without_a_monitor_the_summary_points_at_the_last_checkpoint(tmp_path, c
     assert lines[-1] == f"Test it with: python test.py -r {run / 'checkpoint-epoch2.pth'}"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_best_epoch_still_points_at_model_best(tmp_path, capsys):
     """Checkpoints written before best_epoch existed: the summary names model_best.pth."""
     import torch

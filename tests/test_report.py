@@ -40,6 +40,7 @@ def test_run_log_dir_follows_the_run_layout(tmp_path):
     assert run_log_dir(tmp_path / "model_best.pth") is None
 
 
+@pytest.mark.slow
 def test_test_py_reports_per_class_accuracy_and_the_confusion_matrix(tmp_path, capsys):
     config = small_config(tmp_path / "saved", epochs=1, tensorboard=True)
     (tmp_path / "c.json").write_text(json.dumps(config))
@@ -64,6 +65,7 @@ def test_test_py_reports_per_class_accuracy_and_the_confusion_matrix(tmp_path, c
     assert image.width == image.height == 10 * 25 and image.step == 1  # at the epoch
 
 
+@pytest.mark.slow
 def test_without_tensorboard_test_py_writes_only_the_json(tmp_path):
     config = small_config(tmp_path / "saved", epochs=1)  # tensorboard off
     (tmp_path / "c.json").write_text(json.dumps(config))

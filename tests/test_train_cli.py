@@ -7,10 +7,11 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_folders, run_script, small_config
-from trainer.checkpoint import load_checkpoint
+from tests.conftest import ROOT, from_command_line, run_folders, run_script, small_config
+from utils.checkpoint import load_checkpoint
 
 
+@pytest.mark.slow
 def test_default_config_trains_offline_and_tests_above_97_percent(tmp_path):
     """The README's promise: `python train.py -c config.json`, then `test.py` on model_best."""
     run_script("train.py", "-c", "config.json", "-o", f"trainer.save_dir={tmp_path}")
@@ -25,6 +26,7 @@ def test_default_config_trains_offline_and_tests_above_97_percent(tmp_path):
     assert "accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_test_resume_end_to_end(config_file, tmp_path):
     run_script("train.py", "-c", str(config_file))
     run, = run_folders(tmp_path / "saved")
@@ -50,8 +52,9 @@ def bad_config(tmp_path, mutate) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_config_mistakes_in_a_real_process_exit_2_with_a_line_each_and_write_nothing(tmp_path):
-    """The full table is in test_config_check.py; this is the same path in a fresh process."""
+    """The full table is in test_checks.py; this is the same path in a fresh process."""
     def mistakes(config):
         config["optimizer"]["type"] = "Adamm"
         config["trainer"]["erly_stop"] = 3
@@ -68,6 +71,7 @@ def test_config_mistakes_in_a_real_process_exit_2_with_a_line_each_and_write_not
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow
 def test_print_config_shows_the_effective_config_and_writes_nothing(config_file, tmp_path):
     result = run_script("train.py", "-c", str(config_file), "--print-config", "--lr", "0.01",
                         "--seed", "7", "-o", "trainer.len_epoch=5")
@@ -77,6 +81,7 @@ def test_print_config_shows_the_effective_config_and_writes_nothing(config_file,
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "test.py"])
 @pytest.mark.parametrize("kind", ["junk", "exploit"])
 def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script, kind):
@@ -96,6 +101,7 @@ def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script, kind):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_exits_2(config_file, tmp_path):
     run_script("train.py", "-c", str(config_file), "--epochs", "1")
     run, = run_folders(tmp_path / "saved")
@@ -109,16 +115,13 @@ def test_checkpoint_of_another_architecture_exits_2(config_file, tmp_path):
 def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
     """Every object of every shipped config is built (downloadable data replaced by tiny files,
     pretrained weights by a saved model of the right kind)."""
-    import argparse
-
     import torchvision.datasets.cifar
 
     import train
     from model.model import DigitsModel
-    from parse_config import ConfigParser
     from tests.test_data_loaders import write_tiny_cifar10, write_tiny_mnist
 
-    config = ConfigParser.from_args(argparse.ArgumentParser(), argv=[
+    config = from_command_line([
         "-c", str(ROOT / config_path), "-o", f"trainer.save_dir={tmp_path}"])
     if config["data_loader"]["type"] == "MnistDataLoader":
         write_tiny_mnist(tmp_path, n_train=300)
@@ -141,6 +144,7 @@ def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
     assert trainer.model(data.to(trainer.device)).shape[0] == target.shape[0]
 
 
+@pytest.mark.slow
 def test_dry_run_checks_a_config_in_seconds_and_writes_nothing(config_file, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_script("train.py", "-c", str(config_file), "--dry-run")
@@ -154,6 +158,7 @@ def test_dry_run_checks_a_config_in_seconds_and_writes_nothing(config_file, tmp_
                                  "--dry-run.")
 
 
+@pytest.mark.slow
 def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
     run_script("train.py", "-c", str(config_file), "--epochs", "1")
     run, = run_folders(tmp_path / "saved")
@@ -168,6 +173,7 @@ def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
     assert broken.stderr.startswith("error: the first batch does not go through model, loss")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, expected", [
     ("train.py", ["--dry-run", "--lr LR, --learning_rate LR", "sets optimizer.args.lr",
                   "sets data_loader.args.batch_size", "--run-id"]),

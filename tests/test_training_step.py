@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import trainer.trainer as module_trainer
 import train
+import trainer.trainer as module_trainer
 from tests.conftest import ROOT, run_folders, small_config
-from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer
+from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError, TrainingDiverged, UserError
 
 
@@ -54,6 +54,7 @@ class LossParts(Trainer):
                 "nll": nll, "entropy": entropy * self.part_weight}
 
 
+@pytest.mark.slow
 def test_a_subclassed_step_trains_exactly_like_the_default_and_logs_its_parts(tmp_path, register,
                                                                                capsys):
     register(LossParts)
@@ -75,6 +76,7 @@ def test_a_subclassed_step_trains_exactly_like_the_default_and_logs_its_parts(tm
     assert "  entropy " in table and "  nll " in table
 
 
+@pytest.mark.slow
 def test_a_dict_batch_without_a_target_the_step_knows_is_one_line_and_writes_nothing(tmp_path):
     from tests.conftest import run_script
 
@@ -239,6 +241,7 @@ class ManualSkip(Trainer):
         return loss
 
 
+@pytest.mark.slow
 def test_manual_optimization_keeps_the_nan_policy(tmp_path, register, capsys):
     register(ManualSkip)
     train.main(["-c", write(tmp_path, {"trainer.type": "ManualSkip", "metrics": []},
@@ -317,6 +320,7 @@ def two_optimizer_config(tmp_path, **changes):
     return str(path)
 
 
+@pytest.mark.slow
 def test_manual_accumulation_steps_each_optimizer_on_its_own_losses_only(tmp_path, register):
     register(TwoParts)
     config = two_optimizer_config(tmp_path, grad_accum_steps=2)
@@ -365,6 +369,7 @@ def test_stepping_a_wrong_or_twice_named_optimizer_is_one_line_before_the_run_fo
                     "-o", "trainer.type=TwiceStepped"])
 
 
+@pytest.mark.slow
 def test_one_named_optimizer_trains_with_the_default_step(tmp_path):
     config = small_config(tmp_path / "saved", epochs=1)
     del config["optimizer"], config["lr_scheduler"]
@@ -385,6 +390,7 @@ class NanAtSecondStep(Trainer):
         return result
 
 
+@pytest.mark.slow
 def test_fp16_with_a_skipped_step_goes_on(tmp_path, register, capsys):
     register(NanAtSecondStep)
     train.main(["-c", write(tmp_path, {"trainer.type": "NanAtSecondStep"}, amp="fp16",

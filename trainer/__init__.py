@@ -1,5 +1,3 @@
-"""The concrete trainer and the pieces `BaseTrainer` delegates to (checkpoint I/O, evaluation).
-
-Import from the submodules (`from trainer.trainer import Trainer`): `base.base_trainer` imports
-`trainer.checkpoint`, so this package must not import `trainer.trainer` eagerly.
-"""
+"""The concrete trainer: the user's seam (`trainer.trainer.Trainer`: training_step,
+validation_step, to_device, batch_size), the step machinery that calls it (`driver`), and the
+pieces that machinery uses (batches, metrics, NaN guard, precision, evaluation, watch)."""

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from config.names import did_you_mean
 from utils.errors import UserError
-from utils.names import did_you_mean
 
 # Dict keys the default step takes for the target, in this order (else `trainer.args.target_key`).
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from config.names import callable_name
 from trainer.batches import map_tensors
 from trainer.step_output import StepOutput
 from utils.errors import UserError
-from utils.names import callable_name
 from utils.util import MetricTracker
 
 

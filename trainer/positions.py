@@ -1,6 +1,12 @@
 """Where a run stopped inside an epoch, and whether a resumed run can continue from there:
 the same batches need the same global batch size, pass length, epoch length and accumulation."""
+import itertools
+from collections.abc import Iterator
+
+from base.base_data_loader import BaseDataLoader, batch_size_of
+from utils import distributed
 from utils.errors import ConfigError
+from utils.util import inf_loop
 
 
 def position(batch_size: int, world_size: int, batches_per_pass: int, len_epoch: int,
@@ -50,3 +56,56 @@ def _bs_hint(saved: tuple[int, int], now: tuple[int, int]) -> str:
 def _batch_text(batch_size: int, processes: int) -> str:
     """`batch_size 64`, or `batch_size 32 x 2 processes`."""
     return f"batch_size {batch_size}" + (f" x {processes} processes" if processes > 1 else "")
+
+
+class DataPositions:
+    """Which batches an epoch (or its rest, after a resume mid-epoch) reads, and what a
+    mid-epoch checkpoint saves to find its place again. A part of `Driver`."""
+
+    def epoch_state(self) -> dict:
+        """The epoch's running sums and metric states over every process, and what its
+        position means."""
+        return {"train_metrics": self.train_metrics.state_dict(), **self._position()}
+
+    def load_epoch_state(self, state: dict) -> None:
+        """The epoch's running metric sums; the position in it only means the same batches
+        with the same global batch size and epoch length (else a `ConfigError`)."""
+        check_position(state, self._position())
+        # the sums are of every process: one process carries them on, the others start at 0
+        self.train_metrics.load_state_dict(state.get("train_metrics") or {"sums": {},
+                                                                          "counts": {}},
+                                           self.device, main=distributed.is_main())
+
+    def _position(self) -> dict:
+        return position(batch_size_of(self.data_loader), distributed.world_size(),
+                        len(self.data_loader), self.len_epoch, self.accum)
+
+    def _step_groups(self, epoch: int, start: int) -> Iterator[list]:
+        """Lists of `grad_accum_steps` micro-batches, one per optimizer step, from step `start`
+        of `epoch` on; a pass's last list may be shorter."""
+        batches = self._epoch_batches(epoch, start * self.accum, (self.len_epoch - start) *
+                                      self.accum if self.iteration_based else None)
+        while group := list(itertools.islice(batches, self.accum)):
+            yield group
+
+    def _epoch_batches(self, epoch: int, start: int = 0, count: int | None = None) -> Iterator:
+        """The (micro-)batches of `epoch` after its first `start`, in an order that depends only
+        on the seed and `epoch` — `count` of them cycling through the data (iteration-based), or
+        the rest of one pass; the skipped ones are skipped by the sampler, not loaded."""
+        if count is not None and count <= 0 or count is None and start >= len(self.data_loader):
+            return iter(())
+        skip = 0
+        if isinstance(self.data_loader, BaseDataLoader):
+            self.data_loader.set_epoch(epoch, start)
+        else:
+            set_epoch = getattr(self.data_loader, "set_epoch", None) or \
+                getattr(getattr(self.data_loader, "sampler", None), "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(epoch)
+            skip = start  # a loader of another kind can only be read past the seen batches
+            if skip:
+                self.logger.warning("%s cannot start mid-epoch: reading past %d batches.",
+                                    type(self.data_loader).__name__, skip)
+        if count is not None:
+            return itertools.islice(inf_loop(self.data_loader), skip, skip + count)
+        return itertools.islice(iter(self.data_loader), skip, None)

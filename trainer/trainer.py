@@ -4,10 +4,12 @@ subclass named by `trainer.type` (README, "Your own task"); the machinery that c
 from torch import Tensor, nn
 
 from trainer.batches import call_model, leading_size, move_to_device, split_batch
-from trainer.checkpoint import unwrap_model
-from trainer.driver import Callback, Driver, DryRunResult
+from trainer.callbacks import Callback
+from trainer.checks import DryRunResult
+from trainer.driver import Driver
 from trainer.precision import optimizer_parameters
 from utils.errors import UserError
+from utils.weights import unwrap_model
 
 __all__ = ["Callback", "DryRunResult", "Trainer"]
 

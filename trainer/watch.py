@@ -5,8 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from base.model_tools import trainable_matching
+from config.names import did_you_mean
 from utils.errors import ConfigError
-from utils.names import did_you_mean
 
 WATCH_KEYS = ("grad_norm", "activations", "grad_stats")
 
@@ -56,7 +56,7 @@ class Watch:
         self.grad_norm = (settings or {}).get("grad_norm", False)
         self.activations, self.parameters, problems = watch_targets(model, settings)
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError(*problems)
         self.enabled = bool(self.grad_norm or self.activations or self.parameters)
         self.recording = False
         # what backward's gradients are multiplied by (the fp16 loss scale): the tensor hooks

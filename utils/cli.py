@@ -13,7 +13,7 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as error:
-        for line in str(error).splitlines() or [type(error).__name__]:
+        for line in error.problems or [type(error).__name__]:
             print(f"{process_prefix()}error: {line}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as error:  # the trainer has logged where it stopped

@@ -127,13 +127,6 @@ def gathered(value: Any) -> list[Any]:
     return values
 
 
-def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Reduce a tensor on this process's device over all processes, in place ("sum", "min")."""
-    if active():
-        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
-    return tensor
-
-
 @contextlib.contextmanager
 def all_or_none(what: str) -> Iterator[None]:
     """Run the block in every process and end it together: when it raised in any process,

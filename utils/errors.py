@@ -6,7 +6,15 @@ Every one of them is turned into a single line on stderr and exit code 2 by
 
 
 class UserError(Exception):
-    """A mistake the user can fix: a bad config, a missing file, a wrong checkpoint."""
+    """A mistake the user can fix: a bad config, a missing file, a wrong checkpoint.
+
+    `problems`: one line each (a config check reports every problem at once); the message is
+    those lines joined.
+    """
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = [line for problem in problems for line in problem.splitlines()]
 
 
 class ConfigError(UserError, ValueError):

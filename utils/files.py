@@ -40,8 +40,8 @@ def read_json(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}:{line}:{column}: invalid JSON: {error} is not a number JSON "
                           f"allows; use a finite number") from None
     if duplicates:
-        raise ConfigError("\n".join(f"{path}: key {key!r} appears twice in one object (JSON "
-                                    f"keeps only the last); remove one" for key in duplicates))
+        raise ConfigError(*(f"{path}: key {key!r} appears twice in one object (JSON keeps only "
+                            f"the last); remove one" for key in duplicates))
     return data
 
 

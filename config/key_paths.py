@@ -5,9 +5,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from utils.config_check import KNOWN_SECTIONS, block_options
+from config.checks import block_options
+from config.names import did_you_mean
+from config.sections import KNOWN_SECTIONS
 from utils.errors import ConfigError
-from utils.names import did_you_mean
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def apply_modifications(config: dict, modification: dict[str, Any],
         except ConfigError as error:
             found.append(str(error))
     if found and problems is None:
-        raise ConfigError("\n".join(found))
+        raise ConfigError(*found)
     if problems is not None:
         problems += found
     return config

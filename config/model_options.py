@@ -5,8 +5,9 @@ import inspect
 import json
 from typing import Any, Callable
 
+from config.names import did_you_mean
+from config.signatures import check_signature
 from utils.errors import ConfigError
-from utils.names import check_signature, did_you_mean
 
 # The layers `arch.init` initialises when it names none.
 DEFAULT_INIT_LAYERS = ("Conv1d", "Conv2d", "Conv3d", "Linear")
@@ -42,11 +43,11 @@ def resolve_init(spec: Any, key_path: str = "arch.init") -> tuple[Callable, dict
             check_signature(function, (None,), args, f"{key_path}.args",
                             display_name=f"torch.nn.init.{short}")
         except ConfigError as error:
-            problems += str(error).splitlines()
+            problems += error.problems
     layer_types = _layer_types(spec.get("layers", list(DEFAULT_INIT_LAYERS)), f"{key_path}.layers",
                                problems)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(*problems)
     return function, dict(args), layer_types
 
 
@@ -86,7 +87,7 @@ def weights_spec(value: Any, key_path: str = "arch.weights") -> tuple[str, bool]
         if not isinstance(strict, bool):
             problems.append(f"{key_path}.strict: expected true or false, got {json.dumps(strict)}")
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError(*problems)
         return path, strict
     raise ConfigError(f"{key_path}: expected a path (\"pretrained.pth\") or {{\"path\": ..., "
                       f"\"strict\": false}}, got {json.dumps(value)}")
@@ -102,7 +103,7 @@ def arch_problems(arch: Any) -> list[str]:
             try:
                 check(arch[key], f"arch.{key}")
             except ConfigError as error:
-                problems += str(error).splitlines()
+                problems += error.problems
     freeze = arch.get("freeze")
     if freeze is not None and not (isinstance(freeze, list) and
                                    all(isinstance(p, str) and p for p in freeze)):

@@ -1,4 +1,4 @@
-"""utils/config_check.py: the whole config checked up front, every problem at once.
+"""config/checks.py: the whole config checked up front, every problem at once.
 
 The table drives the real `train.main` / `test.main` through `run_cli` in this process (the CLI's
 own exit path), so each broken config costs milliseconds; test_train_cli.py runs a few of them
@@ -12,10 +12,10 @@ import torch
 
 import test as test_script
 import train
+from config.checks import find_problems
 from parse_config import ConfigParser
 from tests.conftest import small_config
 from utils.cli import run_cli
-from utils.config_check import find_problems
 from utils.errors import ConfigError
 
 
@@ -133,8 +133,8 @@ CASES = [
      ["arch.type: 'torch.utils.collect_env.run' is outside the modules a config may use"]),
     ("through_a_module", lambda t: C + [write(t, change("loss", "torch.nn.functional.torch.load"))],
      ["loss: torch.nn.functional.torch is the module torch, outside the modules"]),
-    ("project_writer", lambda t: C + [write(t, change("loss", "trainer.checkpoint.save_checkpoint"))],
-     ["loss: 'trainer.checkpoint.save_checkpoint' is outside the modules"]),
+    ("project_writer", lambda t: C + [write(t, change("loss", "utils.checkpoint.save_checkpoint"))],
+     ["loss: 'utils.checkpoint.save_checkpoint' is outside the modules"]),
     ("import_in_own_module", lambda t: C + [write(t, change("data_loader.type", "UserError"))],
      ["data_loader.type: data_loader.data_loaders.UserError comes from utils.errors, outside"]),
     ("arch_not_a_module", lambda t: C + [write(t, change("arch.type", "torch.optim.Adam"))],
@@ -360,7 +360,7 @@ def dangerous_blocks(marker: Path) -> list[tuple[str, dict]]:
         ("arch", {"type": "torch.nn.functional.torch.utils.collect_env.run",
                   "args": {"command": f"touch {marker}"}}),
         ("arch", {"type": "torch.utils.tensorboard.SummaryWriter", "args": {"log_dir": str(marker)}}),
-        ("loss", {"type": "trainer.checkpoint.save_checkpoint",
+        ("loss", {"type": "utils.checkpoint.save_checkpoint",
                   "args": {"state": {}, "path": str(marker)}}),
         ("loss", {"type": "utils.util.write_json", "args": {"content": {}, "path": str(marker)}}),
         ("data_loader", {"type": "torchvision.datasets.FakeData", "args": {}}),
@@ -383,7 +383,7 @@ def test_a_config_cannot_run_anything_outside_the_building_blocks(index, tmp_pat
 def test_a_checkpoint_carrying_a_dangerous_config_runs_nothing(tmp_path, capsys):
     """test.py and train.py -r take the config stored in the checkpoint: it is checked the same."""
     from model.model import DigitsModel
-    from trainer.checkpoint import FORMAT_VERSION
+    from utils.checkpoint import FORMAT_VERSION
 
     marker = tmp_path / "marker"
     config = small_config(tmp_path / "saved")
@@ -441,7 +441,7 @@ def test_a_torch_loss_class_is_checked_and_instantiated(tmp_path):
 
 def test_test_py_prints_the_config_it_would_evaluate_with(tmp_path, capsys):
     from model.model import DigitsModel
-    from trainer.checkpoint import FORMAT_VERSION
+    from utils.checkpoint import FORMAT_VERSION
 
     path = tmp_path / "model_best.pth"
     torch.save({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": 1,
@@ -455,7 +455,7 @@ def test_test_py_prints_the_config_it_would_evaluate_with(tmp_path, capsys):
 
 def test_a_checkpoint_without_a_config_object_is_named(tmp_path, capsys):
     from model.model import DigitsModel
-    from trainer.checkpoint import FORMAT_VERSION
+    from utils.checkpoint import FORMAT_VERSION
 
     path = tmp_path / "noconf.pth"
     torch.save({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": 1,

@@ -4,22 +4,20 @@
 `ConfigParser.validate`, which runs `find_problems` before any folder, file, data set or model
 exists. Each problem is one line that starts with its key path.
 """
-import difflib
 import importlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from config.model_options import arch_problems, param_group_problems, params_problem
+from config.names import callable_name
+from config.sections import (is_plain_name, loader_args, metric_labels, monitor_problems,
+                             top_level_problems)
 from utils.errors import ConfigError
-from utils.names import callable_name, did_you_mean
 
-# Every top-level key the template reads; another key close to one of these is a likely typo.
-KNOWN_SECTIONS = ("name", "n_gpu", "seed", "arch", "data_loader", "optimizer", "optimizers",
-                  "loss", "metrics", "lr_scheduler", "trainer")
 # Keys a block may have besides type and args, and their allowed values (None: checked by
-# `utils.model_options`).
+# `config.model_options`).
 BLOCK_OPTIONS = {"lr_scheduler": {"interval": ("epoch", "step")},
                  "arch": {"init": None, "freeze": None, "weights": None},
                  "optimizer": {"param_groups": None},
@@ -34,12 +32,6 @@ def block_options(key_path: str) -> dict:
     if len(parts) >= 2 and parts[0] == "optimizers":
         parts[1] = "*"
     return BLOCK_OPTIONS.get(".".join(parts), {})
-# Data loader arguments every `BaseDataLoader` takes, with their smallest allowed value.
-_LOADER_MINIMUMS = {"batch_size": 1, "num_workers": 0}
-# Top-level integers and their ranges (a seed feeds NumPy, which takes 32 bits).
-_TOP_LEVEL_RANGES = {"seed": (0, 2**32 - 1), "n_gpu": (0, 1024)}
-
-
 @dataclass(frozen=True)
 class Block:
     """A config block an entry point builds, and what its code passes besides the config args."""
@@ -59,23 +51,52 @@ class Block:
     # block whose stand-in it takes (a scheduler takes the optimizer). Only for side-effect-free
     # constructors.
     dry_run: str = ""
+    # Named by the layer that owns the block (dotted paths, imported when checking), so that
+    # the config system depends on neither: for `trainer`, the settings class whose
+    # `problems(section)` checks the section; for `data_loader`, a function from its `args` to
+    # the problems with the values every loader takes.
+    settings: str = ""
+    check_args: str = ""
 
 
 def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list[str]:
     """Every problem in `config` (a `ConfigParser`) for building `blocks` and, with `trainer`,
     for training; an empty list when there is none."""
     raw = config.config
-    problems = top_level_problems(raw, trainer)
-    metric_names, stand_ins = None, {}
+    settings = next((imported(block.settings) for block in blocks if block.key == "trainer"), None)
+    problems = top_level_problems(raw, trainer, settings.known_keys() if settings else ())
     named = "optimizers" in raw and any(block.key == "optimizer" for block in blocks)
     if named:  # several optimizers, each with its scheduler, instead of optimizer/lr_scheduler
         problems += named_optimizer_problems(config, blocks)
+    found, metric_names = _block_problems(config, blocks, trainer, named)
+    problems += found
+    loader = next((block for block in blocks if block.key == "data_loader"), None)
+    if loader is not None and loader.check_args:
+        problems += [problem for problem in imported(loader.check_args)(loader_args(raw))
+                     if problem.split(":")[0] not in {line.split(":")[0] for line in problems}]
+    problems += arch_problems(raw.get("arch"))
+    if not named:
+        problems += param_group_problems(raw.get("optimizer"))
+    problems += _interval_problems(raw, named)
+    if trainer and settings is not None and isinstance(raw.get("trainer"), dict):
+        problems += settings.problems(raw["trainer"])
+        if metric_names is None:
+            metric_names = metric_labels(raw.get("metrics"))
+        problems += monitor_problems(raw, metric_names, settings)
+    return problems
+
+
+def _block_problems(config, blocks: Sequence[Block], trainer: bool,
+                    named: bool) -> tuple[list[str], list[str] | None]:
+    """Each block resolved, its args bound and, where it can be, dry-built; the problems, and
+    the names the metrics log under (None when the metrics have a problem)."""
+    raw, problems = config.config, []
+    metric_names, stand_ins = None, {}
     for block in blocks:
         if named and block.key in ("optimizer", "lr_scheduler"):
             continue
         if block.key == "trainer":
-            if trainer:
-                problems += _trainer_type_problems(config, block)
+            problems += _trainer_type_problems(config, block) if trainer else []
             continue
         if block.key not in raw and block.required:
             problems.append(f"{block.key}: missing from the config ({_EXAMPLES[block.key]})"
@@ -85,37 +106,25 @@ def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list
             continue
         try:
             built = _check_block(config, block)
-        except ConfigError as error:
-            problems += str(error).splitlines()
-            continue
-        if block.many and block.key == "metrics":
-            metric_names = [callable_name(function) for function in built]
-        if block.dry_run:
-            try:
+            if block.many and block.key == "metrics":
+                metric_names = [callable_name(function) for function in built]
+            if block.dry_run:
                 stand_ins[block.key] = _dry_run(config, block, stand_ins)
-            except ConfigError as error:
-                problems += str(error).splitlines()
-    problems += data_loader_problems(raw, problems)
-    from utils.model_options import arch_problems, param_group_problems
-    problems += arch_problems(raw.get("arch"))
-    if not named:
-        problems += param_group_problems(raw.get("optimizer"))
-    schedulers = {"lr_scheduler": raw.get("lr_scheduler")}
-    if named and isinstance(raw["optimizers"], dict):
+        except ConfigError as error:
+            problems += error.problems
+    return problems, metric_names
+
+
+def _interval_problems(config: dict, named: bool) -> list[str]:
+    """A ReduceLROnPlateau set to step after every optimizer step."""
+    schedulers = {"lr_scheduler": config.get("lr_scheduler")}
+    if named and isinstance(config["optimizers"], dict):
         schedulers = {f"optimizers.{name}.lr_scheduler": entry.get("lr_scheduler")
-                      for name, entry in raw["optimizers"].items() if isinstance(entry, dict)}
-    for key, scheduler in schedulers.items():
-        if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and \
-                str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau":
-            problems.append(f"{key}.interval: ReduceLROnPlateau steps on a validation value "
-                            f"once an epoch; use \"epoch\"")
-    if trainer and isinstance(raw.get("trainer"), dict):
-        from trainer.settings import TrainerSettings
-        problems += TrainerSettings.problems(raw["trainer"])
-        if metric_names is None:
-            metric_names = _metric_labels(raw.get("metrics"))
-        problems += monitor_problems(raw, metric_names)
-    return problems
+                      for name, entry in config["optimizers"].items() if isinstance(entry, dict)}
+    return [f"{key}.interval: ReduceLROnPlateau steps on a validation value once an epoch; "
+            f"use \"epoch\"" for key, scheduler in schedulers.items()
+            if isinstance(scheduler, dict) and scheduler.get("interval") == "step" and
+            str(scheduler.get("type", "")).rsplit(".", 1)[-1] == "ReduceLROnPlateau"]
 
 
 # How a missing required block is written, for the message.
@@ -143,10 +152,16 @@ def _check_block(config, block: Block, key: str | None = None) -> Any:
 
 def kind_of(block: Block) -> type | None:
     """The class `block.kind` names, imported; None without one."""
-    if not block.kind:
+    return imported(block.kind)
+
+
+def imported(path: str) -> Any:
+    """The object a dotted `path` names (`"trainer.settings.TrainerSettings"`), imported;
+    None for an empty path."""
+    if not path:
         return None
-    kind_module, _, kind_name = block.kind.rpartition(".")
-    return getattr(importlib.import_module(kind_module), kind_name)
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _dry_run(config, block: Block, stand_ins: dict, key: str | None = None) -> Any:
@@ -185,10 +200,10 @@ def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
             _check_block(config, optimizer, key)
             stand_in = _dry_run(config, optimizer, {}, key)
         except ConfigError as error:
-            problems += str(error).splitlines()
+            problems += error.problems
             continue
         if entry.get("params") is not None:
-            from utils.model_options import params_problem
+
             problem = params_problem(entry["params"], f"{key}.params", "generator.*")
             problems += [problem] if problem else []
         if entry.get("lr_scheduler") is not None:
@@ -196,7 +211,7 @@ def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
                 _check_block(config, scheduler, f"{key}.lr_scheduler")
                 _dry_run(config, scheduler, {"optimizer": stand_in}, f"{key}.lr_scheduler")
             except ConfigError as error:
-                problems += str(error).splitlines()
+                problems += error.problems
     return problems
 
 
@@ -209,104 +224,5 @@ def _trainer_type_problems(config, block: Block) -> list[str]:
     try:
         config.trainer_class(importlib.import_module(block.module), kind_of(block), block.given)
     except ConfigError as error:
-        return str(error).splitlines()
+        return error.problems
     return []
-
-
-def _metric_labels(entries: Any) -> list[str]:
-    """The names the configured metrics will be logged under, read from the config alone (for
-    checking `monitor` when a metric itself has a problem)."""
-    labels = []
-    for entry in entries if isinstance(entries, list) else []:
-        label = entry.get("name") or entry.get("type") if isinstance(entry, dict) else entry
-        if isinstance(label, str):
-            labels.append(label.rsplit(".", 1)[-1])
-    return labels
-
-
-def top_level_problems(config: dict, trainer: bool = True) -> list[str]:
-    """`name`, `seed`, `n_gpu`, the `trainer` section and likely typos of section names."""
-    problems = []
-    name = config.get("name")
-    if isinstance(name, (int, float)) and not isinstance(name, bool):
-        problems.append(f"name: expected a folder name as a string, got the number {name}; write "
-                        f"\"{name}\" in the file, or --name {name} on the command line")
-    elif not isinstance(name, str) or not is_plain_name(name):
-        problems.append(f"name: expected a plain folder name (letters, digits, '-', '_', '.'), "
-                        f"got {json.dumps(name)}")
-    for key, (smallest, largest) in _TOP_LEVEL_RANGES.items():
-        value = config.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not smallest <= value <= largest:
-            problems.append(f"{key}: expected an integer from {smallest} to {largest}, "
-                            f"got {json.dumps(value)}")
-    from trainer.settings import TrainerSettings
-    for key in config:
-        close = difflib.get_close_matches(key, KNOWN_SECTIONS, n=1, cutoff=0.75)
-        if key in KNOWN_SECTIONS:
-            continue
-        if close:  # other keys may be the user's own
-            problems.append(f"{key}: unknown key (did you mean {close[0]!r}?)")
-        elif key in TrainerSettings.known_keys():
-            problems.append(f"{key}: not read at the top level (did you mean 'trainer.{key}'?)")
-    if trainer and "trainer" not in config:
-        problems.append("trainer: missing from the config (needs at least epochs and save_dir)")
-    elif trainer and not isinstance(config["trainer"], dict):
-        problems.append(f"trainer: expected a JSON object, got {json.dumps(config['trainer'])}")
-    return problems
-
-
-def data_loader_problems(config: dict, found: Sequence[str] = ()) -> list[str]:
-    """Ranges of the arguments every `BaseDataLoader` takes (the data set size is checked when
-    the data is loaded); a key with a problem in `found` already is not reported again."""
-    from base.base_data_loader import validation_split_problem
-
-    args = _loader_args(config)
-    problems = []
-    for key, smallest in _LOADER_MINIMUMS.items():
-        value = args.get(key, smallest)
-        if isinstance(value, int) and not isinstance(value, bool) and value < smallest:
-            problems.append(f"data_loader.args.{key}: expected an integer >= {smallest}, "
-                            f"got {json.dumps(value)}")
-    key_path = "data_loader.args.validation_split"
-    split_problem = validation_split_problem(args.get("validation_split", 0.0))
-    if split_problem and not any(line.startswith(key_path + ":") for line in found):
-        problems.append(f"{key_path}: {split_problem}")
-    return problems
-
-
-def monitor_problems(config: dict, metric_names: Sequence[str]) -> list[str]:
-    """`trainer.monitor` must name a value the trainer logs: `loss`, a metric, or `val_` + one
-    of those when the data loader keeps a validation split."""
-    from trainer.settings import Monitor
-
-    try:
-        monitor = Monitor.parse(config["trainer"].get("monitor", "off"))
-    except ConfigError:
-        return []  # reported with the other trainer problems
-    keys = ["loss", *metric_names]
-    section = config["trainer"]
-    if section.get("type", "Trainer") not in ("Trainer", "trainer.trainer.Trainer"):
-        return []  # a trainer of the user's logs loss parts too: checked on the first batch
-    validating = bool(_loader_args(config).get("validation_split", 0.0))
-    if validating:
-        keys += [f"val_{key}" for key in keys]
-    if not monitor.enabled or monitor.metric in keys:
-        return []
-    hint = did_you_mean(monitor.metric, keys)
-    if monitor.metric.startswith("val_") and not validating:
-        hint = (" (val_ values exist only when data_loader.args.validation_split holds some "
-                "data back)")
-    return [f"trainer.monitor: {monitor.metric!r} is not a logged value (one of: "
-            f"{', '.join(keys)}){hint}"]
-
-
-def _loader_args(config: dict) -> dict:
-    """`data_loader.args` when it is an object, else an empty one (reported elsewhere)."""
-    loader = config.get("data_loader")
-    args = loader.get("args") if isinstance(loader, dict) else None
-    return args if isinstance(args, dict) else {}
-
-
-def is_plain_name(name: str) -> bool:
-    """A folder name without path separators: letters, digits, `-`, `_`, `.`."""
-    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..")

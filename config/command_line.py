@@ -4,6 +4,7 @@ import argparse
 import os
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError
@@ -12,8 +13,21 @@ from utils.errors import UserError
 CustomArgs = namedtuple("CustomArgs", "flags type target")
 
 
-def parse_command_line(parser: argparse.ArgumentParser, options: Iterable[CustomArgs],
-                        argv: Sequence[str] | None, evaluating: bool) -> argparse.Namespace:
+@dataclass
+class Resume:
+    """What `-r` came to, resolved by the entry script (`base.run_folder.resolve_resume`)."""
+
+    path: Path                  # the checkpoint file (the newest in a run folder)
+    config: dict | None = None  # the config stored in it, when no -c was given
+    continue_run: bool = False  # write on in its own run folder (it is the run's newest)
+    problems: list[str] = field(default_factory=list)  # reported with the config's problems
+
+
+def parse_command_line(parser: argparse.ArgumentParser, options: Iterable[CustomArgs] = (),
+                       argv: Sequence[str] | None = None,
+                       evaluating: bool = False) -> argparse.Namespace:
+    """Add the standard and the registered options to `parser` and parse `argv`; `evaluating`:
+    test.py's command line (`-r` required, no `--run-id`)."""
     add_standard_args(parser, evaluating)
     for option in options:
         parser.add_argument(*option.flags, type=option.type, default=None,
@@ -26,20 +40,6 @@ def parse_command_line(parser: argparse.ArgumentParser, options: Iterable[Custom
     if args.config is None and args.resume is None:
         raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
     return args
-
-
-def checked_checkpoint(path: str, problems: list[str], prefer_best: bool = False) -> Path:
-    """The checkpoint `-r path` names (the newest in a run folder), loaded once to check it: a
-    problem is added to `problems` so that it is reported with the config's."""
-    from trainer.checkpoint import find_checkpoint, load_checkpoint
-
-    try:
-        resume = find_checkpoint(path, prefer_best)
-        load_checkpoint(resume, mmap=True)
-    except UserError as error:
-        problems.append(f"-r {error}")
-        return Path(path)
-    return resume
 
 
 def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False) -> None:

@@ -1,0 +1,142 @@
+"""Resume reconciliation: a checkpoint's optimizer, scheduler and generator states put into a
+run whose config may have changed since (`--lr` on resume, a longer schedule, other frozen
+parameters, another number of processes). Each decision is logged; none is silent."""
+import logging
+
+import torch
+from torch import nn
+
+from utils import distributed
+from utils.seeding import derive_seed, seed_everything, set_rng_state
+
+# A scheduler's progress in its state_dict. No public API moves a scheduler to a step of
+# another's; `_step_count` and `_last_lr` are torch's private names (tests/test_resume.py fails
+# loudly when a torch release renames them).
+SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr")
+
+
+def optimizer_block(config: dict, name: str, part: str = "") -> dict | None:
+    """The config block of optimizer `name` ("" for the one `optimizer` block), or with `part`
+    ("lr_scheduler") the block of its scheduler; None when absent."""
+    if not name:
+        block = config.get(part or "optimizer")
+    else:
+        block = (config.get("optimizers") or {}).get(name)
+        block = block.get(part) if part and isinstance(block, dict) else block
+    return block if isinstance(block, dict) else None
+
+
+def changed_args_of(block: dict, saved_block: dict) -> dict:
+    """The `args` of `block` whose values differ from those of `saved_block`."""
+    saved_args = saved_block.get("args", {})
+    return {key: value for key, value in block.get("args", {}).items()
+            if saved_args.get(key) != value}
+
+
+def entry(value, name: str):
+    """A checkpoint entry for optimizer `name`: the value itself for the one optimizer ("")
+    of a checkpoint that has one, else the value under `name`."""
+    if not name:
+        return value
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def by_name(values: dict):
+    """A checkpoint entry: the one optimizer's value, or several optimizers' by name."""
+    return values[""] if list(values) == [""] else (values or None)
+
+
+def param_group_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The names of the parameters in each group of `optimizer` (what `arch.freeze` and
+    `optimizer.param_groups` decide), saved so that a resume can tell they still match."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [[names.get(id(p), "?") for p in group["params"]] for group in optimizer.param_groups]
+
+
+def restore_optimizer(name: str, optimizer: torch.optim.Optimizer, checkpoint: dict,
+                      config: dict, group_names: list[list[str]],
+                      logger: logging.Logger) -> None:
+    """The checkpoint's state of optimizer `name` when it fits (same type, the same
+    parameters in the same groups: `group_names` now), then the args `config` changed since:
+    `optimizer.args` in every group that does not set them itself, a group's own options in
+    that group (`--lr` on resume wins)."""
+    state = entry(checkpoint.get("optimizer"), name)
+    block = optimizer_block(config, name)
+    saved_block = optimizer_block(checkpoint["config"], name) or {}
+    saved_names = entry(checkpoint.get("param_group_names"), name)  # older: group sizes
+    same_groups = state is not None and (
+        saved_names == group_names if saved_names is not None else
+        [len(g["params"]) for g in state.get("param_groups", [])] ==
+        [len(g["params"]) for g in optimizer.param_groups])
+    if saved_block.get("type") != block["type"] or not same_groups:
+        logger.warning("Warning: the %s type, or which parameters it trains in which group "
+                       "(arch.freeze, optimizer.param_groups), differs from the checkpoint's; "
+                       "its state is not restored.",
+                       f"optimizer {name!r}" if name else "optimizer")
+        return
+    optimizer.load_state_dict(state)
+    _apply_changed_args(name, optimizer, block, saved_block, logger)
+
+
+def _apply_changed_args(name: str, optimizer: torch.optim.Optimizer, block: dict,
+                        saved_block: dict, logger: logging.Logger) -> None:
+    groups = block.get("param_groups") or []
+    saved_groups = saved_block.get("param_groups") or []
+    changed_args = changed_args_of(block, saved_block)
+    first = len(optimizer.param_groups) - len(groups)  # 1 with a default group
+    for index, group in enumerate(optimizer.param_groups):
+        own = groups[index - first] if index >= first else {}
+        before = saved_groups[index - first] if 0 <= index - first < len(saved_groups) else {}
+        changed = {key: value for key, value in changed_args.items() if key not in own}
+        changed.update({key: value for key, value in own.items()
+                        if key != "params" and before.get(key) != value})
+        changed = {key: value for key, value in changed.items() if key in group}
+        group.update(changed)
+        if changed:
+            where = [f"optimizer {name!r}"] if name else []
+            if len(optimizer.param_groups) > 1:
+                where.append(f"group {index}")
+            logger.info("optimizer args changed since the checkpoint: %s%s", changed,
+                        f" ({', '.join(where)})" if where else "")
+
+
+def restore_scheduler(name: str, scheduler, checkpoint: dict, config: dict,
+                      logger: logging.Logger) -> None:
+    """The checkpoint's state of the scheduler of optimizer `name`, when it is of the same
+    type; with args changed since (`total_steps` raised on resume), the scheduler built from
+    the new args continues from the checkpoint's step instead: schedules such as OneCycleLR
+    derive their phases from their args."""
+    state = entry(checkpoint.get("lr_scheduler"), name)
+    block = optimizer_block(config, name, "lr_scheduler")
+    saved_block = optimizer_block(checkpoint["config"], name, "lr_scheduler") or {}
+    if state is None or saved_block.get("type") != block["type"]:
+        return
+    changed = changed_args_of(block, saved_block)
+    if not changed:
+        scheduler.load_state_dict(state)
+        return
+    continue_schedule(scheduler, state)
+    logger.info("lr_scheduler args changed since the checkpoint: %s; the schedule continues "
+                "from step %s with them.", changed, state.get("last_epoch"))
+
+
+def continue_schedule(scheduler, saved_state: dict) -> None:
+    """`scheduler` (built from new args) at the step `saved_state` (another scheduler's)
+    reached: its own state with the saved progress, through the public `load_state_dict`."""
+    state = scheduler.state_dict()
+    state.update({key: saved_state[key] for key in SCHEDULE_PROGRESS if key in saved_state})
+    scheduler.load_state_dict(state)
+
+
+def restore_rng(checkpoint: dict, seed: int, global_step: int) -> None:
+    """This process's generators as the checkpoint saved them: by rank when it was taken
+    with as many processes; with another number of processes rank 0 takes the saved first
+    state and the others fresh streams derived from the seed, rank and step."""
+    states = checkpoint.get("rng_states") or [checkpoint.get("rng_state")]
+    rank = distributed.rank()
+    if len(states) != distributed.world_size() and rank > 0:
+        seed_everything(derive_seed(seed, rank, global_step))
+        return
+    state = states[rank] if len(states) == distributed.world_size() else states[0]
+    if state is not None:
+        set_rng_state(state)

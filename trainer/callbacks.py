@@ -1,0 +1,16 @@
+"""Code a run calls at fixed points, without subclassing the trainer."""
+
+
+class Callback:
+    """Code run by the trainer at fixed points (`train.main(argv, callbacks=[...])`), each
+    method given the trainer: extra logging, a test's injected signal. The defaults do
+    nothing."""
+
+    def on_step_start(self, trainer) -> None:
+        """Before each training optimizer step (`trainer.global_step` steps done)."""
+
+    def on_step_end(self, trainer) -> None:
+        """After each training optimizer step, before a stop signal is acted on."""
+
+    def on_validation_batch_end(self, trainer) -> None:
+        """After each validation batch, before a stop signal is acted on."""
