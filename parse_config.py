@@ -44,7 +44,7 @@ class ConfigParser:
     def __init__(self, config: dict, resume: str | os.PathLike | None = None,
                  modification: dict[str, Any] | None = None, run_id: str | None = None,
                  fine_tune: bool = False, continue_run: bool = False,
-                 problems: list[str] | None = None):
+                 problems: list[str] | None = None, log_dir: str | os.PathLike | None = None):
         """`problems` given: a bad override or run id is added to that list (and reported by
         `validate` with every other problem) instead of raising at once."""
         self._problems = problems if problems is not None else []
@@ -53,6 +53,8 @@ class ConfigParser:
         self.resume = Path(resume) if resume is not None else None
         self.fine_tune = fine_tune
         self._continue_run = continue_run and self.resume is not None
+        # a continued run's log folder, as its manifest records it
+        self._bound_log_dir = Path(log_dir) if log_dir is not None and self._continue_run else None
         if self._continue_run:
             run_id = self.resume.parent.name
         elif run_id is not None and not is_plain_name(run_id):
@@ -88,7 +90,7 @@ class ConfigParser:
                      modification=modification, run_id=getattr(args, "run_id", None),
                      continue_run=resume is not None and resume.continue_run,
                      fine_tune=not evaluating and args.config is not None and resume is not None,
-                     problems=problems)
+                     problems=problems, log_dir=resume.log_dir if resume is not None else None)
         parsed.cli_args = args
         return parsed
 
@@ -212,7 +214,10 @@ class ConfigParser:
 
     @property
     def log_dir(self) -> Path:
-        """Where this run's log file and TensorBoard events go: `<save_dir>/log/<name>/<run_id>`."""
+        """Where this run's log file and TensorBoard events go: `<save_dir>/log/<name>/<run_id>`,
+        or for a continued run the folder its manifest binds to it."""
+        if self._bound_log_dir is not None:
+            return self._bound_log_dir
         return self._save_root / "log" / self._config["name"] / self.run_id
 
     @property
@@ -231,19 +236,30 @@ class ConfigParser:
                                 f"({error.strerror})") from None
             return
         base_id = self.run_id
+        parent = self.save_dir.parent
+        _make_folder(parent)  # <save_dir>/models/<name>: a file there is one clear line
+        _make_folder(self.log_dir.parent)
         for attempt in range(1000):
             self.run_id = base_id if attempt == 0 else f"{base_id}_{attempt}"
+            if self.log_dir.exists():  # a run id is taken by either of its folders
+                continue
             try:
-                self.save_dir.parent.mkdir(parents=True, exist_ok=True)
                 self.save_dir.mkdir()  # atomic: exactly one of two racing runs gets this name
             except FileExistsError:
                 continue
             except OSError as error:
                 raise UserError(f"trainer.save_dir: cannot create {self.save_dir} "
                                 f"({error.strerror})") from None
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.log_dir.mkdir()
+            except OSError as error:  # taken meanwhile, or not writable: give the name back
+                self.save_dir.rmdir()
+                if isinstance(error, FileExistsError):
+                    continue
+                raise UserError(f"trainer.save_dir: cannot create {self.log_dir} "
+                                f"({error.strerror})") from None
             return
-        raise UserError(f"{self.save_dir.parent}: no free run folder for run id {base_id!r}")
+        raise UserError(f"{parent}: no free run folder for run id {base_id!r}")
 
     def write_config(self) -> None:
         """Save the effective config as `config.json` in the run folder."""
@@ -255,3 +271,15 @@ class ConfigParser:
         logger = logging.getLogger(name)
         logger.setLevel(_LOG_LEVELS[verbosity])
         return logger
+
+
+def _make_folder(folder: Path) -> None:
+    """`folder` and its parents; a `UserError` naming it when that cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((path for path in [folder, *folder.parents]
+                        if path.exists() and not path.is_dir()), folder)
+        raise UserError(f"trainer.save_dir: {blocker} is a file, not a folder") from None
+    except OSError as error:
+        raise UserError(f"trainer.save_dir: cannot create {folder} ({error.strerror})") from None

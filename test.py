@@ -44,17 +44,17 @@ def main(argv=None) -> dict[str, float]:
 
 
 def write_report(config: ConfigParser, results: dict, epoch: int, classes: dict | None) -> None:
-    """The report on the console and as JSON next to the checkpoint; for a classifier the
+    """The report on the console, then as JSON next to the checkpoint; for a classifier the
     confusion matrix also to TensorBoard, in the run's log folder, when the run used it."""
     from logger.progress import display_path
     from logger.report import report_lines
     from utils.files import write_json
 
+    for line in report_lines(config.resume, epoch, results, classes):
+        print(line, flush=True)  # before any write: a folder that cannot be written loses nothing
     out_path = config.resume.with_name(f"{config.resume.stem}.test.json")
     write_json({"checkpoint": str(config.resume), "epoch": epoch, **results, **(classes or {})},
                out_path)
-    for line in report_lines(config.resume, epoch, results, classes):
-        print(line)
     print(f"Report written to {out_path}")
     if classes is not None and (config.get("trainer") or {}).get("tensorboard"):
         folder = write_confusion_image(config.resume, classes, epoch)

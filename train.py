@@ -79,11 +79,19 @@ def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = (
     trainer.callbacks = list(callbacks)
     if trainer.nothing_to_train():  # before a run folder is made for nothing
         return
-    with distributed.all_or_none("opening the run folder"):
-        if distributed.is_main():
-            open_run(config, trainer, argv)
-    config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
-    trainer.train()
+    lock = None
+    # a stop signal while the run folder opens is acted on after the first step, which saves a
+    # checkpoint there: no run folder without one is left behind
+    with trainer.stop_signals:
+        with distributed.all_or_none("opening the run folder"):
+            if distributed.is_main():
+                lock = open_run(config, trainer, argv)
+        config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
+        try:
+            trainer.train()
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def dry_run(config: ConfigParser, device, started: float) -> None:
@@ -177,21 +185,39 @@ def summary_lines(trainer) -> list[str]:
                 f"{type(error).__name__})", totals_line(model)]
 
 
-def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
-    """Create the run folder (or reopen it, resuming), write the effective config, add this
-    session to the manifest, start the log file and say where training starts."""
+def open_run(config: ConfigParser, trainer, argv: list[str]):
+    """Create the run folder (or reopen it, resuming) and take its writer's lock (returned:
+    held until training ends); write the effective config, add this session to the manifest,
+    start the log file and say where training starts."""
     from base.base_data_loader import batch_size_of
     from base.manifest import add_session, session_record
+    from base.run_folder import keep_edited_config
+    from base.run_lock import RunLock
     from logger.logger import setup_logging
     from utils import distributed
+    from utils.checkpoint import load_checkpoint
 
     config.make_run_dirs()
+    lock = RunLock(config.save_dir)
+    leftovers = lock.acquire()  # before anything is written: one writer per run folder
+    edited = keep_edited_config(config.save_dir, load_checkpoint(config.resume, mmap=True)[
+        "config"]) if config.resume is not None and config.save_dir == config.resume.parent \
+        else None
     config.write_config()
     resumed_from = str(config.resume) if config.resume is not None else None
-    add_session(config.save_dir, session_record(argv, config.config, resumed_from))
+    add_session(config.save_dir, config.log_dir,
+                session_record(argv, config.config, resumed_from))
     setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)
+    for leftover in leftovers:
+        logger.info("Removed %s, left half-written by a killed run.", leftover.name)
+    if edited is not None:
+        logger.warning("Warning: the run folder's config.json differs from the config stored in "
+                       "%s (edited by hand?): training goes on with the checkpoint's config and "
+                       "the command line's overrides; the edited file is kept as %s. To train "
+                       "with it, give it with -c (fine-tuning, into a new run folder).",
+                       config.resume.name, edited.name)
     requested = getattr(config.cli_args, "run_id", None)
     if requested and config.run_id != requested:
         logger.warning("Warning: --run-id %s is taken by an earlier run; this run is %s.",
@@ -204,8 +230,13 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     for note in trainer.model_notes:
         logger.info(note)
     log_model(logger, trainer)
-    if config.resume is None:
-        return
+    if config.resume is not None:
+        log_resume(logger, config, trainer)
+    return lock
+
+
+def log_resume(logger, config: ConfigParser, trainer) -> None:
+    """Where a resumed (or fine-tuned) run starts, and whether it branched off."""
     where = f"epoch {trainer.start_epoch}"
     if trainer.start_step >= getattr(trainer, "len_epoch", trainer.start_step + 1):
         where += "'s validation (its training steps were done)"
@@ -214,8 +245,9 @@ def open_run(config: ConfigParser, trainer, argv: list[str]) -> None:
     logger.info("%s %s; training from %s.", "Fine-tuning weights from" if config.fine_tune
                 else "Resumed from", config.resume, where)
     if not config.fine_tune and config.save_dir != config.resume.parent:
-        logger.info("The checkpoint is not the newest of its run: this run branches off into a "
-                    "new run folder and leaves the old one as it was.")
+        logger.info("The checkpoint is not the newest of a run folder this template made there: "
+                    "this run branches off into a new run folder and leaves the old one as it "
+                    "was.")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from torch.utils.data.dataloader import default_collate
 
 from base.samplers import EpochSampler, SeededBatchSampler
 from utils import distributed
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 from utils.interrupts import WorkerInit
 from utils.seeding import derive_seed
 
@@ -128,6 +128,10 @@ class BaseDataLoader(SeededDataLoader):
         self.validation_split = validation_split
         self.shuffle = shuffle
         self.seed = seed
+        if len(dataset) == 0:  # not validation_split's fault
+            raise UserError(f"data_loader: the data set ({type(dataset).__name__}) has no "
+                            f"samples; check data_loader.args (data_dir, and which split "
+                            f"`training` selects: false is the test split)")
         train_indices, valid_indices = split_indices(len(dataset), validation_split, seed)
         self.n_samples = len(train_indices)
         self._processes = {"rank": distributed.rank(), "world_size": distributed.world_size()}

@@ -18,6 +18,7 @@ from base.monitoring import BestTracker
 from base.reports import EpochReports
 from base.resume import (by_name, optimizer_block, param_group_names, restore_optimizer,
                          restore_rng, restore_scheduler)
+from base.run_folder import resume_command
 from base.settings import LoopSettings
 from config.names import callable_name
 from logger.visualization import TensorboardWriter
@@ -122,7 +123,6 @@ class BaseTrainer(EpochReports, ABC):
         if self.nothing_to_train():
             return
         self.position_rng_state = None
-        self.saver.remove_leftovers()
         self.writer = TensorboardWriter(self.config.log_dir,
                                         self.settings.tensorboard and distributed.is_main())
         # a resumed run drops the points an interrupted run logged after its checkpoint
@@ -173,7 +173,7 @@ class BaseTrainer(EpochReports, ABC):
         path = saved or self.saver.save_interrupted(lambda: self.state(epoch, step))
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
         message = (f"Stopped by {signal_name(signum)} at {where} (global step "
-                   f"{self.global_step}). Resume with: python train.py -r {path}")
+                   f"{self.global_step}). Resume with: {resume_command(path)}")
         self.logger.warning(message)
         raise TrainingInterrupted(signum, message)
 

@@ -10,9 +10,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from base.run_folder import INTERRUPTED_NAME, prune_checkpoints, remove_partial_writes
+from base.run_folder import INTERRUPTED_NAME, prune_checkpoints, resume_command
 from utils import distributed
 from utils.checkpoint import save_checkpoint
+from utils.errors import WriteError
 from utils.files import atomic_link
 
 State = Callable[[], dict]  # builds the checkpoint's content when (and only when) one is written
@@ -32,11 +33,6 @@ class CheckpointSaver:
         self.logger = logger or logging.getLogger("trainer")
         self.last_saved: Path | None = None  # the newest epoch checkpoint written
 
-    def remove_leftovers(self) -> None:
-        """Delete the temp files of saves a killed run left half-written (rank 0)."""
-        for leftover in remove_partial_writes(self.folder()) if distributed.is_main() else ():
-            self.logger.info("Removed %s, left half-written by a killed run.", leftover.name)
-
     def is_due(self, epoch: int, last_epoch: int, stopping: bool) -> bool:
         """Whether `epoch` gets its `checkpoint-epochN.pth`."""
         return epoch % self.save_period == 0 or epoch == last_epoch or stopping
@@ -48,7 +44,11 @@ class CheckpointSaver:
         # stop rank 0 in the middle of it
         with distributed.all_or_none("saving a checkpoint"):
             if distributed.is_main():
-                save_checkpoint(content, path)
+                try:
+                    save_checkpoint(content, path)
+                except WriteError as error:
+                    raise WriteError(f"{error}; {self._what_is_intact()}",
+                                     no_room=error.no_room) from None
                 self.logger.info("Saving checkpoint: %s ...", path)
 
     def save_epoch(self, epoch: int, state: State) -> Path:
@@ -81,6 +81,18 @@ class CheckpointSaver:
         path = self.folder() / INTERRUPTED_NAME
         self.write(state, path)
         return path
+
+    def _what_is_intact(self) -> str:
+        """After a failed write: which checkpoint still holds the run, and how to go on."""
+        folder = self.folder()
+        resume = resume_command(folder)
+        intact = self.last_saved or (self.protect if self.protect is not None and
+                                     self.protect.parent == folder else None)
+        if intact is not None:
+            return (f"the previous checkpoint {intact.name} is intact; free space (or fix the "
+                    f"folder) and resume with: {resume}")
+        return f"no checkpoint of this run was written; free space (or fix the folder) and " \
+               f"start again, or resume an earlier checkpoint of the run with: {resume}"
 
     @property
     def best_path(self) -> Path:

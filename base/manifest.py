@@ -4,6 +4,7 @@ A run resumed into its own folder adds a session, so the file tells the whole st
 lines, the effective configs, seeds, code versions and library versions.
 """
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -55,13 +56,47 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
     return {"commit": commit, "uncommitted_changes": bool(changes.strip())}
 
 
-def add_session(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append `record` to the run folder's manifest (written atomically)."""
+def add_session(run_dir: Path, log_dir: Path, record: dict[str, Any]) -> None:
+    """Append `record` to the run folder's manifest (written atomically), which also binds the
+    run's folders to each other: its run id, run folder and log folder. A manifest that cannot
+    be read is kept aside (`manifest.json.damaged`), never silently replaced."""
     path = run_dir / MANIFEST_NAME
-    sessions = []
-    if path.is_file():
-        try:
-            sessions = json.loads(path.read_text(encoding="utf-8")).get("sessions", [])
-        except (OSError, ValueError, AttributeError):
-            sessions = []  # a damaged manifest is replaced, not a reason to stop training
-    write_json({"sessions": [*sessions, record]}, path)
+    manifest = read_manifest(run_dir)
+    if manifest is None and path.exists():
+        aside = path.with_name(f"{MANIFEST_NAME}.damaged-{datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(path, aside)
+        logging.getLogger("train").warning("Warning: %s could not be read; kept as %s, and a new "
+                                           "manifest started.", path, aside.name)
+    sessions = (manifest or {}).get("sessions", [])
+    write_json({"run_id": run_dir.name, "run_dir": str(run_dir.resolve()),
+                "log_dir": str(Path(log_dir).resolve()), "sessions": [*sessions, record]}, path)
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    """The run folder's manifest, or None when it is missing or not one."""
+    try:
+        manifest = json.loads((run_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sessions"), list):
+        return None
+    return manifest
+
+
+def made_here(run_dir: Path) -> bool:
+    """Whether `run_dir` is a run folder this template made, where it made it: its manifest
+    names this folder (a copy or a moved folder names another; a manifest from before the
+    folders were recorded is trusted by its sessions alone)."""
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        return False
+    if "run_dir" not in manifest:
+        return bool(manifest["sessions"]) and (run_dir / "config.json").is_file()
+    return manifest["run_dir"] == str(run_dir.resolve()) and manifest.get("run_id") == \
+        run_dir.name
+
+
+def bound_log_dir(run_dir: Path) -> Path | None:
+    """The log folder the manifest binds to `run_dir`; None when it records none."""
+    manifest = read_manifest(run_dir) or {}
+    return Path(manifest["log_dir"]) if isinstance(manifest.get("log_dir"), str) else None

@@ -39,8 +39,10 @@ class EpochReports:
             f"epochs {first_epoch}-{last_epoch}"
         self.logger.info("Finished training (%s) in %s.", epochs, format_duration(seconds))
         best = self.checkpoint_dir / "model_best.pth"
-        # a checkpoint from before best_epoch was saved: the best is known, its epoch not
-        if self.monitor.enabled and (self.best.epoch is not None or best.is_file()):
+        # named only when it is there: a run branched off another has its best epoch but not
+        # (before it improves on it) the file; a checkpoint from before best_epoch was saved
+        # has the file but not the epoch
+        if self.monitor.enabled and best.is_file():
             tested = best
             at_epoch = f" at epoch {self.best.epoch}" if self.best.epoch is not None else ""
             self.logger.info("Best %s: %s%s, saved as %s", self.monitor.metric,

@@ -133,6 +133,10 @@ def restore_rng(checkpoint: dict, seed: int, global_step: int) -> None:
     with as many processes; with another number of processes rank 0 takes the saved first
     state and the others fresh streams derived from the seed, rank and step."""
     states = checkpoint.get("rng_states") or [checkpoint.get("rng_state")]
+    if states[0] is None:
+        logging.getLogger("trainer").warning(
+            "Warning: the checkpoint holds no random generator states: the resumed run goes on "
+            "from the generators as they are, so it does not repeat an uninterrupted run exactly.")
     rank = distributed.rank()
     if len(states) != distributed.world_size() and rank > 0:
         seed_everything(derive_seed(seed, rank, global_step))

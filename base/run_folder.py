@@ -1,16 +1,24 @@
 """The files of a run folder: which checkpoint is the newest, which are stale, what a killed
 run left behind. `train.py` / `test.py` resolve `-r` with these; `CheckpointSaver` writes them."""
+import json
 import logging
 import os
 import re
+import shlex
+from datetime import datetime
 from pathlib import Path
 
+from base.manifest import bound_log_dir, made_here
 from config.command_line import Resume
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, UserError
 
 # Written when a signal stops a run mid-epoch; removed once a later epoch checkpoint exists.
 INTERRUPTED_NAME = "checkpoint-interrupted.pth"
+# The temp names atomic_write (`.<name>.<random>.tmp`) and atomic_link (`.<name>.<pid>.link.tmp`)
+# give the files a run writes.
+_TEMP_NAME = re.compile(r"\.(checkpoint-epoch\d+\.pth|checkpoint-interrupted\.pth|"
+                        r"model_best\.pth|config\.json|manifest\.json)\.[\w.]+\.tmp")
 
 
 def epoch_of(path: Path) -> int | None:
@@ -38,8 +46,9 @@ def resolve_resume(path: str, with_config: bool, evaluating: bool = False) -> Re
     if not with_config:
         resume = find_checkpoint(path, prefer_best=evaluating)
         checkpoint = load_checkpoint(resume, mmap=True)
-        return Resume(resume, checkpoint["config"],
-                      continue_run=not evaluating and is_latest_in_run(resume, checkpoint))
+        continue_run = not evaluating and is_latest_in_run(resume, checkpoint)
+        return Resume(resume, checkpoint["config"], continue_run,
+                      log_dir=bound_log_dir(resume.parent) if continue_run else None)
     try:
         resume = find_checkpoint(path, prefer_best=evaluating)
         load_checkpoint(resume, mmap=True)
@@ -83,9 +92,10 @@ def is_latest_in_run(path: Path, checkpoint: dict) -> bool:
     """Whether `path` sits in a run folder with no checkpoint holding more training.
 
     Resuming such a checkpoint continues its run; resuming an older one would overwrite the
-    later checkpoints, so it starts a new run folder instead.
+    later checkpoints, so it starts a new run folder instead — as does one in a folder the
+    template did not make there (a folder that merely holds a config.json, a copy of a run).
     """
-    if not (path.parent / "config.json").is_file():
+    if not made_here(path.parent):  # a folder the template did not make is never written into
         return False
     mine = progress_of(path, checkpoint)
     others = [p for p in path.parent.glob("checkpoint-*.pth") if p.name != path.name and
@@ -115,8 +125,43 @@ def prune_checkpoints(folder: Path, keep_last: int, protect: Path | None = None)
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:
-    """Delete the temp files of saves that a killed process left half-written in `folder`."""
-    leftovers = [p for p in folder.glob(".*.tmp") if p.is_file()]  # atomic_write's temp names
+    """Delete the temp files of this template's saves (`atomic_write` / `atomic_link` names of
+    the files a run writes) that a killed writer left in `folder`; other files, also other
+    `.tmp` files, are never touched. Call it only while holding the folder's `RunLock`: then
+    no live process is writing them."""
+    leftovers = [path for path in folder.glob(".*.tmp")
+                 if path.is_file() and _TEMP_NAME.fullmatch(path.name)]
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
+
+
+def resume_command(path: str | os.PathLike) -> str:
+    """The command that resumes from `path`, shell-quoted (a path with spaces, or a save_dir
+    with `$(...)` from someone else's checkpoint, pastes safely); under torchrun the torchrun
+    command, with as many processes on one machine."""
+    quoted = shlex.quote(str(path))
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world == "1":
+        return f"python train.py -r {quoted}"
+    if local == world:
+        return f"torchrun --nproc_per_node={world} train.py -r {quoted}"
+    return f"torchrun <your torchrun options> train.py -r {quoted}"
+
+
+def keep_edited_config(folder: Path, stored: dict) -> Path | None:
+    """Before a continued run rewrites `folder`'s config.json: when the file differs from the
+    config the checkpoint stored (`stored`) — edited by hand — move it aside
+    (`config.json.edited-<time>`, never overwritten silently) and return where it went."""
+    path = folder / "config.json"
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        current = None  # unreadable: an edit too
+    if current == stored:
+        return None
+    aside = path.with_name(f"config.json.edited-{datetime.now():%Y%m%d-%H%M%S}")
+    os.replace(path, aside)
+    return aside

@@ -20,6 +20,7 @@ class Resume:
     path: Path                  # the checkpoint file (the newest in a run folder)
     config: dict | None = None  # the config stored in it, when no -c was given
     continue_run: bool = False  # write on in its own run folder (it is the run's newest)
+    log_dir: Path | None = None  # the log folder that run's manifest binds to it
     problems: list[str] = field(default_factory=list)  # reported with the config's problems
 
 

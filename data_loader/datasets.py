@@ -22,7 +22,7 @@ def load_digits(data_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
     path = Path(data_dir) / DIGITS_FILE
     try:
         with gzip.open(path, "rt") as file:
-            table = np.loadtxt(file, delimiter=",", dtype=np.float32)
+            table = np.loadtxt(file, delimiter=",", dtype=np.float32, ndmin=2)  # 1 row: (1, 65)
     except FileNotFoundError:
         raise UserError(f"data_loader.args.data_dir: {path} not found (data_dir is the folder "
                         f"holding {DIGITS_FILE}; a relative path is taken from the current "

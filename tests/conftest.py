@@ -40,6 +40,17 @@ def build(tmp_path: Path, modification: dict | None = None, **trainer):
     return train.build_trainer(config, device=None)
 
 
+def mark_run_folder(folder: Path) -> Path:
+    """Make `folder` a run folder as train.py leaves one (config.json, and a manifest that
+    names the folder and its log folder), so that `-r` continues it in place."""
+    from base.manifest import add_session
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    add_session(folder, folder.parent / "log", {"command": ["test"]})
+    return folder
+
+
 def from_command_line(argv: list[str], options=(), evaluating: bool = False):
     """The `ConfigParser` train.py (test.py with `evaluating`) makes of a command line."""
     import argparse

@@ -168,6 +168,20 @@ def test_stop_signals_are_forgotten_when_training_starts_again():
         assert not signals.requested
 
 
+def test_stop_signals_entered_again_keep_what_came_in():
+    import signal
+
+    from utils.interrupts import StopSignals
+
+    signals = StopSignals()
+    with signals:
+        signal.raise_signal(signal.SIGTERM)  # while train.py opens the run folder
+        with signals:  # the trainer's loop
+            assert signals.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # still ours
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_release_workers_stops_persistent_workers_at_once():
     from base.base_data_loader import release_workers
 

@@ -1,6 +1,8 @@
 import pickle
+import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -15,6 +17,27 @@ from utils.weights import load_model_state, unwrap_model
 def minimal_checkpoint(model: nn.Module) -> dict:
     return {"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": 1,
             "state_dict": unwrap_model(model).state_dict(), "config": {"name": "x"}}
+
+
+def flip_a_tensor_byte(path) -> None:
+    """Flip one bit inside the first tensor record of the checkpoint at `path`, as a failing
+    disk or a bad copy does: the archive stays a valid zip and torch.load still reads it."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(info for info in archive.infolist() if "/data/" in info.filename)
+    data = bytearray(path.read_bytes())
+    start = record.header_offset + 30 + len(record.filename.encode()) + len(record.extra)
+    data[start + record.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_is_a_damaged_checkpoint_not_garbage(tmp_path):
+    path = tmp_path / "c.pth"
+    save_checkpoint(minimal_checkpoint(DigitsModel()), path)
+    flip_a_tensor_byte(path)
+    torch.load(path, weights_only=True)  # torch alone does not notice
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: damaged checkpoint "
+                                              rf"\(record .*/data/\d+ fails its checksum\)"):
+        load_checkpoint(path)
 
 
 def test_data_parallel_checkpoint_has_no_module_prefix(tmp_path):
@@ -107,3 +130,44 @@ def test_messages_say_what_kind_of_bad_file_it_is(tmp_path):
     torch.save({"state_dict": CreatesFile(str(tmp_path / "x"))}, exploit)
     with pytest.raises(CheckpointError, match="pickled objects, which are refused"):
         load_checkpoint(exploit)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("global_step", -3, "global_step must be a count"),
+    ("monitor_best", float("nan"), "monitor_best must be a number (not NaN)"),
+    ("best_log", {"val_loss": "low"}, "best_log must be names to numbers"),
+    ("best_epoch", "two", "best_epoch must be a count or null"),
+    ("optimizer", [1, 2], "optimizer must be a state dict or null"),
+    ("lr_scheduler", "StepLR", "lr_scheduler must be a state dict or null"),
+    ("rng_states", [1], "rng_states must be a list of generator states or null"),
+    ("epoch_state", 5, "epoch_state must be a dict or null"),
+])
+def test_every_field_is_checked_before_anything_is_built_from_it(tmp_path, key, value, message):
+    path = tmp_path / "c.pth"
+    save_checkpoint({**minimal_checkpoint(DigitsModel()), key: value}, path)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: not a checkpoint of "
+                                              rf"this template \({re.escape(message)}\)$"):
+        load_checkpoint(path)
+
+
+def test_a_config_nested_thousands_deep_is_refused_without_a_recursion_error(tmp_path):
+    deep: dict = {}
+    for _ in range(3000):
+        deep = {"x": deep}
+    path = tmp_path / "c.pth"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # pickling it needs the depth; loading it must not
+    try:
+        torch.save({**minimal_checkpoint(DigitsModel()), "config": deep}, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match="config is nested more than 64 levels deep"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_dtype_are_listed_not_cast(tmp_path):
+    state = {key: value.double() if value.is_floating_point() else value
+             for key, value in DigitsModel().state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"dtype mismatch \(file vs model\): conv1\.weight "
+                                              r"torch\.float64 vs torch\.float32"):
+        load_model_state(DigitsModel(), state, tmp_path / "c.pth")

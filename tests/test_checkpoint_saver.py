@@ -1,11 +1,18 @@
 """base/checkpoint_saver.py: which checkpoint files a run writes, and when."""
+import json
 import os
+import resource
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from base.checkpoint_saver import CheckpointSaver
 from base.run_folder import INTERRUPTED_NAME
+from tests.conftest import ROOT, small_config
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint
+from utils.errors import WriteError
 
 
 def state(epoch: int):
@@ -60,7 +67,42 @@ def test_the_state_is_built_only_when_a_file_is_written(tmp_path):
     assert built == []  # linked: nothing to build
 
 
-def test_leftover_temp_files_of_a_killed_save_are_removed(tmp_path):
-    (tmp_path / ".checkpoint-epoch2.pth.1234.tmp").write_bytes(b"half")
-    CheckpointSaver(lambda: tmp_path).remove_leftovers()
-    assert names(tmp_path) == []
+def test_a_full_disk_is_one_line_naming_the_checkpoint_that_is_intact(tmp_path, monkeypatch):
+    import base.checkpoint_saver as module
+
+    saver = CheckpointSaver(lambda: tmp_path / "my run")
+    (tmp_path / "my run").mkdir()
+    saver.save_epoch(1, state(1))
+
+    def full(content, path):
+        raise WriteError(f"no space left on device while writing {path}", no_room=True)
+    monkeypatch.setattr(module, "save_checkpoint", full)
+    with pytest.raises(WriteError) as raised:
+        saver.save_epoch(2, state(2))
+    assert raised.value.problems == [
+        f"no space left on device while writing {tmp_path}/my run/checkpoint-epoch2.pth; the "
+        f"previous checkpoint checkpoint-epoch1.pth is intact; free space (or fix the folder) "
+        f"and resume with: python train.py -r '{tmp_path}/my run'"]
+    assert raised.value.no_room
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_during_the_first_save_is_one_line_and_leaves_no_temp_file(tmp_path):
+    """The real train.py under RLIMIT_FSIZE: the config and manifest fit, a checkpoint does not
+    (the kernel's EFBIG stands for a full disk's ENOSPC: the same path through torch.save)."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a fatal signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-c", str(config),
+                             "--run-id", "r"], capture_output=True, text=True, cwd=tmp_path,
+                            preexec_fn=limit, timeout=300)
+    run = tmp_path / "saved/models/Digits_CNN/r"
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: file size limit exceeded while writing {run}/checkpoint-epoch1.pth; no "
+        f"checkpoint of this run was written; free space (or fix the folder) and start again, "
+        f"or resume an earlier checkpoint of the run with: python train.py -r {run}")
+    assert sorted(path.name for path in run.iterdir()) == [".writer.lock", "config.json",
+                                                          "manifest.json"]

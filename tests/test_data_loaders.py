@@ -45,6 +45,19 @@ def test_missing_digits_file_is_a_user_error(tmp_path):
         DigitsDataLoader(str(tmp_path), batch_size=8)
 
 
+def test_a_one_sample_digits_file_loads_and_its_empty_test_split_is_named(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as file:
+        file.write(",".join(["3"] * 64 + ["7"]) + "\n")
+    loader = DigitsDataLoader(str(tmp_path), batch_size=8)
+    data, target = next(iter(loader))
+    assert data.shape == (1, 1, 8, 8) and target.tolist() == [7]
+    with pytest.raises(UserError, match=r"^data_loader: the data set \(TensorDataset\) has no "
+                                        r"samples; .*false is the test split"):
+        DigitsDataLoader(str(tmp_path), batch_size=8, training=False)  # 20% of 1 sample
+
+
 def write_idx(path, array: np.ndarray, magic_type: int = 0x08) -> None:
     """An IDX file as MNIST ships it: magic, big-endian sizes, then unsigned bytes."""
     header = struct.pack(">BBBB", 0, 0, magic_type, array.ndim)

@@ -148,6 +148,19 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(refer
 
 
 @pytest.mark.slow
+def test_a_closed_terminal_sighup_saves_like_sigterm(tmp_path):
+    config = write_config(tmp_path, "hangup")
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.02"}), []
+    wait_for(process, "STEP 5", seen)
+    process.send_signal(signal.SIGHUP)
+    code, out, err = finish(process, seen)
+    assert code == 129, err
+    folder = run_folder(tmp_path, "hangup")
+    assert 5 <= load_checkpoint(folder / INTERRUPTED_NAME)["epoch_step"] <= 21
+    assert "Stopped by SIGHUP at epoch 1, step" in out and "Traceback" not in err
+
+
+@pytest.mark.slow
 def test_ctrl_c_with_workers_and_a_second_ctrl_c_while_saving(references, tmp_path):
     """Ctrl-C in a terminal reaches the whole process group, the loader's workers included."""
     config = copy_config(references, "noisy", tmp_path, "stopped")

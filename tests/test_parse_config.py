@@ -7,7 +7,7 @@ import torch
 import model.metric as module_metric
 import model.model as module_arch
 from parse_config import ConfigParser, CustomArgs
-from tests.conftest import from_command_line, small_config
+from tests.conftest import from_command_line, mark_run_folder, small_config
 from utils.errors import ConfigError, UserError
 
 OPTIONS = [CustomArgs(["--lr", "--learning_rate"], float, "optimizer.args.lr"),
@@ -121,8 +121,7 @@ def test_missing_config_file_is_a_user_error(tmp_path):
 def test_resume_without_config_reads_config_from_checkpoint(tmp_path):
     from utils.checkpoint import FORMAT_VERSION, save_checkpoint
     run = tmp_path / "models" / "Digits_CNN" / "0101_000000"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text("{}")
+    mark_run_folder(run)
     stored = small_config(tmp_path)
     save_checkpoint({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": 2,
                      "state_dict": {}, "config": stored}, run / "checkpoint-epoch2.pth")
@@ -145,8 +144,7 @@ def test_get_logger_rejects_bad_verbosity(parser_config):
 def test_resume_of_an_older_checkpoint_goes_to_a_new_run_folder(tmp_path):
     from utils.checkpoint import FORMAT_VERSION, save_checkpoint
     run = tmp_path / "models" / "Digits_CNN" / "0101_000000"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text("{}")
+    mark_run_folder(run)
     for epoch in (1, 2):
         save_checkpoint({"format_version": FORMAT_VERSION, "arch": "DigitsModel", "epoch": epoch,
                          "state_dict": {}, "config": small_config(tmp_path)},
@@ -195,7 +193,8 @@ def test_an_unusable_save_dir_is_a_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     config = ConfigParser(small_config(blocker / "saved"))
-    with pytest.raises(UserError, match=r"^trainer\.save_dir: cannot create "):
+    with pytest.raises(UserError, match=rf"^trainer\.save_dir: {blocker} is a file, not a "
+                                        rf"folder$"):
         config.make_run_dirs()
 
 
@@ -232,3 +231,24 @@ def test_an_exception_in_the_users_own_constructor_keeps_its_traceback(tmp_path,
     assert exit_info.value.code == 1
     assert stderr.startswith("error: arch: building RaisingModel raised KeyError")
     assert "Traceback" in stderr and 'raise KeyError("my bug")' in stderr
+
+
+def test_a_run_id_whose_log_folder_exists_is_taken(tmp_path):
+    """A run whose model folder was deleted still owns its log folder: a new run with its id
+    gets a suffix instead of appending to that run's events."""
+    (tmp_path / "saved" / "log" / "Digits_CNN" / "run1").mkdir(parents=True)
+    config = ConfigParser(small_config(tmp_path / "saved"), run_id="run1")
+    config.make_run_dirs()
+    assert config.run_id == "run1_1" and config.log_dir.name == "run1_1"
+    assert config.save_dir.is_dir() and not (tmp_path / "saved/models/Digits_CNN/run1").exists()
+
+
+@pytest.mark.parametrize("blocker", ["models/Digits_CNN", "log"])
+def test_a_file_where_a_run_folder_goes_is_one_line_and_no_folder_is_left(tmp_path, blocker):
+    (tmp_path / "saved" / blocker).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "saved" / blocker).write_text("not a folder")
+    config = ConfigParser(small_config(tmp_path / "saved"), run_id="run1")
+    with pytest.raises(UserError, match=rf"^trainer\.save_dir: {tmp_path}/saved/{blocker} is a "
+                                        rf"file, not a folder$"):
+        config.make_run_dirs()
+    assert not (tmp_path / "saved/models/Digits_CNN/run1").exists()

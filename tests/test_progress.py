@@ -153,6 +153,20 @@ def test_the_end_summary_names_the_best_epoch_across_a_resume(tmp_path, capsys):
                                f"{best['epoch']},") for line in lines)
 
 
+@pytest.mark.slow
+def test_a_branched_run_that_never_improves_names_no_model_best_it_lacks(tmp_path, capsys):
+    config = write_config(tmp_path, epochs=2, monitor="max val_accuracy")
+    train.main(["-c", config, "--run-id", "first"])
+    first = tmp_path / "saved/models/Digits_CNN/first"
+    capsys.readouterr()
+    # an older checkpoint: a new run folder, which lr 0 never gives a better epoch
+    train.main(["-r", str(first / "checkpoint-epoch1.pth"), "--epochs", "2", "--lr", "0"])
+    (branch,) = [run for run in run_folders(tmp_path / "saved") if run.name != "first"]
+    lines = capsys.readouterr().out.splitlines()
+    assert not (branch / "model_best.pth").exists()
+    assert lines[-1] == f"Test it with: python test.py -r {branch / 'checkpoint-epoch2.pth'}"
+
+
 def test_without_a_monitor_the_summary_points_at_the_last_checkpoint(tmp_path, capsys):
     train.main(["-c", write_config(tmp_path, epochs=2, monitor="off", early_stop=0)])
     run, = run_folders(tmp_path / "saved")

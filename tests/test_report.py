@@ -76,3 +76,15 @@ def test_without_tensorboard_test_py_writes_only_the_json(tmp_path):
     assert sorted(p.name for p in (tmp_path / "saved" / "log" / "Digits_CNN" / run.name).iterdir()) \
         == before
     assert (run / "model_best.test.json").is_file()
+
+
+def test_results_are_printed_before_a_report_that_cannot_be_written(tmp_path, capsys):
+    from parse_config import ConfigParser
+    from utils.errors import WriteError
+
+    (tmp_path / "model_best.test.json").mkdir()  # the report's place is taken by a folder
+    config = ConfigParser(small_config(tmp_path), resume=tmp_path / "model_best.pth")
+    with pytest.raises(WriteError, match=r"model_best\.test\.json: cannot be written \("):
+        test_script.write_report(config, {"loss": 0.25, "n_samples": 3}, 4, None)
+    assert "0.250000" in capsys.readouterr().out
+    assert not [path for path in tmp_path.iterdir() if path.suffix == ".tmp"]

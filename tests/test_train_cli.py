@@ -196,3 +196,25 @@ def test_help_lists_every_flag_and_imports_no_torch(script, expected):
     help_text = " ".join(result.stdout.split())
     for text in expected:
         assert " ".join(text.split()) in help_text, text
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_run_folder_opens_leaves_a_resumable_checkpoint(tmp_path,
+                                                                          monkeypatch):
+    import signal
+
+    import train
+    from utils.interrupts import TrainingInterrupted
+
+    opened = train.open_run
+
+    def open_then_signal(*args):
+        lock = opened(*args)
+        signal.raise_signal(signal.SIGTERM)  # after the folder exists, before training
+        return lock
+    monkeypatch.setattr(train, "open_run", open_then_signal)
+    (tmp_path / "c.json").write_text(json.dumps(small_config(tmp_path / "saved")))
+    with pytest.raises(TrainingInterrupted):
+        train.main(["-c", str(tmp_path / "c.json"), "--run-id", "r"])
+    checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_CNN/r/checkpoint-interrupted.pth")
+    assert (checkpoint["epoch"], checkpoint["epoch_step"]) == (0, 1)

@@ -172,10 +172,13 @@ class Driver(FirstBatchChecks, StepMachinery, DataPositions, BaseTrainer):
             self.epoch_step = 0
             self.train_metrics.reset()
         self.throughput.start()
+        self.nan_guard.start_epoch()
+        first_step = self.epoch_step
         with progress_bar(self.bars, self.len_epoch, f"epoch {epoch}/{self.settings.epochs}",
                           initial=self.epoch_step) as bar:
             self._train_steps(epoch, bar)
         self.nan_guard.check(epoch, self.epoch_step, self.global_step)
+        self.nan_guard.check_epoch(epoch, self.epoch_step - first_step)
         self.epoch_stats = self.throughput.epoch_stats()
         self.train_metrics.all_reduce()  # torchrun: the epoch's means over every process
         log = self.train_metrics.result()
@@ -199,6 +202,7 @@ class Driver(FirstBatchChecks, StepMachinery, DataPositions, BaseTrainer):
             for callback in self.callbacks:
                 callback.on_step_start(self)
             outputs, stepped = self._optimizer_step(group, sizes, total)
+            self.nan_guard.count_step(skipped=outputs is None and not stepped)
             self.watch.recording = False
             self.global_step += 1
             self.epoch_step += 1

@@ -17,6 +17,7 @@ class NanGuard:
         self.policy = policy
         self._finite = torch.ones(capacity, dtype=torch.bool, device=device)
         self._count = 0  # steps noted since the last check
+        self._skipped = 0  # steps of this epoch that nan_policy "skip" dropped entirely
 
     def note(self, finite: Tensor) -> None:
         """Note one optimizer step's finiteness (policy "stop"; at most `capacity` between two
@@ -28,6 +29,23 @@ class NanGuard:
         """The processes whose losses of this step were not all finite (every process calls
         it): the step is skipped everywhere when any is listed."""
         return distributed.ranks_where(not finite.item())
+
+    def start_epoch(self) -> None:
+        self._skipped = 0
+
+    def count_step(self, skipped: bool) -> None:
+        """One optimizer step done; `skipped`: no optimizer stepped, the losses were not finite."""
+        self._skipped += skipped
+
+    def check_epoch(self, epoch: int, steps: int) -> None:
+        """Raise `TrainingDiverged` when every one of the epoch's `steps` was skipped: nothing
+        trains any more, and the weights are what they were (not worth a checkpoint)."""
+        if steps and self._skipped == steps:
+            raise TrainingDiverged(
+                f"every step of epoch {epoch} ({steps}) had a NaN or infinite loss and was "
+                f"skipped (trainer.nan_policy \"skip\"): training no longer progresses; stopped "
+                f"without saving, so the newest checkpoint is the last good one. Lower the "
+                f"learning rate, or look for NaN in the data.")
 
     def check(self, epoch: int, epoch_step: int, global_step: int) -> None:
         """Raise `TrainingDiverged` if a step noted since the last check was not finite (on any

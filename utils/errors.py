@@ -25,6 +25,15 @@ class CheckpointError(UserError):
     """A file given as a checkpoint that cannot be used; the message names the file."""
 
 
+class WriteError(UserError):
+    """A file could not be written (no space left, no permission, not a folder); `no_room`:
+    the disk or the quota is full. Nothing half-written is left in its place."""
+
+    def __init__(self, *problems: str, no_room: bool = False):
+        super().__init__(*problems)
+        self.no_room = no_room
+
+
 class BuildError(Exception):
     """The user's own code (a model, a data loader) raised while a config block was built.
 

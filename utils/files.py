@@ -2,13 +2,14 @@
 
 Imports no torch, so the command line (`--help`, config errors) answers at once.
 """
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, UserError, WriteError
 
 _JSON_HINTS = (
     ("Expecting property name enclosed in double quotes",
@@ -70,7 +71,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     place with `os.replace`, then the folder is fsynced so the rename itself is durable.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file follows the umask
         with os.fdopen(fd, "wb") as file:
@@ -78,10 +82,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        # torch.save wraps the OSError of a failed write in a RuntimeError
+        if isinstance(error, (OSError, RuntimeError)) and _os_error(error) is not None:
+            raise _write_error(path, _os_error(error)) from None
         raise
     _fsync_dir(path.parent)
+
+
+# What a full disk or quota, or a file size limit, gives.
+_NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file size limit exceeded"}
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error` (itself, or what it was raised from or while handling)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _write_error(path: Path, error: OSError) -> WriteError:
+    reason = _NO_ROOM.get(error.errno)
+    if reason is not None:
+        return WriteError(f"{reason} while writing {path}", no_room=True)
+    return WriteError(f"{path}: cannot be written ({error.strerror})")
 
 
 def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:

@@ -1,16 +1,18 @@
-"""SIGINT / SIGTERM as a request to stop after the current step, not as an exception anywhere.
+"""SIGINT / SIGTERM / SIGHUP as a request to stop after the current step, not as an exception
+anywhere (SIGHUP: the terminal or SSH session that started the run was closed).
 
-While training, `StopSignals` replaces the handlers of both signals with one that only records
+While training, `StopSignals` replaces the handlers of these signals with one that only records
 the signal; the loop polls `requested` after each optimizer step, saves a resumable checkpoint
-and exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM). Further signals while
-it saves are noted and ignored, so a second Ctrl-C cannot tear a checkpoint in half (the write
-is atomic anyway). Only SIGKILL stops it at once.
+and exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+Further signals while it saves are noted and ignored, so a second Ctrl-C cannot tear a
+checkpoint in half (the write is atomic anyway). Only SIGKILL stops it at once.
 """
 import os
 import signal
 import threading
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))  # no SIGHUP on Windows
 
 
 class TrainingInterrupted(Exception):
@@ -26,21 +28,28 @@ class TrainingInterrupted(Exception):
 
 
 class StopSignals:
-    """A context in which SIGINT and SIGTERM set `received` instead of stopping the process.
+    """A context in which SIGINT, SIGTERM and SIGHUP set `received` instead of stopping the
+    process.
 
     Handlers can only be installed from the main thread; elsewhere (a trainer driven from
-    another thread) the context changes nothing and the default behaviour stays.
+    another thread) the context changes nothing and the default behaviour stays. Entered again
+    while active (train.py around opening the run folder, the trainer around its loop) it keeps
+    what was received.
     """
 
     def __init__(self):
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._depth = 0
 
     @property
     def requested(self) -> bool:
         return self.received is not None
 
     def __enter__(self) -> "StopSignals":
+        self._depth += 1
+        if self._depth > 1:
+            return self
         self.received = None  # a trainer may train again after a stop (a notebook, a sweep)
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
@@ -48,6 +57,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -69,7 +81,7 @@ def signal_name(signum: int) -> str:
 
 
 class WorkerInit:
-    """A DataLoader `worker_init_fn` that leaves SIGINT / SIGTERM to the main process, then
+    """A DataLoader `worker_init_fn` that leaves the stop signals to the main process, then
     runs the user's own `worker_init_fn`, if any.
 
     A terminal's Ctrl-C reaches every process of the group; a worker that died of it would make

@@ -27,7 +27,7 @@ def load_model_state(model: nn.Module, state_dict: dict, path: str | os.PathLike
     `module.` / `_orig_mod.` prefix dropped, a wrapping model's `network.` added). Strict: a
     mismatch is a `CheckpointError` listing the keys. Not strict: the keys that fit are loaded
     (none fitting is an error). Returns the number of tensors loaded and the mismatches as
-    report lines (missing, unexpected, shape mismatch)."""
+    report lines (missing, unexpected, shape or dtype mismatch)."""
     own = unwrap_model(model).state_dict()
     state_dict = _aligned(state_dict, own)
     missing = [key for key in own if key not in state_dict]
@@ -35,9 +35,15 @@ def load_model_state(model: nn.Module, state_dict: dict, path: str | os.PathLike
     reshaped = [key for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
     shapes = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
               for key in reshaped]
+    # another dtype would be cast silently by load_state_dict
+    recast = [key for key in own if key in state_dict and key not in reshaped and
+              state_dict[key].dtype != own[key].dtype]
+    dtypes = [f"{key} {state_dict[key].dtype} vs {own[key].dtype}" for key in recast]
+    reshaped += recast
     problems = [f"{label}: {_listing(keys)}" for label, keys in
                 (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatch (file vs model)", shapes)) if keys]
+                 ("shape mismatch (file vs model)", shapes),
+                 ("dtype mismatch (file vs model)", dtypes)) if keys]
     if problems and strict:
         raise CheckpointError(f"{path}: weights do not fit {type(unwrap_model(model)).__name__} "
                               f"({'; '.join(problems)})")
