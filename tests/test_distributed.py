@@ -225,6 +225,69 @@ def test_a_signal_stops_every_process_and_the_run_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_workers_whose_torchrun_agent_was_killed_save_and_end_instead_of_training_on(tmp_path):
+    config = ddp_config(tmp_path, 32, epochs=3)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(ROOT / "tests" / "slow_train.py"), "-c", str(config),
+               "--run-id", "orphans"]
+    agent = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "STEP_DELAY": "0.1", "PYTHONHASHSEED": "0"})
+    workers, seen = [], []
+    for line in agent.stdout:
+        seen.append(line)
+        if line.startswith("PROCESS "):
+            workers.append(int(line.split()[2]))
+        if line.strip() == "STEP 5":
+            break
+    agent.kill()  # SIGKILL: the agent cannot pass anything on to its workers
+    agent.wait()
+    deadline = time.monotonic() + 90
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen += agent.stdout.readlines()
+    assert len(workers) == 2 and not any(alive(pid) for pid in workers), "".join(seen)
+    interrupted = load_checkpoint(tmp_path / "saved/models/Digits_CNN/orphans/"
+                                  "checkpoint-interrupted.pth")
+    assert 5 <= interrupted["global_step"] < 21, "".join(seen)
+
+
+@pytest.mark.slow
+def test_a_killed_peer_is_one_line_not_a_collectives_traceback(tmp_path):
+    config = ddp_config(tmp_path, 32, epochs=3)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(ROOT / "tests" / "slow_train.py"), "-c", str(config)]
+    agent = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "STEP_DELAY": "0.1"})
+    workers = {}
+    for line in agent.stdout:
+        if line.startswith("PROCESS "):
+            workers[int(line.split()[1])] = int(line.split()[2])
+        if line.strip() == "STEP 5":
+            break
+    os.kill(workers[1], signal.SIGKILL)  # out of memory, say
+    out, err = agent.communicate(timeout=120)
+    assert agent.returncode != 0
+    # rank 0's collective fails: one line (unless torchrun's SIGTERM ends it first), never the
+    # template's traceback
+    assert f'File "{ROOT}' not in err, err
+    lines = [line for line in err.splitlines() if "another process of this run is gone" in line]
+    assert all(re.match(r"(\[rank0\]:)?error: another process of this run is gone, so this "
+                        r"one stops too \(.*Connection", line) for line in lines), err
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its new parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
 def test_a_mid_epoch_stop_of_two_processes_resumes_in_one_with_the_same_global_batch(tmp_path):
     config = ddp_config(tmp_path, 32, epochs=2)
     output = stop_torchrun_at_step(config, "stopped", 25)

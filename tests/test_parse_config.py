@@ -252,3 +252,19 @@ def test_a_file_where_a_run_folder_goes_is_one_line_and_no_folder_is_left(tmp_pa
                                         rf"file, not a folder$"):
         config.make_run_dirs()
     assert not (tmp_path / "saved/models/Digits_CNN/run1").exists()
+
+
+def test_a_log_folder_without_permission_is_one_line_and_leaves_no_empty_run_folder(
+        tmp_path, monkeypatch):
+    config = ConfigParser(small_config(tmp_path / "saved"), run_id="run1")
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # as a user without write permission on save_dir/log
+        if self == config.log_dir:
+            raise PermissionError(13, "Permission denied")
+        return real_mkdir(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(UserError, match=rf"^trainer\.save_dir: cannot create {config.log_dir} "
+                                        rf"\(Permission denied\)$"):
+        config.make_run_dirs()
+    assert list((tmp_path / "saved/models/Digits_CNN").iterdir()) == []

@@ -1,6 +1,7 @@
 """base/run_lock.py: one writer per run folder — a lock the operating system holds for it."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,21 +54,25 @@ def test_taking_the_lock_removes_only_the_templates_dead_temp_files(tmp_path):
 @pytest.mark.slow
 def test_resuming_a_run_that_is_still_training_is_refused_and_writes_nothing(tmp_path):
     config = write_config(tmp_path, "busy")
-    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.05"}), []
-    wait_for(process, "STEP 3", seen)
-    folder = run_folder(tmp_path, "busy")
-    before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
-    second = run_script("train.py", "-r", str(folder), "--lr", "0.5", check=False)
-    assert second.returncode == 2, second.stderr
+    # slow enough (63 steps x 0.5 s) to be training while the second process starts
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.5"}), []
+    try:
+        wait_for(process, "STEP 22", seen)  # epoch 1's checkpoint is there to resume
+        folder = run_folder(tmp_path, "busy")
+        before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+        second = run_script("train.py", "-r", str(folder), "--lr", "0.5", check=False)
+        assert process.poll() is None, "the first run ended too soon to test anything"
+    finally:
+        process.send_signal(signal.SIGTERM)  # the first run stops as usual, saving
+    assert second.returncode == 2, second.stdout + second.stderr
     assert second.stderr.strip() == (f"error: {folder}: another process is writing this run "
                                       f"folder (pid {process.pid} on {socket.gethostname()}); "
                                       f"wait for it to end, or resume from a copy of the "
                                       f"checkpoint into a new run")
-    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()
-            if path.name in before} == before  # its files as they were (the run adds its own)
     code, out, err = finish(process, seen)
-    assert code == 0, err
+    assert code == 143, err
+    after = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    assert after["config.json"] == before["config.json"]  # the second wrote nothing there
     manifest = json.loads((folder / "manifest.json").read_text())
     assert len(manifest["sessions"]) == 1  # the refused resume added no session
-    assert all(session["config"]["optimizer"]["args"]["lr"] != 0.5
-               for session in manifest["sessions"])
+    assert manifest["sessions"][0]["config"]["optimizer"]["args"]["lr"] != 0.5

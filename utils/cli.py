@@ -1,4 +1,6 @@
 """The edge between a command-line entry point and the user."""
+import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -28,4 +30,27 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print(f"{process_prefix()}interrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as error:
+        if not lost_peer(error):
+            raise
+        print(f"{process_prefix()}error: another process of this run is gone, so this one stops "
+              f"too ({_first_line(error)}); the run folder's newest checkpoint is intact: "
+              f"resume from it", file=sys.stderr)
+        sys.exit(1)
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another torchrun process is gone
+    (killed, crashed): Gloo's and NCCL's connection errors, torch's DistBackendError."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return False
+    text = str(error).lower()
+    return type(error).__name__ in ("DistBackendError", "DistNetworkError") or \
+        any(word in text for word in ("gloo", "nccl", "connection reset", "connection closed"))
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's first line without Gloo's source location (`[.../pair.cc:545] `)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", line).split(". This is")[0]
 

@@ -35,12 +35,32 @@ class StopSignals:
     another thread) the context changes nothing and the default behaviour stays. Entered again
     while active (train.py around opening the run folder, the trainer around its loop) it keeps
     what was received.
+
+    A process torchrun started also stops when torchrun's agent is gone (killed with SIGKILL,
+    it cannot pass a signal on): its parent process changes, and that counts as a SIGTERM —
+    the workers save and end instead of training on as orphans.
     """
 
     def __init__(self):
-        self.received: int | None = None
+        self._received: int | None = None
         self._previous: dict[int, object] = {}
         self._depth = 0
+        self._parent: int | None = None  # torchrun's agent, while active under torchrun
+
+    @property
+    def received(self) -> int | None:
+        """The first stop signal that came in (or SIGTERM for a lost torchrun agent)."""
+        if self._received is None and self._parent is not None and \
+                os.getppid() != self._parent:
+            self._parent = None
+            self._received = signal.SIGTERM
+            os.write(2, f"\n{process_prefix()}torchrun's agent is gone: finishing the current "
+                        f"step and saving a checkpoint.\n".encode())
+        return self._received
+
+    @received.setter
+    def received(self, signum: int | None) -> None:
+        self._received = signum
 
     @property
     def requested(self) -> bool:
@@ -50,7 +70,8 @@ class StopSignals:
         self._depth += 1
         if self._depth > 1:
             return self
-        self.received = None  # a trainer may train again after a stop (a notebook, a sweep)
+        self._received = None  # a trainer may train again after a stop (a notebook, a sweep)
+        self._parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -63,10 +84,11 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        self._parent = None
 
     def _handle(self, signum: int, frame) -> None:
-        if self.received is None:
-            self.received = signum
+        if self._received is None:
+            self._received = signum
             note = "finishing the current step and saving a checkpoint"
         else:
             note = "already stopping; the checkpoint is being saved (SIGKILL stops at once, " \
