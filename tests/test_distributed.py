@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train
 from base.samplers import EpochSampler, SeededBatchSampler
 from tests.conftest import ROOT, run_folders, run_script, small_config
 from utils.checkpoint import load_checkpoint
@@ -350,7 +351,7 @@ def test_a_config_error_under_torchrun_is_one_line_per_process_and_writes_nothin
 
 @pytest.mark.slow
 def test_test_py_refuses_torchrun(tmp_path):
-    run_script("train.py", "-c", str(ddp_config(tmp_path, 64, epochs=1)), "--run-id", "one")
+    train.main(["-c", str(ddp_config(tmp_path, 64, epochs=1)), "--run-id", "one"])
     result = torchrun("-r", str(tmp_path / "saved/models/Digits_CNN/one"), script="test.py",
                       check=False, timeout=120)
     assert "test.py evaluates in one process" in result.stderr
@@ -477,7 +478,6 @@ def test_alone_every_helper_answers_for_one_process():
 def test_a_mid_epoch_checkpoint_with_another_pass_length_is_refused(tmp_path):
     # 2 processes x 64 leave out a last global batch of 1 sample that 1 process x 128 trains
     # on: the same global batch, but the positions in the epoch differ
-    import train
     from parse_config import ConfigParser
     from utils.errors import ConfigError
 

@@ -4,8 +4,9 @@ import json
 import pytest
 
 import test as test_script
+import train
 from logger.report import class_report, confusion_image, report_lines, run_log_dir
-from tests.conftest import run_folders, run_script, small_config
+from tests.conftest import run_folders, small_config
 from tests.test_logger import read_events
 
 
@@ -44,7 +45,7 @@ def test_run_log_dir_follows_the_run_layout(tmp_path):
 def test_test_py_reports_per_class_accuracy_and_the_confusion_matrix(tmp_path, capsys):
     config = small_config(tmp_path / "saved", epochs=1, tensorboard=True)
     (tmp_path / "c.json").write_text(json.dumps(config))
-    run_script("train.py", "-c", str(tmp_path / "c.json"))
+    train.main(["-c", str(tmp_path / "c.json")])
     run, = run_folders(tmp_path / "saved")
     results = test_script.main(["-r", str(run / "model_best.pth")])
     out = capsys.readouterr().out
@@ -69,7 +70,7 @@ def test_test_py_reports_per_class_accuracy_and_the_confusion_matrix(tmp_path, c
 def test_without_tensorboard_test_py_writes_only_the_json(tmp_path):
     config = small_config(tmp_path / "saved", epochs=1)  # tensorboard off
     (tmp_path / "c.json").write_text(json.dumps(config))
-    run_script("train.py", "-c", str(tmp_path / "c.json"))
+    train.main(["-c", str(tmp_path / "c.json")])
     run, = run_folders(tmp_path / "saved")
     before = sorted(p.name for p in (tmp_path / "saved" / "log" / "Digits_CNN" / run.name).iterdir())
     test_script.main(["-r", str(run / "model_best.pth")])

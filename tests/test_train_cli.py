@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import train
 from tests.conftest import ROOT, from_command_line, run_folders, run_script, small_config
 from utils.checkpoint import load_checkpoint
 
@@ -103,7 +104,7 @@ def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script, kind):
 
 @pytest.mark.slow
 def test_checkpoint_of_another_architecture_exits_2(config_file, tmp_path):
-    run_script("train.py", "-c", str(config_file), "--epochs", "1")
+    train.main(["-c", str(config_file), "--epochs", "1"])  # in-process: only its checkpoint counts
     run, = run_folders(tmp_path / "saved")
     result = run_script("test.py", "-r", str(run / "model_best.pth"), "-c", str(config_file),
                         "-o", "arch.args.channels=8", check=False)
@@ -117,7 +118,6 @@ def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
     pretrained weights by a saved model of the right kind)."""
     import torchvision.datasets.cifar
 
-    import train
     from model.model import DigitsModel
     from tests.test_data_loaders import write_tiny_cifar10, write_tiny_mnist
 
@@ -160,7 +160,7 @@ def test_dry_run_checks_a_config_in_seconds_and_writes_nothing(config_file, tmp_
 
 @pytest.mark.slow
 def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
-    run_script("train.py", "-c", str(config_file), "--epochs", "1")
+    train.main(["-c", str(config_file), "--epochs", "1"])
     run, = run_folders(tmp_path / "saved")
     files = sorted(p.name for p in run.iterdir())
     result = run_script("train.py", "-r", str(run), "--dry-run", "--epochs", "2")
@@ -203,7 +203,6 @@ def test_a_signal_while_the_run_folder_opens_leaves_a_resumable_checkpoint(tmp_p
                                                                           monkeypatch):
     import signal
 
-    import train
     from utils.interrupts import TrainingInterrupted
 
     opened = train.open_run
