@@ -24,7 +24,7 @@ from config.names import callable_name
 from logger.visualization import TensorboardWriter
 from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 from utils.interrupts import StopSignals, TrainingInterrupted, signal_name
 from utils.seeding import get_rng_state
 from utils.weights import load_model_state, unwrap_model
@@ -251,11 +251,16 @@ class BaseTrainer(EpochReports, ABC):
         self.global_step = checkpoint.get("global_step", 0)
         self.best.load_state_dict(checkpoint)
         model, config = unwrap_model(self.model), self.config.config
-        for name, optimizer in self.optimizers.items():
-            restore_optimizer(name, optimizer, checkpoint, config,
-                              param_group_names(model, optimizer), self.logger)
-        for name, scheduler in self.lr_schedulers.items():
-            restore_scheduler(name, scheduler, checkpoint, config, self.logger)
+        try:
+            for name, optimizer in self.optimizers.items():
+                restore_optimizer(name, optimizer, checkpoint, config,
+                                  param_group_names(model, optimizer), self.logger)
+            for name, scheduler in self.lr_schedulers.items():
+                steps = checkpoint["epoch"] if self.scheduler_intervals[name] == "epoch" else \
+                    checkpoint.get("global_step")
+                restore_scheduler(name, scheduler, checkpoint, config, self.logger, steps)
+        except CheckpointError as error:  # the file's state does not fit: name the file
+            raise CheckpointError(f"{path}: {error}") from None
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         restore_rng(checkpoint, self.config.get("seed", 0), self.global_step)

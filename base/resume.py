@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from utils import distributed
+from utils.errors import CheckpointError
 from utils.seeding import derive_seed, seed_everything, set_rng_state
 
 # A scheduler's progress in its state_dict. No public API moves a scheduler to a step of
@@ -74,8 +75,34 @@ def restore_optimizer(name: str, optimizer: torch.optim.Optimizer, checkpoint: d
                        "its state is not restored.",
                        f"optimizer {name!r}" if name else "optimizer")
         return
+    problem = _state_shape_problem(optimizer, state)
+    if problem:
+        which = f"optimizer {name!r}" if name else "optimizer"
+        raise CheckpointError(f"its {which} state does not fit the model's parameters "
+                              f"({problem})")
     optimizer.load_state_dict(state)
     _apply_changed_args(name, optimizer, block, saved_block, logger)
+
+
+# Per-parameter state that torch's elementwise optimizers keep in the parameter's shape
+# (Adam, AdamW, SGD momentum, RMSprop, Adagrad, Adadelta, NAdam, RAdam, ASGD, Rprop); others
+# (Adafactor's factored rows and columns) are not checked.
+_ELEMENTWISE_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
+                      "square_avg", "grad_avg", "acc_delta", "sum", "ax", "prev")
+
+
+def _state_shape_problem(optimizer: torch.optim.Optimizer, state: dict) -> str | None:
+    """The first per-parameter state tensor whose shape is not its parameter's, or None."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in (state.get("state") or {}).items():
+        if not isinstance(index, int) or not 0 <= index < len(parameters):
+            return f"state for parameter {index!r}, which the optimizer does not have"
+        for key, value in (values if isinstance(values, dict) else {}).items():
+            if key in _ELEMENTWISE_STATE and isinstance(value, torch.Tensor) and \
+                    value.shape != parameters[index].shape:
+                return (f"{key} of parameter {index} is {tuple(value.shape)}, the parameter "
+                        f"{tuple(parameters[index].shape)}")
+    return None
 
 
 def _apply_changed_args(name: str, optimizer: torch.optim.Optimizer, block: dict,
@@ -101,16 +128,25 @@ def _apply_changed_args(name: str, optimizer: torch.optim.Optimizer, block: dict
 
 
 def restore_scheduler(name: str, scheduler, checkpoint: dict, config: dict,
-                      logger: logging.Logger) -> None:
+                      logger: logging.Logger, steps: int | None = None) -> None:
     """The checkpoint's state of the scheduler of optimizer `name`, when it is of the same
     type; with args changed since (`total_steps` raised on resume), the scheduler built from
     the new args continues from the checkpoint's step instead: schedules such as OneCycleLR
-    derive their phases from their args."""
+    derive their phases from their args. `steps`: how often it can have stepped by then (the
+    checkpoint's epochs or optimizer steps); a state that says otherwise would restart or
+    skip the schedule: a `CheckpointError`."""
     state = entry(checkpoint.get("lr_scheduler"), name)
     block = optimizer_block(config, name, "lr_scheduler")
     saved_block = optimizer_block(checkpoint["config"], name, "lr_scheduler") or {}
     if state is None or saved_block.get("type") != block["type"]:
         return
+    last = state.get("last_epoch")
+    if not isinstance(last, int) or isinstance(last, bool) or last < 0 or \
+            (steps is not None and last > steps):
+        which = f"lr_scheduler {name!r}" if name else "lr_scheduler"
+        raise CheckpointError(f"its {which} state has last_epoch {last!r}, which "
+                              f"is not a step count of this run (0 to {steps}): resuming would "
+                              f"restart or skip the schedule")
     changed = changed_args_of(block, saved_block)
     if not changed:
         scheduler.load_state_dict(state)
