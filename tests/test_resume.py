@@ -1,10 +1,14 @@
 """base/resume.py: a checkpoint's optimizer and scheduler states in a run whose config changed."""
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
 from base.resume import SCHEDULE_PROGRESS, changed_args_of, continue_schedule, optimizer_block
+from tests.conftest import build
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import CheckpointError
 
 
 def optimizer() -> torch.optim.Optimizer:
@@ -60,43 +64,39 @@ def test_restore_scheduler_of_another_type_keeps_the_new_one(caplog):
     assert scheduler.last_epoch == 0
 
 
+def edited_checkpoint(tmp_path, edit) -> Path:
+    """The real config trained for one epoch of 2 steps (Adam, StepLR once an epoch), its
+    checkpoint changed by `edit` and saved as `edited.pth`."""
+    trainer = build(tmp_path, epochs=1, len_epoch=2)
+    trainer.config.make_run_dirs()
+    trainer.train()
+    checkpoint = load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch1.pth")
+    edit(checkpoint)
+    save_checkpoint(checkpoint, tmp_path / "edited.pth")
+    return tmp_path / "edited.pth"
+
+
 @pytest.mark.parametrize("last_epoch", [None, -4, 99])
 def test_a_scheduler_state_that_would_restart_or_skip_the_schedule_is_refused(tmp_path,
                                                                              last_epoch):
-    from tests.conftest import build
-    from utils.checkpoint import load_checkpoint, save_checkpoint
-    from utils.errors import CheckpointError
-
-    trainer = build(tmp_path, epochs=1, len_epoch=2)  # StepLR, stepped once an epoch
-    trainer.config.make_run_dirs()
-    trainer.train()
-    checkpoint = load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch1.pth")
-    assert checkpoint["lr_scheduler"]["last_epoch"] == 1
-    if last_epoch is None:
-        del checkpoint["lr_scheduler"]["last_epoch"]
-    else:
-        checkpoint["lr_scheduler"]["last_epoch"] = last_epoch
-    save_checkpoint(checkpoint, tmp_path / "edited.pth")
-    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/edited\.pth: its lr_scheduler "
-                                              rf"state has last_epoch "
+    def edit(checkpoint):
+        assert checkpoint["lr_scheduler"]["last_epoch"] == 1
+        if last_epoch is None:
+            del checkpoint["lr_scheduler"]["last_epoch"]
+        else:
+            checkpoint["lr_scheduler"]["last_epoch"] = last_epoch
+    path = edited_checkpoint(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=rf"^{path}: its lr_scheduler state has last_epoch "
                                               rf"{last_epoch!r}, which is not a step count of "
                                               rf"this run \(0 to 1\)"):
-        build(tmp_path, epochs=2, len_epoch=2).resume(tmp_path / "edited.pth")
+        build(tmp_path, epochs=2, len_epoch=2).resume(path)
 
 
 def test_optimizer_state_of_another_shape_is_refused_before_training(tmp_path):
-    from tests.conftest import build
-    from utils.checkpoint import load_checkpoint, save_checkpoint
-    from utils.errors import CheckpointError
-
-    trainer = build(tmp_path, epochs=1, len_epoch=2)  # Adam: exp_avg in each parameter's shape
-    trainer.config.make_run_dirs()
-    trainer.train()
-    checkpoint = load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch1.pth")
-    checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
-    save_checkpoint(checkpoint, tmp_path / "edited.pth")
-    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/edited\.pth: its optimizer state "
-                                              rf"does not fit the model's parameters \(exp_avg "
-                                              rf"of parameter 0 is \(3,\), the parameter "
-                                              rf"\(32, 1, 3, 3\)\)$"):
-        build(tmp_path, epochs=2, len_epoch=2).resume(tmp_path / "edited.pth")
+    def edit(checkpoint):
+        checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    path = edited_checkpoint(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=rf"^{path}: its optimizer state does not fit the "
+                                              rf"model's parameters \(exp_avg of parameter 0 is "
+                                              rf"\(3,\), the parameter \(32, 1, 3, 3\)\)$"):
+        build(tmp_path, epochs=2, len_epoch=2).resume(path)
