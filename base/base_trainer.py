@@ -64,7 +64,7 @@ class BaseTrainer(EpochReports, ABC):
         self.criterion = criterion
         self.metric_fns = list(metric_fns)
         # by name; one optimizer (the `optimizer` block) is named ""
-        self.optimizers, self.lr_schedulers = _by_name(optimizer, lr_scheduler)
+        self.optimizers, self.lr_schedulers = _named_parts(optimizer, lr_scheduler)
         # the optimizer and its scheduler when there is one (also one named in `optimizers`)
         single = len(self.optimizers) == 1
         self.optimizer = next(iter(self.optimizers.values())) if single else None
@@ -271,7 +271,7 @@ class BaseTrainer(EpochReports, ABC):
         load_model_state(self.model, checkpoint["state_dict"], path)
 
 
-def _by_name(optimizer, lr_scheduler) -> tuple[dict, dict]:
+def _named_parts(optimizer, lr_scheduler) -> tuple[dict, dict]:
     """The optimizers and their schedulers by name ("" for the one `optimizer` block)."""
     optimizers = dict(optimizer) if isinstance(optimizer, dict) else \
         ({"": optimizer} if optimizer is not None else {})

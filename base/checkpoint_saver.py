@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from base.run_folder import INTERRUPTED_NAME, prune_checkpoints, resume_command
+from base.run_folder import BEST_NAME, INTERRUPTED_NAME, prune_checkpoints, resume_command
 from utils import distributed
 from utils.checkpoint import save_checkpoint
 from utils.errors import WriteError
@@ -69,7 +69,7 @@ class CheckpointSaver:
     def save_best(self, saved: Path | None, state: State) -> None:
         """`model_best.pth`: a hard link to this epoch's checkpoint `saved` when there is one
         (the same bytes; no second write), else its own file."""
-        path = self.folder() / "model_best.pth"
+        path = self.best_path
         linked = distributed.is_main() and saved is not None and atomic_link(saved, path)
         if distributed.from_main(linked):
             self.logger.info("Saving checkpoint: %s ...", path)
@@ -96,4 +96,4 @@ class CheckpointSaver:
 
     @property
     def best_path(self) -> Path:
-        return self.folder() / "model_best.pth"
+        return self.folder() / BEST_NAME

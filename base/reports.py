@@ -38,7 +38,7 @@ class EpochReports:
         epochs = f"epoch {first_epoch}" if first_epoch == last_epoch else \
             f"epochs {first_epoch}-{last_epoch}"
         self.logger.info("Finished training (%s) in %s.", epochs, format_duration(seconds))
-        best = self.checkpoint_dir / "model_best.pth"
+        best = self.saver.best_path
         # named only when it is there: a run branched off another has its best epoch but not
         # (before it improves on it) the file; a checkpoint from before best_epoch was saved
         # has the file but not the epoch

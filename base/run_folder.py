@@ -15,6 +15,7 @@ from utils.errors import CheckpointError, UserError
 
 # Written when a signal stops a run mid-epoch; removed once a later epoch checkpoint exists.
 INTERRUPTED_NAME = "checkpoint-interrupted.pth"
+BEST_NAME = "model_best.pth"  # the best epoch's checkpoint (test.py's default in a run folder)
 # The temp names atomic_write (`.<name>.<random>.tmp`) and atomic_link (`.<name>.<pid>.link.tmp`)
 # give the files a run writes.
 _TEMP_NAME = re.compile(r"\.(checkpoint-epoch\d+\.pth|checkpoint-interrupted\.pth|"
@@ -65,8 +66,8 @@ def find_checkpoint(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    if prefer_best and (path / "model_best.pth").is_file():
-        return path / "model_best.pth"
+    if prefer_best and (path / BEST_NAME).is_file():
+        return path / BEST_NAME
     candidates, skipped = [], []
     for file in [*path.glob("checkpoint-epoch*.pth"), path / INTERRUPTED_NAME]:
         if file.is_file() and (epoch_of(file) is not None or file.name == INTERRUPTED_NAME):
