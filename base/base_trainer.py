@@ -17,7 +17,7 @@ from base.checkpoint_saver import CheckpointSaver
 from base.monitoring import BestTracker
 from base.reports import EpochReports
 from base.resume import (by_name, optimizer_block, param_group_names, restore_optimizer,
-                         restore_rng, restore_scheduler)
+                         restore_rng, restore_scaler, restore_scheduler)
 from base.run_folder import resume_command
 from base.settings import LoopSettings
 from config.names import callable_name
@@ -246,12 +246,12 @@ class BaseTrainer(EpochReports, ABC):
         load_model_state(self.model, checkpoint["state_dict"], path)
         self.start_epoch = checkpoint["epoch"] + 1
         self.start_step = checkpoint.get("epoch_step", 0)
-        if self.start_step:
-            self.load_epoch_state(checkpoint.get("epoch_state") or {})
         self.global_step = checkpoint.get("global_step", 0)
         self.best.load_state_dict(checkpoint)
         model, config = unwrap_model(self.model), self.config.config
         try:
+            if self.start_step:
+                self.load_epoch_state(checkpoint.get("epoch_state") or {})
             for name, optimizer in self.optimizers.items():
                 restore_optimizer(name, optimizer, checkpoint, config,
                                   param_group_names(model, optimizer), self.logger)
@@ -259,11 +259,11 @@ class BaseTrainer(EpochReports, ABC):
                 steps = checkpoint["epoch"] if self.scheduler_intervals[name] == "epoch" else \
                     checkpoint.get("global_step")
                 restore_scheduler(name, scheduler, checkpoint, config, self.logger, steps)
+            if self.scaler is not None and checkpoint.get("scaler"):
+                restore_scaler(self.scaler, checkpoint["scaler"])
+            restore_rng(checkpoint, self.config.get("seed", 0), self.global_step)
         except CheckpointError as error:  # the file's state does not fit: name the file
             raise CheckpointError(f"{path}: {error}") from None
-        if self.scaler is not None and checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng(checkpoint, self.config.get("seed", 0), self.global_step)
 
     def load_weights(self, path: os.PathLike) -> None:
         """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""

@@ -8,7 +8,8 @@ from torch import nn
 
 from utils import distributed
 from utils.errors import CheckpointError
-from utils.seeding import derive_seed, seed_everything, set_rng_state
+from utils.plain_data import describe, kind_problem
+from utils.seeding import derive_seed, rng_state_problem, seed_everything, set_rng_state
 
 # A scheduler's progress in its state_dict. No public API moves a scheduler to a step of
 # another's; `_step_count` and `_last_lr` are torch's private names (tests/test_resume.py fails
@@ -67,41 +68,104 @@ def restore_optimizer(name: str, optimizer: torch.optim.Optimizer, checkpoint: d
     saved_names = entry(checkpoint.get("param_group_names"), name)  # older: group sizes
     same_groups = state is not None and (
         saved_names == group_names if saved_names is not None else
-        [len(g["params"]) for g in state.get("param_groups", [])] ==
-        [len(g["params"]) for g in optimizer.param_groups])
+        _group_sizes(state) == [len(group["params"]) for group in optimizer.param_groups])
     if saved_block.get("type") != block["type"] or not same_groups:
         logger.warning("Warning: the %s type, or which parameters it trains in which group "
                        "(arch.freeze, optimizer.param_groups), differs from the checkpoint's; "
                        "its state is not restored.",
                        f"optimizer {name!r}" if name else "optimizer")
         return
-    problem = _state_shape_problem(optimizer, state)
+    which = f"optimizer {name!r}" if name else "optimizer"
+    fresh_groups = [{key: value for key, value in group.items() if key != "params"}
+                    for group in optimizer.param_groups]
+    problem = _optimizer_state_problem(optimizer, state)
+    if problem is None:
+        try:
+            optimizer.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            problem = f"{type(error).__name__}: {error}"
+    problem = problem or _groups_problem(fresh_groups, optimizer.param_groups)
     if problem:
-        which = f"optimizer {name!r}" if name else "optimizer"
-        raise CheckpointError(f"its {which} state does not fit the model's parameters "
-                              f"({problem})")
-    optimizer.load_state_dict(state)
+        raise CheckpointError(f"its {which} state does not fit this run's optimizer ({problem})")
     _apply_changed_args(name, optimizer, block, saved_block, logger)
 
 
-# Per-parameter state that torch's elementwise optimizers keep in the parameter's shape
-# (Adam, AdamW, SGD momentum, RMSprop, Adagrad, Adadelta, NAdam, RAdam, ASGD, Rprop); others
-# (Adafactor's factored rows and columns) are not checked.
-_ELEMENTWISE_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
-                      "square_avg", "grad_avg", "acc_delta", "sum", "ax", "prev")
+def _group_sizes(state) -> list[int] | None:
+    """How many parameters each group of an optimizer state has (None when malformed)."""
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not all(
+            isinstance(group, dict) and isinstance(group.get("params"), list) for group in groups):
+        return None
+    return [len(group["params"]) for group in groups]
 
 
-def _state_shape_problem(optimizer: torch.optim.Optimizer, state: dict) -> str | None:
-    """The first per-parameter state tensor whose shape is not its parameter's, or None."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, values in (state.get("state") or {}).items():
-        if not isinstance(index, int) or not 0 <= index < len(parameters):
+def _optimizer_state_problem(optimizer: torch.optim.Optimizer, state) -> str | None:
+    """What keeps `state` from being `optimizer`'s: its structure, the parameter ids of its
+    groups, and each parameter's state — plain values, tensors of a shape derived from their
+    parameter's (torch's optimizers: elementwise states, Adafactor's factored rows and
+    columns, L-BFGS's flat vectors); None when it fits."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or \
+            not isinstance(state.get("param_groups"), list):
+        return "it needs a dict of per-parameter state and a list of param_groups"
+    groups, live = state["param_groups"], optimizer.param_groups
+    if len(groups) != len(live) or not all(
+            isinstance(group, dict) and isinstance(group.get("params"), list) and
+            len(group["params"]) == len(now["params"]) for group, now in zip(groups, live)):
+        return "its param_groups are not the optimizer's groups of parameters"
+    ids = [index for group in groups for index in group["params"]]
+    if len(set(ids)) != len(ids) or not all(isinstance(i, int) for i in ids):
+        return "the parameter ids of its param_groups are not distinct integers"
+    # ids map to parameters in order, as torch's load_state_dict maps them
+    parameters = dict(zip(ids, (p for group in live for p in group["params"])))
+    sizes = {id(p): sum(q.numel() for q in group["params"]) for group in live
+             for p in group["params"]}
+    checked = type(optimizer).__module__.startswith("torch.optim")  # others: their own make
+    for index, values in state["state"].items():
+        if index not in parameters:
             return f"state for parameter {index!r}, which the optimizer does not have"
-        for key, value in (values if isinstance(values, dict) else {}).items():
-            if key in _ELEMENTWISE_STATE and isinstance(value, torch.Tensor) and \
-                    value.shape != parameters[index].shape:
-                return (f"{key} of parameter {index} is {tuple(value.shape)}, the parameter "
-                        f"{tuple(parameters[index].shape)}")
+        if not isinstance(values, dict):
+            return f"the state of parameter {index} is {describe(values)}, not a dict"
+        parameter = parameters[index]
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                if checked and not _fits(key, value, parameter, sizes[id(parameter)]):
+                    return (f"{key} of parameter {index} is {tuple(value.shape)}, the parameter "
+                            f"{tuple(parameter.shape)}")
+            elif not (value is None or _number(value)) and not (isinstance(value, list) and all(
+                    item is None or isinstance(item, torch.Tensor) for item in value)):
+                return f"{key} of parameter {index} is {describe(value)}"
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The per-parameter states torch's optimizers keep as single numbers (tensors of no dimension);
+# tests/test_resume.py steps every torch optimizer and fails if one keeps another.
+SCALAR_STATE = ("step", "mu_product", "eta", "mu", "H_diag")
+
+
+def _fits(key: str, value: torch.Tensor, parameter: torch.Tensor, group_size: int) -> bool:
+    """A number torch keeps as a 0-dim tensor, a state that broadcasts to its parameter (of
+    its number of dimensions, each the parameter's or 1: elementwise states, Adafactor's
+    factored rows and columns), or a flat vector over its whole group (L-BFGS)."""
+    return value.dim() == 0 and key in SCALAR_STATE or value.dim() == parameter.dim() and all(
+        size in (1, wanted) for size, wanted in zip(value.shape, parameter.shape)) or \
+        value.dim() == 1 and value.numel() == group_size
+
+
+def _groups_problem(fresh_groups: list[dict], groups: list[dict]) -> str | None:
+    """A loaded param group without an option the optimizer's own groups have, or with one
+    of another kind (a string for a learning rate); None when they fit."""
+    for index, (fresh, group) in enumerate(zip(fresh_groups, groups)):
+        missing = [key for key in fresh if key not in group]
+        if missing:
+            return f"param_groups[{index}] lacks {', '.join(missing)}"
+        problem = kind_problem(fresh, {key: group[key] for key in fresh},
+                               f"param_groups[{index}]")
+        if problem:
+            return problem
     return None
 
 
@@ -138,16 +202,27 @@ def restore_scheduler(name: str, scheduler, checkpoint: dict, config: dict,
     state = entry(checkpoint.get("lr_scheduler"), name)
     block = optimizer_block(config, name, "lr_scheduler")
     saved_block = optimizer_block(checkpoint["config"], name, "lr_scheduler") or {}
-    if state is None or saved_block.get("type") != block["type"]:
+    which = f"lr_scheduler {name!r}" if name else "lr_scheduler"
+    before, now = [(part.get("type"), part.get("interval", "epoch"))
+                   for part in (saved_block, block)]
+    if state is None:
         return
-    last = state.get("last_epoch")
+    if before != now:
+        logger.warning("Warning: the %s was %s once every %s in the checkpoint, now %s once "
+                       "every %s: its state is not restored, the schedule starts from its first "
+                       "step.", which, *before, *now)
+        return
+    last = state.get("last_epoch") if isinstance(state, dict) else None
     if not isinstance(last, int) or isinstance(last, bool) or last < 0 or \
             (steps is not None and last > steps):
-        which = f"lr_scheduler {name!r}" if name else "lr_scheduler"
         raise CheckpointError(f"its {which} state has last_epoch {last!r}, which "
                               f"is not a step count of this run (0 to {steps}): resuming would "
                               f"restart or skip the schedule")
     changed = changed_args_of(block, saved_block)
+    loaded = {key: state[key] for key in SCHEDULE_PROGRESS if key in state} if changed else state
+    problem = kind_problem(scheduler.state_dict(), loaded, which)
+    if problem:
+        raise CheckpointError(f"its {which} state does not fit this run's scheduler ({problem})")
     if not changed:
         scheduler.load_state_dict(state)
         return
@@ -164,6 +239,14 @@ def continue_schedule(scheduler, saved_state: dict) -> None:
     scheduler.load_state_dict(state)
 
 
+def restore_scaler(scaler, state) -> None:
+    """The grad scaler's saved scale and growth tracker (fp16)."""
+    problem = kind_problem(scaler.state_dict(), state, "scaler")
+    if problem:
+        raise CheckpointError(f"its grad scaler state does not fit ({problem})")
+    scaler.load_state_dict(state)
+
+
 def restore_rng(checkpoint: dict, seed: int, global_step: int) -> None:
     """This process's generators as the checkpoint saved them: by rank when it was taken
     with as many processes; with another number of processes rank 0 takes the saved first
@@ -173,6 +256,10 @@ def restore_rng(checkpoint: dict, seed: int, global_step: int) -> None:
         logging.getLogger("trainer").warning(
             "Warning: the checkpoint holds no random generator states: the resumed run goes on "
             "from the generators as they are, so it does not repeat an uninterrupted run exactly.")
+    for index, state in enumerate(states):
+        problem = state is not None and rng_state_problem(state, f"rng_states[{index}]")
+        if problem:
+            raise CheckpointError(f"its random generator states are damaged ({problem})")
     rank = distributed.rank()
     if len(states) != distributed.world_size() and rank > 0:
         seed_everything(derive_seed(seed, rank, global_step))

@@ -89,6 +89,73 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,
     return result
 
 
+NOBODY = 65534  # the unprivileged user of Debian-like systems
+
+
+def as_unprivileged(function):
+    """`function()` run by a user whom file permissions restrict: in a forked child as
+    `nobody` when the tests run as root (for root, chmod restricts nothing), else here. Returns
+    what it returned, re-raises what it raised. Keep `function` to file work: the child is a
+    fork of a process that may have started threads."""
+    if os.geteuid() != 0:
+        return function()
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, send the outcome back, leave without cleanup
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                outcome = ("returned", function())
+            except BaseException as error:  # noqa: BLE001 (why: handed to the parent as is)
+                outcome = ("raised", error)
+            with os.fdopen(write_end, "wb") as out:
+                pickle.dump(outcome, out)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as source:
+        data = source.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "raised":
+        raise value
+    return value
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder every user may write in (tmp_path is root's alone), for `as_unprivileged`."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="unprivileged-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_only(folder: Path) -> Path:
+    """`folder` (made if needed) that only its owner's and root's powers write in: with
+    `as_unprivileged`, a real permission error, not a simulated one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(folder, 0, 0)
+    folder.chmod(0o555)
+    return folder
+
+
+def writable(folder: Path) -> Path:
+    """`folder` (made if needed) that everyone may write in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)
+    return folder
+
+
 def run_folders(save_dir: Path, name: str = "Digits_CNN") -> list[Path]:
     folder = save_dir / "models" / name
     return sorted(folder.iterdir()) if folder.is_dir() else []

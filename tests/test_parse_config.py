@@ -254,17 +254,22 @@ def test_a_file_where_a_run_folder_goes_is_one_line_and_no_folder_is_left(tmp_pa
     assert not (tmp_path / "saved/models/Digits_CNN/run1").exists()
 
 
-def test_a_log_folder_without_permission_is_one_line_and_leaves_no_empty_run_folder(
-        tmp_path, monkeypatch):
-    config = ConfigParser(small_config(tmp_path / "saved"), run_id="run1")
-    real_mkdir = Path.mkdir
+@pytest.mark.parametrize("blocked", ["log/Digits_CNN", "models/Digits_CNN"])
+def test_a_folder_without_write_permission_is_one_line_and_no_empty_run_folder_is_left(
+        shared_tmp, blocked):
+    """As a user that may not write in save_dir/log/<name> (or models/<name>), really: the
+    test drops root's powers in a child process."""
+    from tests.conftest import as_unprivileged, read_only, writable
 
-    def mkdir(self, *args, **kwargs):  # as a user without write permission on save_dir/log
-        if self == config.log_dir:
-            raise PermissionError(13, "Permission denied")
-        return real_mkdir(self, *args, **kwargs)
-    monkeypatch.setattr(Path, "mkdir", mkdir)
-    with pytest.raises(UserError, match=rf"^trainer\.save_dir: cannot create {config.log_dir} "
+    saved = shared_tmp / "saved"
+    for folder in ("models/Digits_CNN", "log/Digits_CNN"):
+        writable(saved / folder)
+        writable((saved / folder).parent)
+    read_only(saved / blocked)
+    config = ConfigParser(small_config(saved), run_id="run1")
+    where = config.log_dir if blocked.startswith("log") else config.save_dir
+    with pytest.raises(UserError, match=rf"^trainer\.save_dir: cannot create {where} "
                                         rf"\(Permission denied\)$"):
-        config.make_run_dirs()
-    assert list((tmp_path / "saved/models/Digits_CNN").iterdir()) == []
+        as_unprivileged(config.make_run_dirs)
+    assert list((saved / "models/Digits_CNN").iterdir()) == []
+    assert list((saved / "log/Digits_CNN").iterdir()) == []

@@ -89,3 +89,32 @@ def test_results_are_printed_before_a_report_that_cannot_be_written(tmp_path, ca
         test_script.write_report(config, {"loss": 0.25, "n_samples": 3}, 4, None)
     assert "0.250000" in capsys.readouterr().out
     assert not [path for path in tmp_path.iterdir() if path.suffix == ".tmp"]
+
+
+def test_results_are_printed_before_a_report_the_user_may_not_write(shared_tmp):
+    """The checkpoint lies in a folder the user may only read (really: root's powers
+    dropped): the results are on the screen, then one line says why the JSON is missing."""
+    import contextlib
+    import io
+
+    from parse_config import ConfigParser
+    from tests.conftest import as_unprivileged, read_only
+    from utils.errors import WriteError
+
+    folder = read_only(shared_tmp / "run")
+    config = ConfigParser(small_config(shared_tmp), resume=folder / "model_best.pth")
+
+    def report():
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            try:
+                test_script.write_report(config, {"loss": 0.25, "n_samples": 3}, 4, None)
+            except WriteError as error:
+                return printed.getvalue(), str(error)
+        return printed.getvalue(), None
+    printed, error = as_unprivileged(report)
+    assert "0.250000" in printed
+    assert error is not None and "model_best.test.json: cannot be written (Permission denied)" \
+        in error, error
+    assert list(folder.iterdir()) == []
+

@@ -15,7 +15,8 @@ from utils.errors import CheckpointError
 
 def test_a_run_folder_resumes_from_its_newest_loadable_checkpoint(tmp_path, caplog):
     def save(name, epoch, step=0):
-        state = {**minimal_checkpoint(DigitsModel()), "epoch": epoch, "epoch_step": step}
+        state = {**minimal_checkpoint(DigitsModel()), "epoch": epoch, "epoch_step": step,
+                 "epoch_state": {} if step else None}
         save_checkpoint(state, tmp_path / name)
     save("checkpoint-epoch1.pth", 1)
     save("checkpoint-epoch2.pth", 2)

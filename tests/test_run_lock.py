@@ -24,6 +24,17 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_host(tmp_path):
     RunLock(tmp_path).acquire()  # free again
 
 
+def test_a_run_folder_without_write_permission_is_one_line(shared_tmp):
+    """Resuming into a run folder the user may not write in (really: root's powers dropped)."""
+    from tests.conftest import as_unprivileged, read_only
+
+    folder = read_only(shared_tmp / "run")
+    with pytest.raises(UserError, match=rf"^{folder}/{LOCK_NAME}: cannot open the run folder's "
+                                        rf"lock file \(Permission denied\)$"):
+        as_unprivileged(RunLock(folder).acquire)
+    assert list(folder.iterdir()) == []
+
+
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from base.run_lock import RunLock; "

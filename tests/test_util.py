@@ -99,3 +99,15 @@ def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_a_generator_state_of_another_make_is_named():
+    from utils.seeding import get_rng_state, rng_state_problem
+
+    state = get_rng_state()
+    assert rng_state_problem(state, "r") is None
+    assert rng_state_problem({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)]}, "r") is None
+    state["numpy"]["key"] = state["numpy"]["key"][:10]
+    assert rng_state_problem(state, "r") == ("r.numpy.key is a tensor of shape (10,) torch.int64, "
+                                             "not a tensor of shape (624,) torch.int64")
+    assert "not a dict of python, numpy, torch and cuda" in rng_state_problem({"torch": 1}, "r")

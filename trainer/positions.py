@@ -5,7 +5,8 @@ from collections.abc import Iterator
 
 from base.base_data_loader import BaseDataLoader, batch_size_of
 from utils import distributed
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
+from utils.plain_data import kind_problem
 from utils.util import inf_loop
 
 
@@ -69,12 +70,24 @@ class DataPositions:
 
     def load_epoch_state(self, state: dict) -> None:
         """The epoch's running metric sums; the position in it only means the same batches
-        with the same global batch size and epoch length (else a `ConfigError`)."""
-        check_position(state, self._position())
+        with the same global batch size and epoch length (else a `ConfigError`). A state
+        that is not one `epoch_state` gives is a `CheckpointError`."""
+        now = self._position()
+        problem = kind_problem({"train_metrics": {}, **now}, state, "epoch_state")
+        if problem or "train_metrics" not in state:
+            raise CheckpointError(f"its {problem or 'epoch_state lacks train_metrics'}: it "
+                                  f"cannot continue its epoch; resume from an epoch checkpoint")
+        check_position(state, now)
+        if self.start_step > self.len_epoch:  # == len_epoch: stopped during validation
+            raise CheckpointError(f"its epoch_step {self.start_step} is past the end of an "
+                                  f"epoch of {self.len_epoch} steps")
         # the sums are of every process: one process carries them on, the others start at 0
-        self.train_metrics.load_state_dict(state.get("train_metrics") or {"sums": {},
-                                                                          "counts": {}},
-                                           self.device, main=distributed.is_main())
+        try:
+            self.train_metrics.load_state_dict(state["train_metrics"], self.device,
+                                               main=distributed.is_main())
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+            raise CheckpointError(f"its epoch_state.train_metrics cannot be restored "
+                                  f"({type(error).__name__}: {error})") from None
 
     def _position(self) -> dict:
         return position(batch_size_of(self.data_loader), distributed.world_size(),

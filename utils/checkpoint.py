@@ -105,7 +105,8 @@ def _scores(value) -> bool:
 # The plain-data schema of a checkpoint: key -> (check, what it must be). Keys a checkpoint of
 # an older format lacks are not checked; values are checked before anything is built from them.
 _SCHEMA = {
-    "format_version": (_count, "a count"), "epoch": (_count, "a count"),
+    "format_version": (_count, "a count"), "arch": (lambda v: isinstance(v, str), "a name"),
+    "epoch": (_count, "a count"),
     "epoch_step": (_count, "a count"), "global_step": (_count, "a count"),
     "not_improved_count": (_count, "a count"),
     "best_epoch": (lambda v: v is None or _count(v), "a count or null"),
@@ -131,6 +132,12 @@ def _content_problem(checkpoint: dict) -> str | None:
     for key, (check, wanted) in _SCHEMA.items():
         if key in checkpoint and not check(checkpoint[key]):
             return f"{key} must be {wanted}"
+    epoch = checkpoint["epoch"]
+    for key in ("best_epoch", "not_improved_count"):
+        if (checkpoint.get(key) or 0) > epoch:
+            return f"{key} {checkpoint[key]} is past its epoch {epoch}"
+    if checkpoint.get("epoch_step") and not isinstance(checkpoint.get("epoch_state"), dict):
+        return f"epoch_step {checkpoint['epoch_step']} without the epoch's state (epoch_state)"
     if _depth(checkpoint["config"]) > _MAX_DEPTH:
         return f"config is nested more than {_MAX_DEPTH} levels deep"
     return None

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from utils.plain_data import kind_problem
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (CUDA's included)."""
@@ -38,6 +40,20 @@ def get_rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def rng_state_problem(state, where: str) -> str | None:
+    """What keeps `state` from being one `get_rng_state` returns (its generators' states of
+    their size and type; any number of CUDA devices), or None."""
+    if not isinstance(state, dict) or set(state) != {"python", "numpy", "torch", "cuda"}:
+        return f"{where} is not a dict of python, numpy, torch and cuda states"
+    fresh = get_rng_state()
+    cuda = state["cuda"]
+    if not isinstance(cuda, list) or not all(
+            isinstance(item, torch.Tensor) and item.dtype == torch.uint8 for item in cuda):
+        return f"{where}.cuda is not a list of CUDA generator states"
+    fresh["python"]["gauss"] = None  # a float only once random.gauss ran: either is fine
+    return kind_problem({**fresh, "cuda": None}, state, where)
 
 
 def set_rng_state(state: dict) -> None:
