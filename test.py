@@ -14,19 +14,39 @@ from utils.errors import UserError
 BLOCKS = tuple(block for block in TRAINING_BLOCKS if block.key not in ("optimizer", "lr_scheduler"))
 
 
-def main(argv=None) -> dict[str, float]:
+def main(argv=None) -> dict[str, float] | list[dict]:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config (checkpoint's or -c, + overrides) and exit")
+    parser.add_argument("--compare", nargs="+", metavar="RUN", default=None,
+                        help="evaluate several checkpoints or run folders (their model_best.pth) "
+                             "on the test split: one table, and JSON in --json")
+    parser.add_argument("--json", default="comparison.json",
+                        help="where --compare writes its JSON (default: comparison.json)")
     args = parse_command_line(parser, (), argv, evaluating=True)
-    from base.run_folder import resolve_resume  # imports torch: after --help
-
-    resume = resolve_resume(args.resume, args.config is not None, evaluating=True)
-    config = ConfigParser.from_args(args, resume=resume, evaluating=True)
     from utils import distributed
 
     if distributed.launched_world_size() > 1:
         raise UserError("test.py evaluates in one process: start it with python, not torchrun")
+    if args.compare:
+        return compare(args)
+    config, test_config = test_configs(args, args.resume)
+    if config.cli_args.print_config:
+        print(json.dumps(config.config, indent=4))
+        return {}
+    results, epoch, classes = evaluate_checkpoint(test_config)
+    write_report(test_config, results, epoch, classes)
+    return results
+
+
+def test_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, ConfigParser]:
+    """The config of the checkpoint (or run folder) at `path` with the command line's -c and
+    -o, and that config made to evaluate on the test split; every problem at once."""
+    from base.run_folder import resolve_resume  # imports torch: after --help
+
+    resume = resolve_resume(path, args.config is not None, evaluating=True)
+    config = ConfigParser.from_args(argparse.Namespace(**{**vars(args), "resume": path}),
+                                    resume=resume, evaluating=True)
     trainer_section = config.get("trainer")
     test_config = config.with_modification({
         "data_loader.args.training": False, "data_loader.args.shuffle": False,
@@ -35,11 +55,30 @@ def main(argv=None) -> dict[str, float]:
         **({"trainer.monitor": "off", "trainer.compile": False} if isinstance(
             trainer_section, dict) else {"trainer": {"epochs": 1, "save_dir": "saved/"}})})
     test_config.validate(BLOCKS, trainer=False)  # every problem at once, before anything is built
-    if config.cli_args.print_config:
-        print(json.dumps(config.config, indent=4))
-        return {}
-    results, epoch, classes = evaluate_checkpoint(test_config)
-    write_report(test_config, results, epoch, classes)
+    return config, test_config
+
+
+def compare(args: argparse.Namespace) -> list[dict]:
+    """`--compare`: each checkpoint's test results in one table, then as JSON in `--json`."""
+    from logger.report import comparison_lines
+    from utils.files import write_json
+
+    configs, problems = [], []
+    for path in args.compare:  # every one checked before the first is evaluated
+        try:
+            configs.append(test_configs(args, path)[1])
+        except UserError as error:
+            problems += error.problems
+    if problems:
+        raise UserError(*problems)
+    results = []
+    for test_config in configs:
+        values, epoch, _ = evaluate_checkpoint(test_config)
+        results.append({"checkpoint": str(test_config.resume), "epoch": epoch,
+                        "results": values})
+    print("\n".join(comparison_lines(results)), flush=True)  # before the write: never lost
+    write_json(results, args.json)
+    print(f"Comparison written to {args.json}")
     return results
 
 

@@ -29,12 +29,21 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
                         help="check the config in seconds: build everything, run 2 training "
                              "steps and 2 validation batches, print the model summary and the "
                              "effective config; writes nothing")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="k-fold cross-validation: K runs, each holding out one fold of the "
+                             "training data as validation (stratified by class); prints each "
+                             "fold and the mean ± std")
+    parser.add_argument("--trial", help=argparse.SUPPRESS)  # sweep.py: the Optuna trial to run
     started = time.monotonic()
     args = parse_command_line(parser, OPTIONS, argv)
     from base.run_folder import resolve_resume  # imports torch: after --help
 
     resume = resolve_resume(args.resume, args.config is not None) if args.resume else None
     config = ConfigParser.from_args(args, OPTIONS, resume)
+    if args.folds is not None:
+        from trainer.cross_validation import fold_config
+
+        fold_config(config, 1).validate(BLOCKS)  # a fold's config, with everything else
     config.validate(BLOCKS)  # every problem at once, before anything is built or written
     if config.cli_args.print_config:
         print(json.dumps(config.config, indent=4))
@@ -49,7 +58,7 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
         if config.cli_args.dry_run:
             dry_run(config, device, started)
         else:
-            train(config, device, list(argv if argv is not None else sys.argv[1:]), callbacks)
+            run(config, device, list(argv if argv is not None else sys.argv[1:]), callbacks)
     finally:  # also on errors and signals
         distributed.stop()
 
@@ -71,14 +80,41 @@ def start_processes(config: ConfigParser):
     return device
 
 
-def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()) -> None:
-    """Build, check, resume if asked, open the run folder and train (on every process)."""
+def run(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()) -> None:
+    """Train the run, or with `--folds K` its K folds and their summary; as a sweep's trial
+    (`--trial`), report to the study and tell it the outcome."""
+    from trainer.cross_validation import fold_config, report_folds, run_result, summarize_folds
+    from trainer.trial import StudyTrial, parse_trial
+
+    folds = config.cli_args.folds
+    metric = config["trainer"].get("monitor", "off").split()[-1]
+    trial = StudyTrial(parse_trial(config.cli_args.trial), metric,
+                       config["trainer"]["epochs"]) if config.cli_args.trial else None
+    results = []
+    for index in range(folds or 1):
+        run_config = fold_config(config, index + 1) if folds else config
+        if trial is not None:
+            trial.next_fold(index)
+        trainer = train(run_config, device, argv, [*callbacks, *([trial] if trial else [])])
+        if trainer is not None:
+            results.append(run_result(trainer))
+        if trial is not None and trial.pruned:
+            break
+    if folds and results and not (trial is not None and trial.pruned):
+        report_folds(config, summarize_folds(results, metric))
+    if trial is not None and results:
+        trial.finish(sum(result["best"] for result in results) / len(results))
+
+
+def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()):
+    """Build, check, resume if asked, open the run folder and train (on every process); the
+    trainer, or None when there was nothing to train."""
     from utils import distributed
 
     trainer = prepare(config, device)
     trainer.callbacks = list(callbacks)
     if trainer.nothing_to_train():  # before a run folder is made for nothing
-        return
+        return None
     lock = None
     # a stop signal while the run folder opens is acted on after the first step, which saves a
     # checkpoint there: no run folder without one is left behind
@@ -92,6 +128,7 @@ def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = (
         finally:
             if lock is not None:
                 lock.release()
+    return trainer
 
 
 def dry_run(config: ConfigParser, device, started: float) -> None:
@@ -205,8 +242,11 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
         else None
     config.write_config()
     resumed_from = str(config.resume) if config.resume is not None else None
-    add_session(config.save_dir, config.log_dir,
-                session_record(argv, config.config, resumed_from))
+    record = session_record(argv, config.config, resumed_from)
+    if config.cli_args.trial:  # the sweep and trial this run is (not the storage: a password)
+        spec = json.loads(config.cli_args.trial)
+        record["trial"] = {key: spec.get(key) for key in ("study", "number", "sweep")}
+    add_session(config.save_dir, config.log_dir, record)
     setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
+from base.folds import class_labels, fold_indices, fold_problem, is_fold
 from base.samplers import EpochSampler, SeededBatchSampler
 from utils import distributed
 from utils.errors import ConfigError, UserError
@@ -72,9 +73,12 @@ def loader_args_problems(args: dict) -> list[str]:
 def validation_split_problem(validation_split: Any, n_samples: int | None = None) -> str | None:
     """What is wrong with a `validation_split` (a fraction in [0, 1) or a sample count smaller
     than the data set), or None; `n_samples` None checks what can be checked without the data.
-    The message follows `data_loader.args.validation_split: `."""
+    The message follows `data_loader.args.validation_split: `. A `{"fold": k, "folds": K}`
+    holds out fold k of K (base/folds.py)."""
+    if is_fold(validation_split):
+        return fold_problem(validation_split, n_samples)
     if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-        return (f"expected a fraction in [0, 1) or a sample count, "
+        return ('expected a fraction in [0, 1), a sample count or {"fold": k, "folds": K}, '
                 f"got {json.dumps(validation_split)}")
     if isinstance(validation_split, int):
         if validation_split < 0 or (n_samples is not None and validation_split >= n_samples):
@@ -94,16 +98,19 @@ def _n_valid(n_samples: int, validation_split: float | int) -> int:
     return int(n_samples * validation_split)
 
 
-def split_indices(n_samples: int, validation_split: float | int,
-                  seed: int) -> tuple[list[int], list[int]]:
+def split_indices(n_samples: int, validation_split: float | int | dict, seed: int,
+                  labels: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
     """Training and validation indices, a seeded random split of `range(n_samples)`.
 
-    `validation_split` is a fraction in [0, 1) or a sample count smaller than `n_samples`.
+    `validation_split` is a fraction in [0, 1), a sample count smaller than `n_samples`, or
+    `{"fold": k, "folds": K}`: fold k of K, stratified by class `labels` when given.
     Raises a `ConfigError` for anything out of range or leaving no training data.
     """
     problem = validation_split_problem(validation_split, n_samples)
     if problem:
         raise ConfigError(f"data_loader.args.validation_split: {problem}")
+    if is_fold(validation_split):
+        return fold_indices(n_samples, validation_split, seed, labels)
     n_valid = _n_valid(n_samples, validation_split)
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x5011))  # split, not shuffle
     permutation = torch.randperm(n_samples, generator=generator).tolist()
@@ -123,7 +130,7 @@ class BaseDataLoader(SeededDataLoader):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool,
-                 validation_split: float | int, num_workers: int,
+                 validation_split: float | int | dict, num_workers: int,
                  collate_fn: Callable = default_collate, seed: int = 0, **loader_kwargs):
         self.validation_split = validation_split
         self.shuffle = shuffle
@@ -132,7 +139,8 @@ class BaseDataLoader(SeededDataLoader):
             raise UserError(f"data_loader: the data set ({type(dataset).__name__}) has no "
                             f"samples; check data_loader.args (data_dir, and which split "
                             f"`training` selects: false is the test split)")
-        train_indices, valid_indices = split_indices(len(dataset), validation_split, seed)
+        labels = class_labels(dataset) if is_fold(validation_split) else None
+        train_indices, valid_indices = split_indices(len(dataset), validation_split, seed, labels)
         self.n_samples = len(train_indices)
         self._processes = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         self._valid_sampler = EpochSampler(valid_indices, shuffle=False, seed=seed) \

@@ -93,6 +93,10 @@ class BaseTrainer(EpochReports, ABC):
         # per-epoch numbers a trainer measures besides the log (`samples_per_s`)
         self.epoch_stats: dict[str, float] = {}
         self.last_epoch, self.last_log = 0, {}  # the newest epoch trained and its values
+        # objects with on_epoch_end(trainer, epoch, log) (trainer.callbacks.Callback), and why
+        # the run stops before trainer.epochs (early stop, a request: `request_stop`)
+        self.callbacks: list = []
+        self.stop_reason: str | None = None
 
     @property
     def checkpoint_dir(self):
@@ -151,14 +155,19 @@ class BaseTrainer(EpochReports, ABC):
             improved = self.best.update(log, epoch)
             self.last_log, self.last_epoch = log, epoch
             self._report_epoch(epoch, log, improved, time.monotonic() - started)
-            stop = 0 < self.settings.early_stop <= self.best.not_improved_count
+            if 0 < self.settings.early_stop <= self.best.not_improved_count:
+                self.request_stop(f"early stop: {self.monitor.metric} did not improve for "
+                                  f"{self.settings.early_stop} epochs")
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, log)
+            self.stop_reason = distributed.from_main(self.stop_reason)  # rank 0's decision
+            stop = self.stop_reason is not None
             saved = self.saver.save_epoch(epoch, lambda: self.state(epoch)) \
                 if self.saver.is_due(epoch, epochs, stop) else None
             if improved:
                 self.saver.save_best(saved, lambda: self.state(epoch))
             if stop:
-                self.logger.info("%s did not improve for %d epochs: early stop.",
-                                 self.monitor.metric, self.settings.early_stop)
+                self.logger.info("Stopped after epoch %d: %s.", epoch, self.stop_reason)
                 return
             signum = distributed.max_value(self.stop_signals.received or 0)  # any process's
             if signum and epoch < epochs:
@@ -176,6 +185,11 @@ class BaseTrainer(EpochReports, ABC):
                    f"{self.global_step}). Resume with: {resume_command(path)}")
         self.logger.warning(message)
         raise TrainingInterrupted(signum, message)
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after this epoch (saving it) and say `reason`, which the checkpoint
+        keeps (`stop_reason`): a callback's `on_epoch_end` may call it (a pruned trial)."""
+        self.stop_reason = self.stop_reason or reason
 
     def nothing_to_train(self) -> bool:
         """True, with a warning, when the resumed checkpoint is already at `trainer.epochs`."""
@@ -215,6 +229,7 @@ class BaseTrainer(EpochReports, ABC):
             "epoch": epoch,
             "epoch_step": step,
             "epoch_state": self.epoch_state() if step else None,
+            "stop_reason": self.stop_reason,
             "global_step": self.global_step,
             "state_dict": model.state_dict(),
             "optimizer": by_name({name: optimizer.state_dict()

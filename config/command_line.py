@@ -36,9 +36,10 @@ def parse_command_line(parser: argparse.ArgumentParser, options: Iterable[Custom
     args = parser.parse_args(argv)
     if args.device is not None:  # must happen before CUDA is first touched
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-    if evaluating and args.resume is None:
+    comparing = bool(getattr(args, "compare", None))  # test.py --compare: the checkpoints
+    if evaluating and args.resume is None and not comparing:
         raise UserError("give the checkpoint to evaluate with -r path/to/model_best.pth")
-    if args.config is None and args.resume is None:
+    if args.config is None and args.resume is None and not comparing:
         raise UserError("give a config with -c config.json, or a checkpoint to resume with -r")
     return args
 

@@ -102,12 +102,14 @@ def keyword_parameters(cls: type, stop_at: type | None = None) -> dict[str, insp
 
 _SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false",
                  "None": "null"}
+# annotations that also take JSON values of other kinds than their default's
+_JSON_CONTAINERS = {"dict", "list", "str", "tuple", "Any", "typing.Any"}
 
 
 def _expected_kinds(parameter: inspect.Parameter) -> set[str]:
     """The JSON kinds a parameter takes, from an annotation made only of int, float, bool and
-    None (e.g. `step_size: int`), else from a default that is a plain number or boolean; an
-    empty set when neither says."""
+    None (e.g. `step_size: int`), else — unless the annotation also names a dict, list, str or
+    Any — from a default that is a plain number or boolean; an empty set when neither says."""
     annotation = parameter.annotation
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
     if annotation is not parameter.empty and not isinstance(annotation, str):
@@ -116,6 +118,8 @@ def _expected_kinds(parameter: inspect.Parameter) -> set[str]:
         names = {name.strip() for name in text.split("|")}
         if names <= set(_SIMPLE_TYPES):
             return names
+        if any(name.split("[")[0] in _JSON_CONTAINERS for name in names):
+            return set()  # `float | int | dict`: more than the default says
     default = parameter.default
     if isinstance(default, bool):
         return {"bool"}

@@ -13,7 +13,8 @@ class DigitsDataLoader(BaseDataLoader):
     """The UCI handwritten digits shipped in `data/` (8x8 grayscale, 10 classes), offline."""
 
     def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True,
-                 validation_split: float | int = 0.0, num_workers: int = 0, training: bool = True,
+                 validation_split: float | int | dict = 0.0, num_workers: int = 0,
+                 training: bool = True,
                  seed: int = 0):
         self.data_dir = data_dir
         dataset = digits_dataset(data_dir, training)
@@ -24,7 +25,8 @@ class MnistDataLoader(BaseDataLoader):
     """torchvision's MNIST (28x28 grayscale), downloaded into `data_dir` when `download` is true."""
 
     def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True,
-                 validation_split: float | int = 0.0, num_workers: int = 0, training: bool = True,
+                 validation_split: float | int | dict = 0.0, num_workers: int = 0,
+                 training: bool = True,
                  seed: int = 0, download: bool = True):
         from torchvision import datasets, transforms  # slow import: only for this loader
 
@@ -43,7 +45,8 @@ class Cifar10DataLoader(BaseDataLoader):
     MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
     def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True,
-                 validation_split: float | int = 0.0, num_workers: int = 0, training: bool = True,
+                 validation_split: float | int | dict = 0.0, num_workers: int = 0,
+                 training: bool = True,
                  seed: int = 0, download: bool = True, augment: bool = True):
         from torchvision import datasets, transforms  # slow import: only for this loader
 

@@ -43,7 +43,7 @@ class CsvDataLoader(BaseDataLoader):
     mean and standard deviation (so the test rows never leak into them)."""
 
     def __init__(self, data_dir: str, file: str, features: list[str], target: str,
-                 batch_size: int, shuffle: bool = True, validation_split: float | int = 0.0,
+                 batch_size: int, shuffle: bool = True, validation_split: float | int | dict = 0.0,
                  num_workers: int = 0, training: bool = True, seed: int = 0):
         table = read_csv(Path(data_dir) / file, [*features, target], "data_loader.args")
         inputs, targets = torch.from_numpy(table[:, :-1]), torch.from_numpy(table[:, -1])

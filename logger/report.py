@@ -21,6 +21,29 @@ def class_report(matrix: list[list[int]], class_names: Sequence[str] | None = No
                                  "columns": "predicted class", "counts": matrix}}
 
 
+def aligned_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """`header` and `rows` of text cells as console lines, each column as wide as its widest."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
+def comparison_lines(results: list[dict]) -> list[str]:
+    """Several checkpoints' test results (`{"checkpoint", "epoch", "results"}`) as one table:
+    a row per checkpoint, a column per value any of them has."""
+    keys = list(dict.fromkeys(key for result in results for key in result["results"]))
+    rows = [[str(result["checkpoint"]), str(result["epoch"]),
+             *(_cell(result["results"].get(key)) for key in keys)] for result in results]
+    return aligned_table(["checkpoint", "epoch", *keys], rows)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return format_value(value) if isinstance(value, float) else f"{value:,}" \
+        if isinstance(value, int) else str(value)
+
+
 def report_lines(checkpoint: Path, epoch: int, results: dict, classes: dict | None) -> list[str]:
     """The report as a person reads it on the console."""
     lines = [f"Test results of {checkpoint} (epoch {epoch}), {results['n_samples']:,} samples:"]

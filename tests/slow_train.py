@@ -3,6 +3,7 @@ test can send it signals at known points.
 
 Environment:
   STEP_DELAY   seconds to sleep before each optimizer step (default 0)
+  STEP_DELAY_FROM  only from this global step on (default 0: every step)
   SAVE_DELAY   seconds to sleep in the middle of writing each checkpoint (default 0)
   NAN_AT_STEP  make the loss NaN at this global step (default: never)
   NAN_RANK     under torchrun, only in this process (default: in every one)
@@ -31,6 +32,7 @@ from utils import distributed  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 
 STEP_DELAY = float(os.environ.get("STEP_DELAY", 0))
+STEP_DELAY_FROM = int(os.environ.get("STEP_DELAY_FROM", 0))
 SAVE_DELAY = float(os.environ.get("SAVE_DELAY", 0))
 NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
 NAN_RANK = int(os.environ["NAN_RANK"]) if "NAN_RANK" in os.environ else None
@@ -47,7 +49,8 @@ class Slowed(module_trainer.Callback):
         self.validations, self.last_validated_epoch = 0, None
 
     def on_step_start(self, trainer):
-        time.sleep(STEP_DELAY)
+        if trainer.global_step >= STEP_DELAY_FROM:
+            time.sleep(STEP_DELAY)
         if trainer.global_step + 1 == NAN_AT_STEP and NAN_RANK in (None, distributed.rank()):
             self.nan_hook = trainer.module.register_forward_hook(
                 lambda module, inputs, output: output * float("nan"))

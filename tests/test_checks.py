@@ -187,7 +187,8 @@ CASES = [
     ("huge_seed", lambda t: C + [write(t, change("seed", 2**32))],
      ["seed: expected an integer from 0 to 4294967295, got 4294967296"]),
     ("split_text_once", lambda t: C + [write(t, change("data_loader.args.validation_split", "x"))],
-     ['data_loader.args.validation_split: expected a number, got "x"\n']),
+     ['data_loader.args.validation_split: expected a fraction in [0, 1), a sample count or '
+      '{"fold": k, "folds": K}, got "x"\n']),
     ("missing_metrics", lambda t: C + [write(t, remove("metrics"))],
      ['metrics: missing from the config ("metrics": ["accuracy"], or [] for none)']),
     ("loader_is_text", lambda t: C + [write(t, change("data_loader", "DigitsDataLoader"))],

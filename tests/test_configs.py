@@ -5,17 +5,17 @@ import json
 import pytest
 
 import train
-from tests.conftest import ROOT, run_folders, run_script
+from tests.conftest import ROOT, run_folders, run_main
 from tests.test_data_loaders import write_tiny_cifar10
 
 
 @pytest.mark.slow
 def test_torchvision_resnet18_trains_on_the_shipped_digits(tmp_path):
     """configs/digits_resnet18.json, cut to a few steps; then test.py on what it saved."""
-    run_script("train.py", "-c", "configs/digits_resnet18.json", "--epochs", "2",
+    run_main("train.py", "-c", "configs/digits_resnet18.json", "--epochs", "2",
                "-o", "trainer.len_epoch=4", "-o", f"trainer.save_dir={tmp_path}")
     run, = run_folders(tmp_path, "Digits_ResNet18")
-    run_script("test.py", "-r", str(run / "model_best.pth"))
+    run_main("test.py", "-r", str(run / "model_best.pth"))
     report = json.loads((run / "model_best.test.json").read_text())
     assert report["n_samples"] == 359 and len(report["confusion_matrix"]["counts"]) == 10
 

@@ -328,7 +328,7 @@ def test_early_stopping_stops_every_process(tmp_path):
     # val_loss falls, so "max val_loss" stops improving after epoch 1
     config = ddp_config(tmp_path, 32, epochs=5, monitor="max val_loss", early_stop=1)
     result = torchrun("-c", str(config), "--run-id", "early", timeout=120)
-    assert "val_loss did not improve for 1 epochs: early stop." in result.stdout
+    assert "early stop: val_loss did not improve for 1 epochs." in result.stdout
     folder = tmp_path / "saved/models/Digits_CNN/early"
     assert load_checkpoint(folder / "checkpoint-epoch2.pth")["epoch"] == 2
     assert not (folder / "checkpoint-epoch3.pth").exists()

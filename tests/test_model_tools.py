@@ -10,7 +10,7 @@ from base.model_tools import freeze, initialise, parameter_groups
 from config.model_options import arch_problems, param_group_problems, resolve_init
 from model.model import DigitsModel
 from parse_config import ConfigParser
-from tests.conftest import run_folders, run_script, small_config
+from tests.conftest import run_folders, run_main, small_config
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 from utils.seeding import seed_everything
@@ -147,7 +147,7 @@ def test_a_strict_load_of_mismatched_weights_fails_with_a_readable_report(tmp_pa
     config = small_config(tmp_path / "saved")
     config["arch"]["weights"] = str(path)
     (tmp_path / "c.json").write_text(json.dumps(config))
-    result = run_script("train.py", "-c", str(tmp_path / "c.json"), check=False)
+    result = run_main("train.py", "-c", str(tmp_path / "c.json"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         f"error: arch.weights: {path}: weights do not fit DigitsModel (missing keys: fc1.bias; "
@@ -179,10 +179,10 @@ def test_a_file_of_pickled_objects_is_refused(tmp_path):
 def test_the_fine_tuning_config_trains_on_the_digits(tmp_path):
     """configs/digits_finetune.json: weights of a default run, frozen convolutions, a faster
     head; run from a copy of the project layout's relative paths."""
-    run_script("train.py", "-c", "config.json", "--epochs", "1", "--run-id", "pretrained",
+    run_main("train.py", "-c", "config.json", "--epochs", "1", "--run-id", "pretrained",
                "-o", f"trainer.save_dir={tmp_path}")
     pretrained = tmp_path / "models" / "Digits_CNN" / "pretrained" / "model_best.pth"
-    run_script("train.py", "-c", "configs/digits_finetune.json", "--epochs", "2",
+    run_main("train.py", "-c", "configs/digits_finetune.json", "--epochs", "2",
                "-o", f"trainer.save_dir={tmp_path}", "-o", f"arch.weights.path={pretrained}")
     run, = run_folders(tmp_path, "Digits_CNN_finetune")
     start, tuned = load_checkpoint(pretrained), load_checkpoint(run / "checkpoint-epoch2.pth")
@@ -199,7 +199,7 @@ def test_the_checks_that_need_the_model_are_reported_together(tmp_path):
     config["arch"]["freeze"] = ["conv1.*", "feature.*"]
     config["optimizer"]["param_groups"] = [{"params": "conv1.weight", "lr": 0.1}]
     (tmp_path / "c.json").write_text(json.dumps(config))
-    result = run_script("train.py", "-c", str(tmp_path / "c.json"), "--dry-run", check=False)
+    result = run_main("train.py", "-c", str(tmp_path / "c.json"), "--dry-run", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert [line.split(":")[0] for line in lines] == [

@@ -6,7 +6,7 @@ import pytest
 import test as test_script
 import train
 from logger.report import class_report, confusion_image, report_lines, run_log_dir
-from tests.conftest import run_folders, small_config
+from tests.conftest import ROOT, run_folders, small_config
 from tests.test_logger import read_events
 
 
@@ -118,3 +118,38 @@ def test_results_are_printed_before_a_report_the_user_may_not_write(shared_tmp):
         in error, error
     assert list(folder.iterdir()) == []
 
+
+@pytest.mark.slow
+def test_compare_evaluates_several_runs_into_one_table_and_json(tmp_path, capsys):
+    config = small_config(tmp_path / "saved", epochs=2)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    for run_id, lr in (("a", "0.01"), ("b", "0.0001")):
+        train.main(["-c", str(tmp_path / "c.json"), "--run-id", run_id, "--lr", lr])
+    run_a, run_b = run_folders(tmp_path / "saved")
+    capsys.readouterr()
+    out_file = tmp_path / "cmp.json"
+    results = test_script.main(["--compare", str(run_a), str(run_b / "checkpoint-epoch1.pth"),
+                                "--json", str(out_file)])
+    out = capsys.readouterr().out.splitlines()
+    table = out[next(i for i, line in enumerate(out) if line.startswith("checkpoint")):]
+    assert table[0].split() == ["checkpoint", "epoch", "loss", "accuracy", "top_k_acc",
+                                "n_samples"]
+    assert table[1].split()[:2] == [str(run_a / "model_best.pth"), "2"]
+    assert table[2].split()[:2] == [str(run_b / "checkpoint-epoch1.pth"), "1"]
+    assert json.loads(out_file.read_text()) == results
+    single = test_script.main(["-r", str(run_b / "checkpoint-epoch1.pth")])
+    assert results[1]["results"] == single  # the same numbers as test.py -r gives
+    assert results[0]["results"]["accuracy"] > results[1]["results"]["accuracy"]
+
+
+def test_compare_checks_every_checkpoint_before_evaluating_any(tmp_path, capsys):
+    from utils.errors import UserError
+
+    missing = tmp_path / "nothing.pth"
+    with pytest.raises(UserError) as raised:
+        test_script.main(["--compare", str(ROOT / "data"), str(missing), "--json",
+                          str(tmp_path / "cmp.json")])
+    assert raised.value.problems == [
+        f"{ROOT / 'data'}: a folder with no loadable checkpoint-epochN.pth or "
+        f"checkpoint-interrupted.pth in it", f"{missing}: no such checkpoint file"]
+    assert not (tmp_path / "cmp.json").exists()

@@ -65,8 +65,9 @@ def test_taking_the_lock_removes_only_the_templates_dead_temp_files(tmp_path):
 @pytest.mark.slow
 def test_resuming_a_run_that_is_still_training_is_refused_and_writes_nothing(tmp_path):
     config = write_config(tmp_path, "busy")
-    # slow enough (63 steps x 0.5 s) to be training while the second process starts
-    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.5"}), []
+    # slow enough after epoch 1 (0.5 s a step) to be training while the second process starts
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.5",
+                                                  "STEP_DELAY_FROM": "21"}), []
     try:
         wait_for(process, "STEP 22", seen)  # epoch 1's checkpoint is there to resume
         folder = run_folder(tmp_path, "busy")

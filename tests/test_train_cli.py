@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from tests.conftest import ROOT, from_command_line, run_folders, run_script, small_config
+from tests.conftest import ROOT, from_command_line, run_folders, run_main, run_script, small_config
 from utils.checkpoint import load_checkpoint
 
 
@@ -74,7 +74,7 @@ def test_config_mistakes_in_a_real_process_exit_2_with_a_line_each_and_write_not
 
 @pytest.mark.slow
 def test_print_config_shows_the_effective_config_and_writes_nothing(config_file, tmp_path):
-    result = run_script("train.py", "-c", str(config_file), "--print-config", "--lr", "0.01",
+    result = run_main("train.py", "-c", str(config_file), "--print-config", "--lr", "0.01",
                         "--seed", "7", "-o", "trainer.len_epoch=5")
     printed = json.loads(result.stdout)
     assert printed["optimizer"]["args"]["lr"] == 0.01 and printed["seed"] == 7
@@ -96,7 +96,7 @@ def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script, kind):
     else:  # unpickled without weights_only, this creates `marker` (tests/ is importable there)
         torch.save({"format_version": 1, "arch": "x", "epoch": 1, "config": {},
                     "state_dict": CreatesFile(str(marker))}, path)
-    result = run_script(script, "-r", str(path), check=False)
+    result = run_main(script, "-r", str(path), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(path) in result.stderr and result.stderr.count("\n") == 1
     assert not marker.exists()
@@ -106,13 +106,14 @@ def test_bad_checkpoint_exits_2_naming_the_file(tmp_path, script, kind):
 def test_checkpoint_of_another_architecture_exits_2(config_file, tmp_path):
     train.main(["-c", str(config_file), "--epochs", "1"])  # in-process: only its checkpoint counts
     run, = run_folders(tmp_path / "saved")
-    result = run_script("test.py", "-r", str(run / "model_best.pth"), "-c", str(config_file),
+    result = run_main("test.py", "-r", str(run / "model_best.pth"), "-c", str(config_file),
                         "-o", "arch.args.channels=8", check=False)
     assert result.returncode == 2 and "shape mismatch" in result.stderr
 
 
-@pytest.mark.parametrize("config_path", sorted(p.relative_to(ROOT).as_posix() for p in
-                                               [ROOT / "config.json", *ROOT.glob("configs/*.json")]))
+@pytest.mark.parametrize("config_path", sorted(  # search_*.json: sweep.py's search spaces
+    p.relative_to(ROOT).as_posix() for p in [ROOT / "config.json", *ROOT.glob("configs/*.json")]
+    if not p.name.startswith("search_")))
 def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
     """Every object of every shipped config is built (downloadable data replaced by tiny files,
     pretrained weights by a saved model of the right kind)."""
@@ -147,7 +148,7 @@ def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_dry_run_checks_a_config_in_seconds_and_writes_nothing(config_file, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_script("train.py", "-c", str(config_file), "--dry-run")
+    result = run_main("train.py", "-c", str(config_file), "--dry-run")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no saved/, no run folder
     out = result.stdout
     assert json.loads(out.split("Effective config:\n")[1].split("\n\nModel summary:")[0]) == \
@@ -163,11 +164,11 @@ def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
     train.main(["-c", str(config_file), "--epochs", "1"])
     run, = run_folders(tmp_path / "saved")
     files = sorted(p.name for p in run.iterdir())
-    result = run_script("train.py", "-r", str(run), "--dry-run", "--epochs", "2")
+    result = run_main("train.py", "-r", str(run), "--dry-run", "--epochs", "2")
     assert "Dry run: 2 training steps" in result.stdout
     assert sorted(p.name for p in run.iterdir()) == files
 
-    broken = run_script("train.py", "-c", str(config_file), "--dry-run", "-o",
+    broken = run_main("train.py", "-c", str(config_file), "--dry-run", "-o",
                         "arch.args.num_classes=5", check=False)  # the data has 10 classes
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     assert broken.stderr.startswith("error: the first batch does not go through model, loss")
@@ -179,6 +180,7 @@ def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
                   "sets data_loader.args.batch_size", "--run-id"]),
     ("test.py", ["-r RESUME", "--print-config"]),
     ("new_project.py", ["path"]),
+    ("sweep.py", ["--trials TRIALS", "--storage STORAGE", "--report FOLDER", "--folds K"]),
 ])
 def test_help_lists_every_flag_and_imports_no_torch(script, expected):
     """`--help` answers at once: torch is imported only after the arguments are parsed."""

@@ -78,14 +78,14 @@ def test_a_subclassed_step_trains_exactly_like_the_default_and_logs_its_parts(tm
 
 @pytest.mark.slow
 def test_a_dict_batch_without_a_target_the_step_knows_is_one_line_and_writes_nothing(tmp_path):
-    from tests.conftest import run_script
+    from tests.conftest import run_main
 
     config = json.loads((ROOT / "examples" / "dict_batches.json").read_text())
     config["data_loader"]["args"]["data_dir"] = str(ROOT / "data")
     config["trainer"].update({"save_dir": str(tmp_path / "saved"), "epochs": 1})
     path = tmp_path / "dict.json"
     path.write_text(json.dumps(config))
-    result = run_script("train.py", "-c", str(path), "-o", "trainer.args.target_key=digit",
+    result = run_main("train.py", "-c", str(path), "-o", "trainer.args.target_key=digit",
                         check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (

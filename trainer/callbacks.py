@@ -14,3 +14,7 @@ class Callback:
 
     def on_validation_batch_end(self, trainer) -> None:
         """After each validation batch, before a stop signal is acted on."""
+
+    def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
+        """After epoch `epoch` was validated and reported (`log`: its values), before its
+        checkpoint is saved; `trainer.request_stop(reason)` ends the run there."""

@@ -18,7 +18,6 @@ from base.base_data_loader import BaseDataLoader, release_workers
 from base.base_trainer import BaseTrainer, StopRequested, metric_name
 from logger.progress import bars_wanted, counted, progress_bar, step_postfix
 from logger.visualization import is_image_batch
-from trainer.callbacks import Callback
 from trainer.checks import FirstBatchChecks, _image_warning
 from trainer.evaluation import ConfusionMatrix
 from trainer.metrics import EpochMetrics
@@ -89,7 +88,6 @@ class Driver(FirstBatchChecks, StepMachinery, DataPositions, BaseTrainer):
         self.log_images = self.settings.log_images and distributed.is_main()
         self.first_inputs = None  # two samples' model inputs, set by check_first_batch
         self.model_notes: list[str] = []  # what building the model did (train.py's arch.*)
-        self.callbacks: list[Callback] = []
         self._check_schedule_length()  # the monitored value: once the step's parts are known
 
     def _refuse_unsupported(self) -> None:

@@ -119,6 +119,7 @@ _SCHEMA = {
     "lr_scheduler": (_optional(dict), "a state dict or null"),
     "scaler": (_optional(dict), "a state dict or null"),
     "epoch_state": (_optional(dict), "a dict or null"),
+    "stop_reason": (_optional(str), "a string or null"),
     "rng_state": (_optional(dict), "generator states"),
     "rng_states": (lambda v: v is None or isinstance(v, list) and all(
         isinstance(s, dict) for s in v), "a list of generator states or null"),

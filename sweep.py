@@ -1,0 +1,171 @@
+"""Search hyperparameters on Optuna:
+`python sweep.py -c config.json -s configs/search_digits.json --trials 20`.
+
+Each trial is a run of `train.py` in its own process, its run folder under the sweep's folder
+(`<save_dir>/sweeps/<study>/`); the study lives in an SQLite file there unless `--storage` names
+a shared database, so several processes (`--jobs`) or machines (the same command and URL) work
+on one study. Ctrl-C / SIGTERM stops it cleanly; the same command again goes on. `--report
+FOLDER` prints the trials' table any time.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from config.key_paths import parse_overrides
+from config.search_space import candidates, space_problems
+from config.sections import is_plain_name
+from parse_config import ConfigParser
+from trainer.build import BLOCKS
+from utils.cli import run_cli
+from utils.errors import ConfigError, UserError
+from utils.files import read_json
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Search hyperparameters on Optuna.")
+    parser.add_argument("-c", "--config", help="the config the trials start from")
+    parser.add_argument("-s", "--space", help="the search space: a JSON file of config key "
+                                              "paths (see README, Searching)")
+    parser.add_argument("--trials", type=int, default=20,
+                        help="trials the study has in the end, all machines together (20)")
+    parser.add_argument("--jobs", type=int, default=1, help="trial processes at a time here (1)")
+    parser.add_argument("--storage", help="an Optuna database URL shared by several machines "
+                                          "(default: sqlite in the sweep's folder)")
+    parser.add_argument("--study", help="the study's name (default: <config name>-<space file>)")
+    parser.add_argument("--seed", type=int, help="the sampler's seed (default: the config's)")
+    parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                        help="stops trials that do worse than others at the same epoch")
+    parser.add_argument("--prune-after", type=int, default=5, metavar="N",
+                        help="median pruner: trials that run to the end before it prunes (5)")
+    parser.add_argument("--monitor", help="what the trials are compared by, e.g. 'max "
+                                          "val_accuracy' (default: trainer.monitor)")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="each trial's value: the mean over K-fold cross-validation")
+    parser.add_argument("--torchrun", type=int, metavar="N",
+                        help="run each trial under torchrun with N processes")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key of the config the trials start from; may be repeated")
+    parser.add_argument("--report", metavar="FOLDER", help="print a sweep's trials and exit")
+    args = parser.parse_args(argv)
+    if args.report is None and (args.config is None or args.space is None):
+        raise UserError("give the config with -c and the search space with -s "
+                        "(or --report FOLDER)")
+    for name in ("trials", "jobs", "prune_after", "torchrun"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "prune_after" else 1):
+            raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.report is not None:
+        report(Path(args.report), args.storage)
+        return 0
+    from trainer.study import Sweep, load_definition
+
+    definition, study = sweep_definition(args)
+    folder = Path(definition["config"]["trainer"]["save_dir"])
+    (folder / "trials").mkdir(parents=True, exist_ok=True)
+    definition = load_definition(folder, definition)
+    storage = args.storage or f"sqlite:///{folder / 'study.db'}"
+    options = {"trials": args.trials, "jobs": args.jobs, "sampler": args.sampler,
+               "pruner": args.pruner, "prune_after": args.prune_after,
+               "torchrun": args.torchrun,
+               "seed": args.seed if args.seed is not None else definition["config"].get("seed", 0)}
+    print(f"Sweep: {folder} (study {study}, {storage.split('://')[0]} storage)", flush=True)
+    code = Sweep(folder, definition, storage, study, options,
+                 lambda values: trial_config(definition["config"], values)).run()
+    completed = report(folder, args.storage)
+    if code == 0 and not completed:
+        print(f"No trial completed: see their output in {folder / 'trials'}", file=sys.stderr)
+        return 1
+    return code
+
+
+def sweep_definition(args: argparse.Namespace) -> tuple[dict, str]:
+    """What the study searches (the base config with the sweep's folder as save_dir, the
+    space, the monitor, the folds) and its name; every problem of the config and the space at
+    once, before anything is written."""
+    modification = parse_overrides(args.override)
+    if args.monitor is not None:
+        modification["trainer.monitor"] = args.monitor
+    config = ConfigParser(read_json(args.config), modification=modification)
+    config.validate(BLOCKS)
+    monitor = config["trainer"].get("monitor", "off")
+    space = read_json(args.space)
+    problems = [f"{args.space}: {line}" for line in space_problems(space, config.config)]
+    if monitor == "off":
+        problems.append("trainer.monitor: is off; a sweep compares trials by it: set it, e.g. "
+                        "--monitor 'min val_loss'")
+    if not problems:
+        problems += [f"{args.space}: {line}" for line in _candidate_problems(config, space)]
+    if args.folds is not None:
+        problems += _problems(config, {"data_loader.args.validation_split":
+                                       {"fold": 1, "folds": args.folds}})
+    study = args.study or f"{config['name']}-{Path(args.space).stem}"
+    if not is_plain_name(study):
+        problems.append(f"--study: {study!r} must be a plain name (letters, digits, '-', '_', '.')")
+    if problems:
+        raise ConfigError(*dict.fromkeys(problems))
+    save_dir = config["trainer"]["save_dir"]
+    base = config.with_modification({"trainer.save_dir": str(
+        (Path(save_dir) / "sweeps" / study).resolve())}).config
+    return {"config": base, "space": space, "monitor": monitor, "folds": args.folds,
+            "save_dir": save_dir}, study
+
+
+def _candidate_problems(config: ConfigParser, space: dict) -> list[str]:
+    """The config checked with each range's ends and each choice, one parameter at a time."""
+    problems = []
+    for path, spec in space.items():
+        for value in candidates(spec):
+            problems += [f"{path}={json.dumps(value)}: {line}"
+                         for line in _problems(config, {path: value})]
+    return problems
+
+
+def _problems(config: ConfigParser, modification: dict) -> list[str]:
+    try:
+        config.with_modification(modification).validate(BLOCKS)
+    except ConfigError as error:
+        return list(error.problems)
+    return []
+
+
+def trial_config(base: dict, values: dict) -> dict | str:
+    """The config a trial with `{key.path: value}` trains with, or its problems in one line:
+    each sampled config is checked before its trial starts."""
+    try:
+        config = ConfigParser(base, modification=values)
+        config.validate(BLOCKS)
+    except ConfigError as error:
+        return "; ".join(error.problems)
+    return config.config
+
+
+def report(folder: Path, storage: str | None) -> int:
+    """Print the trials of the sweep in `folder`; write `trials.json` and `best_config.json`.
+    How many trials completed."""
+    import optuna
+
+    from trainer.study_report import write_results
+    from trainer.trial import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    definition = read_json(folder / "sweep.json")
+    url = storage or f"sqlite:///{folder.resolve() / 'study.db'}"
+    study_name = folder.name
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    except KeyError:
+        raise UserError(f"{folder}: no study {study_name!r} in {url.split('://')[0]} storage "
+                        f"(give the sweep's --storage)") from None
+    print("\n".join(write_results(folder, study, definition)))
+    return sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.get_trials())
+
+
+if __name__ == "__main__":
+    run_cli(lambda: sys.exit(main()))

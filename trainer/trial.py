@@ -1,0 +1,91 @@
+"""A training run as one trial of an Optuna study: `sweep.py` starts `train.py ... --trial SPEC`.
+
+The run reports the monitored value at every epoch end (with k-fold, fold k's epochs come after
+fold k-1's), stops where the study's pruner says (its checkpoint's `stop_reason` says so) and
+tells the study its outcome at the end: the best monitored value (the mean over folds), or
+pruned. Under torchrun only rank 0 talks to the study. Optuna is imported only here.
+"""
+import json
+
+from trainer.callbacks import Callback
+from utils import distributed
+from utils.errors import UserError
+
+PRUNED_REASON = "pruned by the sweep's pruner"
+
+
+def parse_trial(text: str) -> dict:
+    """`--trial`'s JSON: {"storage": URL, "study": name, "number": n, "sweep": folder,
+    "pruner": name, "prune_after": n}."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--trial: not JSON ({error})") from None
+    if not isinstance(spec, dict) or not {"storage", "study", "number"} <= set(spec):
+        raise UserError("--trial: expected {\"storage\": ..., \"study\": ..., \"number\": ...} "
+                        "(sweep.py gives it)")
+    return spec
+
+
+def make_pruner(name: str, prune_after: int):
+    """The study's pruner: `median` (after `prune_after` trials ran to the end), `hyperband`,
+    `none`. The process that asks whether to prune builds it: Optuna does not store it."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=prune_after)
+    return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
+
+
+def open_storage(url: str):
+    """Optuna's database storage at `url`; SQLite waits for a busy database instead of failing
+    (several trial processes write to one file)."""
+    import optuna
+
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+
+
+class StudyTrial(Callback):
+    """The trial `spec` names, for one run or the K runs of k-fold cross-validation."""
+
+    def __init__(self, spec: dict, metric: str, epochs: int):
+        self.spec, self.metric, self.epochs = spec, metric, epochs
+        self.offset = 0  # epochs of earlier folds
+        self.pruned = False
+        self.study = self.trial = None
+        if distributed.is_main():
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            storage = open_storage(spec["storage"])
+            pruner = make_pruner(spec.get("pruner", "none"), spec.get("prune_after", 0))
+            self.study = optuna.load_study(study_name=spec["study"], storage=storage,
+                                           pruner=pruner)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(spec["study"]), spec["number"])
+            self.trial = optuna.trial.Trial(self.study, trial_id)
+
+    def next_fold(self, index: int) -> None:
+        """Fold `index` (from 0) starts: its epochs are reported after the earlier folds'."""
+        self.offset = index * self.epochs
+
+    def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
+        if self.trial is None or self.metric not in log:
+            return
+        self.trial.report(float(log[self.metric]), self.offset + epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({self.metric} "
+                                 f"{log[self.metric]:.6g})")
+
+    def finish(self, value: float | None) -> None:
+        """Tell the study the trial's outcome: `value`, or pruned."""
+        if self.study is None:
+            return
+        import optuna
+
+        if self.pruned:
+            self.study.tell(self.spec["number"], state=optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(self.spec["number"], value)
