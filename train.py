@@ -83,27 +83,15 @@ def start_processes(config: ConfigParser):
 def run(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()) -> None:
     """Train the run, or with `--folds K` its K folds and their summary; as a sweep's trial
     (`--trial`), report to the study and tell it the outcome."""
-    from trainer.cross_validation import fold_config, report_folds, run_result, summarize_folds
+    from trainer.cross_validation import train_runs
     from trainer.trial import StudyTrial, parse_trial
 
-    folds = config.cli_args.folds
-    metric = config["trainer"].get("monitor", "off").split()[-1]
-    trial = StudyTrial(parse_trial(config.cli_args.trial), metric,
-                       config["trainer"]["epochs"]) if config.cli_args.trial else None
-    results = []
-    for index in range(folds or 1):
-        run_config = fold_config(config, index + 1) if folds else config
-        if trial is not None:
-            trial.next_fold(index)
-        trainer = train(run_config, device, argv, [*callbacks, *([trial] if trial else [])])
-        if trainer is not None:
-            results.append(run_result(trainer))
-        if trial is not None and trial.pruned:
-            break
-    if folds and results and not (trial is not None and trial.pruned):
-        report_folds(config, summarize_folds(results, metric))
-    if trial is not None and results:
-        trial.finish(sum(result["best"] for result in results) / len(results))
+    trial = StudyTrial(parse_trial(config.cli_args.trial), config["trainer"].get("monitor", "off")
+                       .split()[-1], config["trainer"]["epochs"]) if config.cli_args.trial else None
+    results = train_runs(config, lambda run_config, extra: train(
+        run_config, device, argv, [*callbacks, *extra]), trial)
+    if trial is not None:
+        trial.finish(results, config.resume)
 
 
 def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()):
@@ -242,10 +230,15 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
         else None
     config.write_config()
     resumed_from = str(config.resume) if config.resume is not None else None
-    record = session_record(argv, config.config, resumed_from)
+    trial = None
     if config.cli_args.trial:  # the sweep and trial this run is (not the storage: a password)
         spec = json.loads(config.cli_args.trial)
-        record["trial"] = {key: spec.get(key) for key in ("study", "number", "sweep")}
+        trial = {key: spec.get(key) for key in ("study", "number", "sweep")}
+        argv = [json.dumps(trial) if index and argv[index - 1] == "--trial" else arg
+                for index, arg in enumerate(argv)]
+    record = session_record(argv, config.config, resumed_from)
+    if trial is not None:
+        record["trial"] = trial
     add_session(config.save_dir, config.log_dir, record)
     setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))

@@ -71,3 +71,24 @@ def test_bad_folds_are_one_line_before_anything_is_written(config_file, tmp_path
         train.main(["-c", str(config_file), *argv])
     assert message in raised.value.problems
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.slow
+def test_a_stop_signal_in_a_folds_last_epoch_stops_the_folds_after_it(config_file, tmp_path):
+    """The signal comes as fold 1 ends its last epoch (its run is complete): fold 2 and 3 are
+    not started, and the exit code says it was stopped."""
+    import signal
+
+    from trainer.trainer import Callback
+    from utils.interrupts import TrainingInterrupted
+
+    class SignalAtTheEnd(Callback):
+        def on_epoch_end(self, trainer, epoch, log):
+            trainer.stop_signals.received = signal.SIGTERM
+
+    with pytest.raises(TrainingInterrupted) as raised:
+        train.main(["-c", str(config_file), "--folds", "3", "--epochs", "1", "--run-id", "cv"],
+                   callbacks=[SignalAtTheEnd()])
+    assert raised.value.exit_code == 143 and "after fold 1 of 3" in str(raised.value)
+    folders = sorted(path.name for path in (tmp_path / "saved/models/Digits_CNN").iterdir())
+    assert folders == ["cv-fold1"]  # complete; no summary of one fold

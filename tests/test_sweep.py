@@ -152,7 +152,7 @@ def test_a_trial_that_crashes_is_marked_failed_with_its_error_and_the_sweep_goes
     assert [trial.state.name for trial in trials] == ["FAIL", "FAIL"]  # both ran: it went on
     for trial in trials:
         assert "error: " in trial.user_attrs["error"] and "loss" in trial.user_attrs["error"]
-        assert f"trial-{trial.number:04d}: failed (exit code 1)" in result.stdout
+        assert f"trial-{trial.number:04d}: failed (exit code 1: error: " in result.stdout
     assert "No trial completed" in result.stderr
 
 

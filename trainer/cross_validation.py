@@ -5,10 +5,13 @@ training data: base/folds.py) and hands each run's result here.
 """
 import logging
 import statistics
+from collections.abc import Callable
 
+from trainer.trial import PRUNED_REASON
 from utils import distributed
 from utils.errors import UserError
 from utils.files import write_json
+from utils.interrupts import TrainingInterrupted, signal_name
 
 
 def fold_config(config, fold: int):
@@ -23,6 +26,40 @@ def fold_config(config, fold: int):
                                          {"fold": fold, "folds": folds}})
     fold_run.run_id = f"{config.run_id}-fold{fold}"
     return fold_run
+
+
+def train_runs(config, train_one: Callable, trial=None) -> list[dict]:
+    """Train `config`'s run, or with `--folds K` its K folds, and report the folds; each run's
+    `run_result`. `train_one(config, callbacks)` trains one run (train.py's `train`: the
+    trainer, or None when there was nothing to train); `trial` (a sweep's `StudyTrial`) is
+    told where each fold starts. A pruned fold ends the folds; a stop signal that came during
+    a fold's last epoch stops the folds after it (`TrainingInterrupted`)."""
+    folds = config.cli_args.folds
+    results = []
+    for index in range(folds or 1):
+        if trial is not None:
+            trial.next_fold(index)
+        trainer = train_one(fold_config(config, index + 1) if folds else config,
+                            [trial] if trial is not None else [])
+        if trainer is None:
+            continue
+        results.append(run_result(trainer))
+        if (trainer.stop_reason or "").startswith(PRUNED_REASON):  # the same on every process
+            return results
+        signum = distributed.max_value(trainer.stop_signals.received or 0) if folds else 0
+        if signum and index + 1 < folds:
+            message = (f"Stopped by {signal_name(signum)} after fold {index + 1} of {folds}; "
+                       f"the folds after it were not trained")
+            logging.getLogger("train").warning(message)
+            raise TrainingInterrupted(signum, message)
+    if folds and results:
+        report_folds(config, summarize_folds(results, results_metric(config)))
+    return results
+
+
+def results_metric(config) -> str:
+    """The monitored value's name (`val_loss` of `min val_loss`)."""
+    return config["trainer"].get("monitor", "off").split()[-1]
 
 
 def run_result(trainer) -> dict:

@@ -8,6 +8,7 @@ and the trials' run folders under `models/` and `log/` as any run's.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,6 +103,9 @@ class Sweep:
                 if not self.running:
                     break
                 time.sleep(0.2)
+        except BaseException:  # the sweep itself failed (its database, say): no orphan trials
+            self._stop_trials()
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -111,34 +115,46 @@ class Sweep:
         if self.stopping:
             return
         self.stopping = signum
-        print(f"Sweep stopping ({signal.Signals(signum).name}): the running trials save "
-              f"their checkpoints; run the same command again to go on.", flush=True)
+        self._stop_trials()
+        try:  # a closed terminal (SIGHUP) cannot be written to: the trials are told already
+            os.write(sys.stdout.fileno(), f"Sweep stopping ({signal.Signals(signum).name}): "
+                     f"the running trials save their checkpoints; run the same command again "
+                     f"to go on.\n".encode())
+        except (OSError, ValueError):
+            pass
+
+    def _stop_trials(self) -> None:
         for process in self.running.values():
-            process.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers
 
     def _fill(self) -> None:
         """Start trials while fewer than `jobs` run: interrupted ones of this sweep first,
         then new ones while the study has fewer than `trials`."""
-        import optuna
-
         while not self.stopping and len(self.running) < self.options["jobs"]:
             study = self.study()
             trials = study.get_trials(deepcopy=False)
             waiting = [trial for trial in trials if self._resumable(trial)]
+            if waiting and self.definition.get("folds"):  # its folds cannot resume
+                self._fail(study, waiting[0].number, "interrupted k-fold cross-validation (its "
+                           "folds do not resume; the sweep goes on with new trials)")
+                continue
             if waiting:
                 self._start(study, waiting[0].number, resume=True)
                 continue
             if len(trials) >= self.options["trials"]:
                 return
-            study = self.study(seed=derive_seed(self.options["seed"], len(trials)) % 2**32)
-            trial = study.ask()
-            self._claim(study, trial.number, os.getpid())  # ours, should this process die now
+            number = study.ask().number
+            self._claim(study, number, os.getpid())  # ours, should this process die now
+            # trial n samples with a sampler seeded by (seed, n): the same command samples
+            # the same parameters, also after a stop; machines sharing a study differ
+            seeded = self.study(derive_seed(self.options["seed"], number) % 2**32)
+            seeded.get_trials(deepcopy=False)  # it knows the new trial: it may sample for it
+            trial = self._handle(seeded, number)
             values = sample(trial, self.definition["space"])
             problem = self._write_trial_config(trial.number, values)
             if problem:  # a sampled config the template refuses: failed, not run
-                trial.set_user_attr("error", problem)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                print(f"{trial_name(trial.number)} failed before it started: {problem}")
+                self._fail(study, trial.number, problem)
                 continue
             self._start(study, trial.number, resume=False)
 
@@ -228,10 +244,16 @@ class Sweep:
                 print(f"{trial_name(number)}: interrupted; it resumes from its checkpoint when "
                       f"the sweep runs again", flush=True)
             else:
-                error = _last_error(self.folder / "trials" / f"{trial_name(number)}.log")
-                self._handle(study, number).set_user_attr("error", error)
-                study.tell(number, state=optuna.trial.TrialState.FAIL)
-                print(f"{trial_name(number)}: failed (exit code {code}): {error}", flush=True)
+                self._fail(study, number, f"exit code {code}: " + _last_error(
+                    self.folder / "trials" / f"{trial_name(number)}.log"))
+
+    def _fail(self, study, number: int, error: str) -> None:
+        """Trial `number` failed: why, as its `error` attribute and on the console."""
+        import optuna
+
+        self._handle(study, number).set_user_attr("error", error)
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+        print(f"{trial_name(number)}: failed ({error})", flush=True)
 
 
 def _alive(pid) -> bool:
@@ -246,6 +268,10 @@ def _alive(pid) -> bool:
     return True
 
 
+# the template's one-line errors and an exception's last line, with torchrun's rank prefixes
+_ERROR_LINE = re.compile(r"(\[rank ?\d+\]:? )*(error: |[\w.]+(Error|Exception): )")
+
+
 def _last_error(log: Path) -> str:
     """The `error:` line a failed trial printed last, else its output's last line."""
     try:
@@ -253,7 +279,7 @@ def _last_error(log: Path) -> str:
                  if line.strip()]
     except OSError:
         return "no output"
-    errors = [line for line in lines if "error:" in line]
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
     return (errors or lines or ["no output"])[-1]
 
 

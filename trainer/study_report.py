@@ -1,24 +1,26 @@
 """What a sweep leaves behind: the trials' table, `trials.json`, the best trial's config as a
 ready-to-use `best_config.json`, and Optuna's parameter importances when there are enough
 trials (`sweep.py` at the end, `sweep.py --report FOLDER` any time)."""
+import json
 from pathlib import Path
 
+from config.key_paths import apply_modifications
 from config.search_space import trial_values
-from utils.files import read_json, write_json
+from utils.files import write_json
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # completed trials; fewer say nothing about the parameters
 
 
-def trial_rows(study) -> list[dict]:
+def trial_rows(study, space: dict) -> list[dict]:
     """A row per trial: number, state, value (the best monitored value; the mean over folds),
-    epochs trained, params, and why a failed one failed."""
+    epochs trained, params (as config values), and why a failed one failed."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         steps = trial.intermediate_values
         rows.append({"number": trial.number, "state": trial.state.name.lower(),
                      "value": trial.value, "epochs": max(steps) if steps else 0,
-                     "params": trial.params, "run": trial.user_attrs.get("run"),
-                     "error": trial.user_attrs.get("error")})
+                     "params": trial_values(trial.params, space),
+                     "run": trial.user_attrs.get("run"), "error": trial.user_attrs.get("error")})
     return rows
 
 
@@ -33,29 +35,32 @@ def table_lines(rows: list[dict], metric: str) -> list[str]:
     names = [short if last.count(short) == 1 else path for short, path in zip(last, paths)]
     cells = [[str(row["number"]), row["state"],
               format_value(row["value"]) if row["value"] is not None else "-",
-              str(row["epochs"]), *(_short(row["params"].get(path)) for path in paths)]
+              str(row["epochs"]), *(_short(row["params"][path]) if path in row["params"]
+                                    else "-" for path in paths)]
              for row in rows]
     return aligned_table(["trial", "state", metric, "epochs", *names], cells)
 
 
 def _short(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)  # null, a block
 
 
 def write_results(folder: Path, study, definition: dict) -> list[str]:
     """`trials.json` and, when a trial completed, `best_config.json`; the report's lines."""
     metric = definition["monitor"].split()[-1]
-    rows = trial_rows(study)
+    rows = trial_rows(study, definition["space"])
     lines = [f"Study {study.study_name}: {len(rows)} trials "
              f"({_counts(rows)}), {definition['monitor']}", *table_lines(rows, metric)]
     summary = {"study": study.study_name, "monitor": definition["monitor"], "trials": rows}
     complete = [row for row in rows if row["state"] == "complete"]
     if complete:
         best = study.best_trial
-        config = read_json(folder / "trials" / f"trial-{best.number:04d}.json")
-        config["trainer"]["save_dir"] = definition["save_dir"]  # where the user's runs go
+        # from the study, not the trial's config file: another machine may have run it
+        config = apply_modifications(definition["config"], {
+            **trial_values(best.params, definition["space"]),
+            "trainer.save_dir": definition["save_dir"]})  # where the user's runs go
         write_json(config, folder / "best_config.json")
         summary["best"] = {"number": best.number, "value": best.value,
                            "params": trial_values(best.params, definition["space"]),

@@ -43,7 +43,12 @@ def open_storage(url: str):
     import optuna
 
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"--storage {url.split('://')[0]}://...: cannot open the study's "
+                        f"database ({type(error).__name__}: {reason})") from None
 
 
 class StudyTrial(Callback):
@@ -52,7 +57,6 @@ class StudyTrial(Callback):
     def __init__(self, spec: dict, metric: str, epochs: int):
         self.spec, self.metric, self.epochs = spec, metric, epochs
         self.offset = 0  # epochs of earlier folds
-        self.pruned = False
         self.study = self.trial = None
         if distributed.is_main():
             import optuna
@@ -75,17 +79,27 @@ class StudyTrial(Callback):
             return
         self.trial.report(float(log[self.metric]), self.offset + epoch)
         if self.trial.should_prune():
-            self.pruned = True
             trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({self.metric} "
                                  f"{log[self.metric]:.6g})")
 
-    def finish(self, value: float | None) -> None:
-        """Tell the study the trial's outcome: `value`, or pruned."""
+    def finish(self, results: list[dict], resume=None) -> None:
+        """Tell the study the trial's outcome from its runs' results (`run_result`): pruned,
+        or the mean of their best values. A trial resumed at its end (stopped after its last
+        epoch, before it could tell) has its checkpoint's outcome."""
         if self.study is None:
             return
         import optuna
 
-        if self.pruned:
+        if not results and resume is not None:
+            from utils.checkpoint import load_checkpoint
+
+            checkpoint = load_checkpoint(resume)
+            results = [{"best": checkpoint["monitor_best"],
+                        "stop_reason": checkpoint.get("stop_reason")}]
+        if not results:
+            return
+        if any((result["stop_reason"] or "").startswith(PRUNED_REASON) for result in results):
             self.study.tell(self.spec["number"], state=optuna.trial.TrialState.PRUNED)
         else:
-            self.study.tell(self.spec["number"], value)
+            self.study.tell(self.spec["number"],
+                            sum(result["best"] for result in results) / len(results))

@@ -1,0 +1,63 @@
+"""trainer/trial.py: a train.py run as one trial of an Optuna study."""
+import json
+
+import optuna
+import pytest
+
+from tests.test_checkpoint import minimal_checkpoint
+from trainer.trial import PRUNED_REASON, StudyTrial, open_storage, parse_trial
+from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+
+
+def a_trial(tmp_path) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    number = study.ask().number
+    return {"storage": url, "study": "s", "number": number, "pruner": "median",
+            "prune_after": 1}
+
+
+def state_of(spec) -> optuna.trial.FrozenTrial:
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    return study.get_trials()[spec["number"]]
+
+
+def test_the_outcome_is_the_mean_of_the_runs_or_pruned(tmp_path):
+    spec = a_trial(tmp_path)
+    StudyTrial(spec, "val_loss", 3).finish([{"best": 0.5, "stop_reason": None},
+                                            {"best": 0.25, "stop_reason": None}])
+    assert state_of(spec).value == pytest.approx(0.375)
+    spec = {**spec, "number": optuna.load_study(
+        study_name="s", storage=open_storage(spec["storage"])).ask().number}
+    StudyTrial(spec, "val_loss", 3).finish([{"best": 0.5, "stop_reason": PRUNED_REASON}])
+    assert state_of(spec).state == optuna.trial.TrialState.PRUNED
+
+
+@pytest.mark.parametrize("stop_reason, state", [
+    (None, optuna.trial.TrialState.COMPLETE),
+    (f"{PRUNED_REASON} at epoch 2", optuna.trial.TrialState.PRUNED)])
+def test_a_trial_resumed_at_its_end_tells_its_checkpoints_outcome(tmp_path, stop_reason, state):
+    """Stopped after its last epoch but before it told the study: the resumed run has
+    nothing to train, and the checkpoint says how the trial ended."""
+    from model.model import DigitsModel
+
+    spec = a_trial(tmp_path)
+    path = tmp_path / "checkpoint-epoch3.pth"
+    save_checkpoint({**minimal_checkpoint(DigitsModel()), "epoch": 3, "monitor_best": 0.125,
+                     "stop_reason": stop_reason}, path)
+    StudyTrial(spec, "val_loss", 3).finish([], resume=path)
+    trial = state_of(spec)
+    assert trial.state == state
+    assert state != optuna.trial.TrialState.COMPLETE or trial.value == 0.125
+
+
+def test_a_bad_trial_spec_or_storage_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="--trial: not JSON"):
+        parse_trial("{")
+    with pytest.raises(UserError, match=r'--trial: expected \{"storage"'):
+        parse_trial(json.dumps({"study": "s"}))
+    with pytest.raises(UserError, match=r"^--storage nosuchdb://\.\.\.: cannot open the study's "
+                                        r"database \("):
+        open_storage("nosuchdb://host/db")
