@@ -95,12 +95,17 @@ def test_a_sweep_of_two_workers_prunes_stops_on_sigterm_goes_on_and_its_best_con
     interrupted = [trial.number for trial in load_study(folder).get_trials()
                    if trial.state.name == "RUNNING"]
     assert 1 in interrupted and "trial-0001: interrupted" in output, output
+    # a trial stopped before its run folder existed (still starting) starts again instead
+    resumed = [number for number in interrupted
+               if (folder / "models/Digits_CNN" / f"trial-{number:04d}").is_dir()]
+    assert 1 in resumed
 
     second = subprocess.run(sweep_command(arguments), capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     for number in interrupted:
-        assert f"trial-{number:04d}: resumed from its checkpoint" in second.stdout
+        again = "resumed from its checkpoint" if number in resumed else "started"
+        assert f"trial-{number:04d}: {again} (" in second.stdout, second.stdout
     study = load_study(folder)
     trials = study.get_trials()
     assert [trial.number for trial in trials] == list(range(5))  # none lost, none twice
@@ -112,7 +117,7 @@ def test_a_sweep_of_two_workers_prunes_stops_on_sigterm_goes_on_and_its_best_con
         sessions = json.loads((run / "manifest.json").read_text())["sessions"]
         assert sessions[0]["trial"] == {"study": STUDY, "number": trial.number,
                                         "sweep": str(folder)}
-        assert len(sessions) == (2 if trial.number in interrupted else 1)  # resumed in place
+        assert len(sessions) == (2 if trial.number in resumed else 1)  # resumed in place
         assert (folder / "log/Digits_CNN" / run.name).is_dir()
         last = max(run.glob("checkpoint-epoch*.pth"), key=lambda path: path.stat().st_mtime)
         steps = sorted(trial.intermediate_values)
