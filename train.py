@@ -86,8 +86,7 @@ def run(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ())
     from trainer.cross_validation import train_runs
     from trainer.trial import StudyTrial, parse_trial
 
-    trial = StudyTrial(parse_trial(config.cli_args.trial), config["trainer"].get("monitor", "off")
-                       .split()[-1], config["trainer"]["epochs"]) if config.cli_args.trial else None
+    trial = StudyTrial(parse_trial(config.cli_args.trial)) if config.cli_args.trial else None
     results = train_runs(config, lambda run_config, extra: train(
         run_config, device, argv, [*callbacks, *extra]), trial)
     if trial is not None:

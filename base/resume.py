@@ -8,7 +8,7 @@ from torch import nn
 
 from utils import distributed
 from utils.errors import CheckpointError
-from utils.plain_data import describe, kind_problem
+from utils.plain_data import describe, is_number, kind_problem
 from utils.seeding import derive_seed, rng_state_problem, seed_everything, set_rng_state
 
 # A scheduler's progress in its state_dict. No public API moves a scheduler to a step of
@@ -107,12 +107,10 @@ def _optimizer_state_problem(optimizer: torch.optim.Optimizer, state) -> str | N
     if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or \
             not isinstance(state.get("param_groups"), list):
         return "it needs a dict of per-parameter state and a list of param_groups"
-    groups, live = state["param_groups"], optimizer.param_groups
-    if len(groups) != len(live) or not all(
-            isinstance(group, dict) and isinstance(group.get("params"), list) and
-            len(group["params"]) == len(now["params"]) for group, now in zip(groups, live)):
+    live = optimizer.param_groups
+    if _group_sizes(state) != [len(group["params"]) for group in live]:
         return "its param_groups are not the optimizer's groups of parameters"
-    ids = [index for group in groups for index in group["params"]]
+    ids = [index for group in state["param_groups"] for index in group["params"]]
     if len(set(ids)) != len(ids) or not all(isinstance(i, int) for i in ids):
         return "the parameter ids of its param_groups are not distinct integers"
     # ids map to parameters in order, as torch's load_state_dict maps them
@@ -123,22 +121,28 @@ def _optimizer_state_problem(optimizer: torch.optim.Optimizer, state) -> str | N
     for index, values in state["state"].items():
         if index not in parameters:
             return f"state for parameter {index!r}, which the optimizer does not have"
-        if not isinstance(values, dict):
-            return f"the state of parameter {index} is {describe(values)}, not a dict"
         parameter = parameters[index]
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                if checked and not _fits(key, value, parameter, sizes[id(parameter)]):
-                    return (f"{key} of parameter {index} is {tuple(value.shape)}, the parameter "
-                            f"{tuple(parameter.shape)}")
-            elif not (value is None or _number(value)) and not (isinstance(value, list) and all(
-                    item is None or isinstance(item, torch.Tensor) for item in value)):
-                return f"{key} of parameter {index} is {describe(value)}"
+        problem = _parameter_state_problem(values, parameter, sizes[id(parameter)], checked)
+        if problem:
+            return problem.format(index=index)
     return None
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _parameter_state_problem(values, parameter: torch.Tensor, group_size: int,
+                             shapes: bool) -> str | None:
+    """What is wrong with one parameter's state `values` (with `{index}` for its number):
+    plain numbers, lists of tensors (L-BFGS), and tensors whose shape `_fits` when `shapes`."""
+    if not isinstance(values, dict):
+        return f"the state of parameter {{index}} is {describe(values)}, not a dict"
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            if shapes and not _fits(key, value, parameter, group_size):
+                return (f"{key} of parameter {{index}} is {tuple(value.shape)}, the parameter "
+                        f"{tuple(parameter.shape)}")
+        elif not (value is None or is_number(value)) and not (isinstance(value, list) and all(
+                item is None or isinstance(item, torch.Tensor) for item in value)):
+            return f"{key} of parameter {{index}} is {describe(value)}"
+    return None
 
 
 # The per-parameter states torch's optimizers keep as single numbers (tensors of no dimension);
@@ -202,11 +206,11 @@ def restore_scheduler(name: str, scheduler, checkpoint: dict, config: dict,
     state = entry(checkpoint.get("lr_scheduler"), name)
     block = optimizer_block(config, name, "lr_scheduler")
     saved_block = optimizer_block(checkpoint["config"], name, "lr_scheduler") or {}
+    if state is None:
+        return
     which = f"lr_scheduler {name!r}" if name else "lr_scheduler"
     before, now = [(part.get("type"), part.get("interval", "epoch"))
                    for part in (saved_block, block)]
-    if state is None:
-        return
     if before != now:
         logger.warning("Warning: the %s was %s once every %s in the checkpoint, now %s once "
                        "every %s: its state is not restored, the schedule starts from its first "

@@ -31,8 +31,8 @@ class DigitsDictDataLoader(BaseDataLoader):
     """`DigitsWithFeatures` in batches (the default collate function stacks dicts key by key)."""
 
     def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True,
-                 validation_split: float | int | dict = 0.0, num_workers: int = 0, training: bool = True,
-                 seed: int = 0):
+                 validation_split: float | int | dict = 0.0, num_workers: int = 0,
+                 training: bool = True, seed: int = 0):
         dataset = DigitsWithFeatures(data_dir, training)
         super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed)
 

@@ -92,3 +92,25 @@ def test_a_stop_signal_in_a_folds_last_epoch_stops_the_folds_after_it(config_fil
     assert raised.value.exit_code == 143 and "after fold 1 of 3" in str(raised.value)
     folders = sorted(path.name for path in (tmp_path / "saved/models/Digits_CNN").iterdir())
     assert folders == ["cv-fold1"]  # complete; no summary of one fold
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["dict_batches", "vae"])
+def test_folds_of_a_users_own_task_dict_batches_and_a_subclassed_step(tmp_path, example):
+    """The dict-batch classifier (no trainer code) and the VAE (its own training_step, loss
+    parts): each fold holds out its part, and the summary covers the loss parts too."""
+    from tests.test_examples import example_config
+
+    train.main(["-c", str(example_config(tmp_path, example, epochs=1)), "--folds", "2",
+                "--run-id", "cv"])
+    name = json.loads((tmp_path / f"{example}.json").read_text())["name"]
+    summary = json.loads((tmp_path / f"saved/models/{name}/cv-folds.json").read_text())
+    best = [load_checkpoint(tmp_path / f"saved/models/{name}/cv-fold{fold}/model_best.pth")
+            for fold in (1, 2)]
+    assert [checkpoint["config"]["data_loader"]["args"]["validation_split"]["fold"]
+            for checkpoint in best] == [1, 2]
+    for key in best[0]["best_log"]:
+        assert summary["mean"][key] == pytest.approx(
+            statistics.fmean(checkpoint["best_log"][key] for checkpoint in best), abs=1e-12)
+    if example == "vae":
+        assert {"recon", "kl", "val_recon", "val_kl"} <= set(summary["mean"])

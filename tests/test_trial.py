@@ -26,12 +26,12 @@ def state_of(spec) -> optuna.trial.FrozenTrial:
 
 def test_the_outcome_is_the_mean_of_the_runs_or_pruned(tmp_path):
     spec = a_trial(tmp_path)
-    StudyTrial(spec, "val_loss", 3).finish([{"best": 0.5, "stop_reason": None},
+    StudyTrial(spec).finish([{"best": 0.5, "stop_reason": None},
                                             {"best": 0.25, "stop_reason": None}])
     assert state_of(spec).value == pytest.approx(0.375)
     spec = {**spec, "number": optuna.load_study(
         study_name="s", storage=open_storage(spec["storage"])).ask().number}
-    StudyTrial(spec, "val_loss", 3).finish([{"best": 0.5, "stop_reason": PRUNED_REASON}])
+    StudyTrial(spec).finish([{"best": 0.5, "stop_reason": PRUNED_REASON}])
     assert state_of(spec).state == optuna.trial.TrialState.PRUNED
 
 
@@ -47,7 +47,7 @@ def test_a_trial_resumed_at_its_end_tells_its_checkpoints_outcome(tmp_path, stop
     path = tmp_path / "checkpoint-epoch3.pth"
     save_checkpoint({**minimal_checkpoint(DigitsModel()), "epoch": 3, "monitor_best": 0.125,
                      "stop_reason": stop_reason}, path)
-    StudyTrial(spec, "val_loss", 3).finish([], resume=path)
+    StudyTrial(spec).finish([], resume=path)
     trial = state_of(spec)
     assert trial.state == state
     assert state != optuna.trial.TrialState.COMPLETE or trial.value == 0.125
@@ -61,3 +61,34 @@ def test_a_bad_trial_spec_or_storage_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^--storage nosuchdb://\.\.\.: cannot open the study's "
                                         r"database \("):
         open_storage("nosuchdb://host/db")
+
+
+
+@pytest.mark.slow
+def test_a_users_subclassed_step_is_reported_and_pruned_like_the_default(tmp_path):
+    """The VAE example (its own training_step and loss parts) as a trial (`train.py
+    --trial`, in-process): its monitored value reaches the study, the pruner stops it after
+    epoch 1 with the checkpoint saying so, and the study is told it was pruned."""
+    import train
+    from tests.test_examples import example_config
+    from utils.checkpoint import load_checkpoint
+
+    spec = a_trial(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(  # a finished trial far better at every epoch
+        value=0.0, intermediate_values={1: 0.0, 2: 0.0, 3: 0.0}))
+    spec = {**spec, "number": study.ask().number}
+    train.main(["-c", str(example_config(tmp_path, "vae", epochs=3)), "--run-id", "t",
+                "--trial", json.dumps(spec)])
+    trial = state_of(spec)
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]  # reported once, then pruned
+    run = tmp_path / "saved/models/Digits_VAE/t"
+    assert load_checkpoint(run / "checkpoint-epoch1.pth")["stop_reason"].startswith(
+        f"{PRUNED_REASON} at epoch 1 (val_loss ")
+    assert not (run / "checkpoint-epoch2.pth").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["sessions"][0]["trial"] == {"study": "s", "number": spec["number"],
+                                                "sweep": None}
+    assert spec["storage"] not in json.dumps(manifest)  # a URL may hold a password

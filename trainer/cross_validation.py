@@ -35,7 +35,7 @@ def train_runs(config, train_one: Callable, trial=None) -> list[dict]:
     told where each fold starts. A pruned fold ends the folds; a stop signal that came during
     a fold's last epoch stops the folds after it (`TrainingInterrupted`)."""
     folds = config.cli_args.folds
-    results = []
+    results, metric = [], ""
     for index in range(folds or 1):
         if trial is not None:
             trial.next_fold(index)
@@ -44,6 +44,7 @@ def train_runs(config, train_one: Callable, trial=None) -> list[dict]:
         if trainer is None:
             continue
         results.append(run_result(trainer))
+        metric = trainer.monitor.metric
         if (trainer.stop_reason or "").startswith(PRUNED_REASON):  # the same on every process
             return results
         signum = distributed.max_value(trainer.stop_signals.received or 0) if folds else 0
@@ -53,13 +54,8 @@ def train_runs(config, train_one: Callable, trial=None) -> list[dict]:
             logging.getLogger("train").warning(message)
             raise TrainingInterrupted(signum, message)
     if folds and results:
-        report_folds(config, summarize_folds(results, results_metric(config)))
+        report_folds(config, summarize_folds(results, metric))
     return results
-
-
-def results_metric(config) -> str:
-    """The monitored value's name (`val_loss` of `min val_loss`)."""
-    return config["trainer"].get("monitor", "off").split()[-1]
 
 
 def run_result(trainer) -> dict:

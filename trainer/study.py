@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from base.settings import Monitor
 from config.search_space import sample
-from trainer.trial import make_pruner, open_storage
+from trainer.trial import make_pruner, open_storage, trial_handle
 from utils.errors import UserError
 from utils.files import read_json, write_json
 from utils.seeding import derive_seed
@@ -63,25 +64,16 @@ class Sweep:
         sampler = (optuna.samplers.RandomSampler if options["sampler"] == "random" else
                    optuna.samplers.TPESampler)(seed=seed)
         pruner = make_pruner(options["pruner"], options["prune_after"])
-        mode = self.definition["monitor"].split()[0]
+        mode = Monitor.parse(self.definition["monitor"]).mode
         return optuna.create_study(storage=self.storage,
                                    study_name=self.study_name, sampler=sampler, pruner=pruner,
                                    direction="minimize" if mode == "min" else "maximize",
                                    load_if_exists=True)
 
-    def _handle(self, study, number: int):
-        """A live handle on trial `number` (to set its attributes), through the storage's
-        public lookups."""
-        import optuna
-
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.storage.get_study_id_from_name(self.study_name), number)
-        return optuna.trial.Trial(study, trial_id)
-
     def _claim(self, study, number: int, pid: int, threads: str | None = None) -> None:
         """Mark trial `number` as this machine's and this sweep's, run by process `pid`
         (with `threads` for torch): a sweep run again resumes it once that process is gone."""
-        handle = self._handle(study, number)
+        handle = trial_handle(study, self.storage, number)
         for key, value in (("host", self.host), ("pid", pid), ("sweep", str(self.folder)),
                            ("run", trial_name(number)), ("threads", threads),
                            ("torchrun", self.options.get("torchrun"))):
@@ -150,13 +142,12 @@ class Sweep:
             # the same parameters, also after a stop; machines sharing a study differ
             seeded = self.study(derive_seed(self.options["seed"], number) % 2**32)
             seeded.get_trials(deepcopy=False)  # it knows the new trial: it may sample for it
-            trial = self._handle(seeded, number)
-            values = sample(trial, self.definition["space"])
-            problem = self._write_trial_config(trial.number, values)
+            values = sample(trial_handle(seeded, self.storage, number), self.definition["space"])
+            problem = self._write_trial_config(number, values)
             if problem:  # a sampled config the template refuses: failed, not run
-                self._fail(study, trial.number, problem)
+                self._fail(study, number, problem)
                 continue
-            self._start(study, trial.number, resume=False)
+            self._start(study, number, resume=False)
 
     def _resumable(self, trial) -> bool:
         """A trial of this sweep on this machine left running by a stopped sweep."""
@@ -251,7 +242,7 @@ class Sweep:
         """Trial `number` failed: why, as its `error` attribute and on the console."""
         import optuna
 
-        self._handle(study, number).set_user_attr("error", error)
+        trial_handle(study, self.storage, number).set_user_attr("error", error)
         study.tell(number, state=optuna.trial.TrialState.FAIL)
         print(f"{trial_name(number)}: failed ({error})", flush=True)
 

@@ -4,6 +4,7 @@ trials (`sweep.py` at the end, `sweep.py --report FOLDER` any time)."""
 import json
 from pathlib import Path
 
+from base.settings import Monitor
 from config.key_paths import apply_modifications
 from config.search_space import trial_values
 from utils.files import write_json
@@ -49,7 +50,7 @@ def _short(value) -> str:
 
 def write_results(folder: Path, study, definition: dict) -> list[str]:
     """`trials.json` and, when a trial completed, `best_config.json`; the report's lines."""
-    metric = definition["monitor"].split()[-1]
+    metric = Monitor.parse(definition["monitor"]).metric
     rows = trial_rows(study, definition["space"])
     lines = [f"Study {study.study_name}: {len(rows)} trials "
              f"({_counts(rows)}), {definition['monitor']}", *table_lines(rows, metric)]

@@ -51,12 +51,23 @@ def open_storage(url: str):
                         f"database ({type(error).__name__}: {reason})") from None
 
 
-class StudyTrial(Callback):
-    """The trial `spec` names, for one run or the K runs of k-fold cross-validation."""
+def trial_handle(study, storage, number: int):
+    """A live handle on trial `number` of `study` (to report, set attributes, sample),
+    through the storage's public lookups."""
+    import optuna
 
-    def __init__(self, spec: dict, metric: str, epochs: int):
-        self.spec, self.metric, self.epochs = spec, metric, epochs
-        self.offset = 0  # epochs of earlier folds
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+class StudyTrial(Callback):
+    """The trial `spec` names, for one run or the K runs of k-fold cross-validation; it
+    reports the trainer's monitored value."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.fold = 0  # the fold training now (its epochs are reported after the earlier's)
         self.study = self.trial = None
         if distributed.is_main():
             import optuna
@@ -66,21 +77,20 @@ class StudyTrial(Callback):
             pruner = make_pruner(spec.get("pruner", "none"), spec.get("prune_after", 0))
             self.study = optuna.load_study(study_name=spec["study"], storage=storage,
                                            pruner=pruner)
-            trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(spec["study"]), spec["number"])
-            self.trial = optuna.trial.Trial(self.study, trial_id)
+            self.trial = trial_handle(self.study, storage, spec["number"])
 
     def next_fold(self, index: int) -> None:
-        """Fold `index` (from 0) starts: its epochs are reported after the earlier folds'."""
-        self.offset = index * self.epochs
+        """Fold `index` (from 0) starts."""
+        self.fold = index
 
     def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
-        if self.trial is None or self.metric not in log:
+        metric = trainer.monitor.metric
+        if self.trial is None or metric not in log:
             return
-        self.trial.report(float(log[self.metric]), self.offset + epoch)
+        self.trial.report(float(log[metric]), self.fold * trainer.settings.epochs + epoch)
         if self.trial.should_prune():
-            trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({self.metric} "
-                                 f"{log[self.metric]:.6g})")
+            trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({metric} "
+                                 f"{log[metric]:.6g})")
 
     def finish(self, results: list[dict], resume=None) -> None:
         """Tell the study the trial's outcome from its runs' results (`run_result`): pruned,

@@ -19,7 +19,7 @@ def kind_problem(fresh, saved, where: str) -> str | None:
     stack = [(fresh, saved, where)]
     while stack:
         fresh, saved, where = stack.pop()
-        if fresh is None or _number(fresh) and _number(saved) or \
+        if fresh is None or is_number(fresh) and is_number(saved) or \
                 isinstance(fresh, bool) and isinstance(saved, bool) or \
                 isinstance(fresh, str) and isinstance(saved, str):
             continue
@@ -33,7 +33,7 @@ def kind_problem(fresh, saved, where: str) -> str | None:
         elif isinstance(fresh, dict) and isinstance(saved, dict):
             stack.extend((fresh[key], saved[key], f"{where}.{key}") for key in fresh
                          if key in saved)
-        elif _number(fresh) or isinstance(fresh, (bool, str, list, tuple, dict, torch.Tensor)):
+        elif is_number(fresh) or isinstance(fresh, (bool, str, list, tuple, dict, torch.Tensor)):
             return f"{where} is {describe(saved)}, not {describe(fresh)}"
     return None
 
@@ -42,7 +42,7 @@ def describe(value) -> str:
     """`a number`, `a list of 3`, `a tensor of shape (624,) torch.int64`: for messages."""
     if isinstance(value, bool):
         return "true/false"
-    if _number(value):
+    if is_number(value):
         return "a number"
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)} {value.dtype}"
@@ -53,6 +53,7 @@ def describe(value) -> str:
     return {str: "a string", dict: "a dict"}.get(type(value), type(value).__name__)
 
 
-def _number(value) -> bool:
+def is_number(value) -> bool:
+    """A plain number (not true/false) or a 0-dim tensor."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) or \
         isinstance(value, torch.Tensor) and value.dim() == 0
