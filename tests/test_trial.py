@@ -53,6 +53,39 @@ def test_a_trial_resumed_at_its_end_tells_its_checkpoints_outcome(tmp_path, stop
     assert state != optuna.trial.TrialState.COMPLETE or trial.value == 0.125
 
 
+class FakeTrainer:
+    """What StudyTrial reads of a trainer: its monitor, its epochs, and request_stop."""
+
+    def __init__(self, epochs: int):
+        self.monitor = type("Monitor", (), {"metric": "val_loss"})()
+        self.settings = type("Settings", (), {"epochs": epochs})()
+        self.stop_reason = None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+@pytest.mark.parametrize("fold, folds, epoch, pruned", [
+    (0, 1, 1, True),    # an epoch before the last: worse than the median, stopped
+    (0, 1, 2, False),   # the last epoch: stopping saves nothing, the trial completes
+    (0, 2, 2, True),    # the last epoch of a fold before the last: the later folds are saved
+    (1, 2, 2, False)])  # the last epoch of the last fold
+def test_the_pruner_is_asked_at_every_epoch_but_the_trials_last(tmp_path, fold, folds, epoch,
+                                                                 pruned):
+    spec = a_trial(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(  # a finished trial far better at every step
+        value=0.0, intermediate_values={step: 0.0 for step in range(1, 5)}))
+    spec = {**spec, "number": study.ask().number}
+    trial, trainer = StudyTrial(spec), FakeTrainer(epochs=2)
+    trial.next_fold(fold, folds)
+    trial.on_epoch_end(trainer, epoch, {"val_loss": 1.0})
+    assert state_of(spec).intermediate_values == {fold * 2 + epoch: 1.0}
+    assert (trainer.stop_reason is not None) == pruned
+    assert not pruned or trainer.stop_reason == f"{PRUNED_REASON} at epoch {epoch} (val_loss 1)"
+
+
 def test_a_bad_trial_spec_or_storage_is_one_line(tmp_path):
     with pytest.raises(UserError, match="--trial: not JSON"):
         parse_trial("{")

@@ -38,7 +38,7 @@ def train_runs(config, train_one: Callable, trial=None) -> list[dict]:
     results, metric = [], ""
     for index in range(folds or 1):
         if trial is not None:
-            trial.next_fold(index)
+            trial.next_fold(index, folds or 1)
         trainer = train_one(fold_config(config, index + 1) if folds else config,
                             [trial] if trial is not None else [])
         if trainer is None:

@@ -67,7 +67,8 @@ class StudyTrial(Callback):
 
     def __init__(self, spec: dict):
         self.spec = spec
-        self.fold = 0  # the fold training now (its epochs are reported after the earlier's)
+        self.fold, self.folds = 0, 1  # the fold training now, of how many (its epochs are
+        # reported after the earlier folds')
         self.study = self.trial = None
         if distributed.is_main():
             import optuna
@@ -79,16 +80,17 @@ class StudyTrial(Callback):
                                            pruner=pruner)
             self.trial = trial_handle(self.study, storage, spec["number"])
 
-    def next_fold(self, index: int) -> None:
-        """Fold `index` (from 0) starts."""
-        self.fold = index
+    def next_fold(self, index: int, folds: int) -> None:
+        """Fold `index` (from 0) of `folds` starts."""
+        self.fold, self.folds = index, folds
 
     def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
         metric = trainer.monitor.metric
         if self.trial is None or metric not in log:
             return
         self.trial.report(float(log[metric]), self.fold * trainer.settings.epochs + epoch)
-        if self.trial.should_prune():
+        last = self.fold == self.folds - 1 and epoch >= trainer.settings.epochs
+        if not last and self.trial.should_prune():  # the last epoch saves nothing: it completes
             trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({metric} "
                                  f"{log[metric]:.6g})")
 
