@@ -22,9 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
-import data_loader.data_loaders as module_data  # noqa: E402
+import tests.noisy_data  # noqa: E402,F401  (a config may name NoisyDigitsDataLoader)
 import train  # noqa: E402
 import trainer.trainer as module_trainer  # noqa: E402
 import utils.util as module_util  # noqa: E402
@@ -84,26 +82,9 @@ def slow_write(original):
     return atomic_write
 
 
-class NoisyDigitsDataLoader(module_data.DigitsDataLoader):
-    """The digits with noise drawn in `__getitem__`, i.e. in the worker processes."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dataset.__class__ = NoisyTensorDataset
-
-
-class NoisyTensorDataset(torch.utils.data.TensorDataset):
-    def __getitem__(self, index):
-        image, label = super().__getitem__(index)
-        return image + 0.1 * torch.randn_like(image), label
-
-
-NoisyDigitsDataLoader.__module__ = "data_loader.data_loaders"  # a config may name it
-module_data.NoisyDigitsDataLoader = NoisyDigitsDataLoader
 import utils.checkpoint as module_checkpoint  # noqa: E402
 
 module_checkpoint.atomic_write = slow_write(module_util.atomic_write)
-
 
 
 def failing_build(original):

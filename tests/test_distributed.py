@@ -15,7 +15,7 @@ import torch
 
 import train
 from base.samplers import EpochSampler, SeededBatchSampler
-from tests.conftest import ROOT, run_folders, run_script, small_config
+from tests.conftest import ROOT, run_folders, run_main, small_config
 from utils.checkpoint import load_checkpoint
 
 
@@ -144,7 +144,7 @@ def max_difference(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     # 1295 training samples: the last global batch of 64 has 15, split 8 + 7 between processes
-    run_script("train.py", "-c", str(ddp_config(tmp_path, 64)), "--run-id", "single")
+    run_main("train.py", "-c", str(ddp_config(tmp_path, 64)), "--run-id", "single")
     result = torchrun("-c", str(ddp_config(tmp_path, 32)), "--run-id", "ddp")
     single, ddp = tmp_path / "saved/models/Digits_CNN/single", tmp_path / "saved/models/Digits_CNN/ddp"
     assert [p.name for p in run_folders(tmp_path / "saved")] == ["ddp", "single"]
@@ -181,9 +181,9 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     assert sessions[0]["processes"] == 2
 
     # the DDP checkpoint is a plain one: test.py and a single-process resume load it
-    report = run_script("test.py", "-r", str(ddp))
+    report = run_main("test.py", "-r", str(ddp))
     assert "accuracy" in report.stdout
-    run_script("train.py", "-r", str(ddp / "checkpoint-epoch2.pth"), "--epochs", "3")
+    run_main("train.py", "-r", str(ddp / "checkpoint-epoch2.pth"), "--epochs", "3")
     assert load_checkpoint(ddp / "checkpoint-epoch3.pth")["epoch"] == 3
 
 
@@ -197,7 +197,7 @@ def test_accumulation_and_workers_under_torchrun_match_one_process(tmp_path):
         config = json.loads(path.read_text())
         config["data_loader"]["args"]["num_workers"] = 1
         path.write_text(json.dumps(config))
-    run_script("train.py", "-c", str(single), "--run-id", "single")
+    run_main("train.py", "-c", str(single), "--run-id", "single")
     torchrun("-c", str(ddp), "--run-id", "ddp")
     runs = tmp_path / "saved/models/Digits_CNN"
     name = "checkpoint-epoch1.pth"
@@ -296,12 +296,12 @@ def test_a_mid_epoch_stop_of_two_processes_resumes_in_one_with_the_same_global_b
                            "checkpoint-interrupted.pth")["epoch_step"] > 0, output
     stopped = tmp_path / "saved/models/Digits_CNN/stopped"
     # a different global batch cannot continue the epoch
-    refused = run_script("train.py", "-r", str(stopped), check=False)
+    refused = run_main("train.py", "-r", str(stopped), check=False)
     assert refused.returncode == 2
     assert "global" not in refused.stderr and "batch_size 32 x 2 processes" in refused.stderr
     # one process with batch 64 continues the same global batches
-    run_script("train.py", "-r", str(stopped), "--bs", "64")
-    run_script("train.py", "-c", str(ddp_config(tmp_path, 64, epochs=2)), "--run-id", "single")
+    run_main("train.py", "-r", str(stopped), "--bs", "64")
+    run_main("train.py", "-c", str(ddp_config(tmp_path, 64, epochs=2)), "--run-id", "single")
     single = tmp_path / "saved/models/Digits_CNN/single"
     name = "checkpoint-epoch2.pth"
     assert max_difference(weights(single, name), weights(stopped, name)) < TOLERANCE_LATER
@@ -514,7 +514,7 @@ def test_an_example_in_two_processes_trains_like_one_with_the_doubled_batch(tmp_
                                                                            name):
     """Dict batches through the default step; torchmetrics metrics (RMSE, R²) synchronised
     over the processes: the same weights and the same validation values."""
-    run_script("train.py", "-c", str(example_ddp_config(tmp_path, example, 64)),
+    run_main("train.py", "-c", str(example_ddp_config(tmp_path, example, 64)),
                "--run-id", "single")
     torchrun("-c", str(example_ddp_config(tmp_path, example, 32)), "--run-id", "ddp")
     runs = tmp_path / "saved" / "models" / name

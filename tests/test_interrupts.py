@@ -1,5 +1,7 @@
 """Signals, kills and NaNs on real training processes (tests/slow_train.py is the real train.py,
 slowed down and printing `STEP n` / `SAVING file` so that a signal lands where the test wants).
+The uninterrupted references and the resumed runs train in this process (a fresh one costs ~6 s
+of imports and is not the point there).
 
 The yardstick is a run that was never interrupted: a run stopped by SIGTERM or Ctrl-C (or killed)
 and resumed must end with the same weights, optimizer state, learning rate and logged epoch
@@ -16,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import tests.noisy_data  # noqa: F401  (the configs name NoisyDigitsDataLoader)
 from base.run_folder import INTERRUPTED_NAME
-from tests.conftest import ROOT, run_script, small_config
+from tests.conftest import ROOT, run_main, small_config
 from utils.checkpoint import load_checkpoint
 
 EPOCHS = 3
@@ -113,7 +116,7 @@ def references(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("references")
     for config in (write_config(root, "plain", noisy),
                    write_config(root, "noisy", noisy_with_workers)):
-        run_script("tests/slow_train.py", "-c", str(config))
+        run_main("train.py", "-c", str(config))
     return root
 
 
@@ -139,7 +142,7 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(refer
     assert f"Stopped by SIGTERM at epoch 2, step {stopped['epoch_step']}" in out
     assert f"Resume with: python train.py -r {folder / INTERRUPTED_NAME}" in out
 
-    run_script("tests/slow_train.py", "-r", str(folder))  # a run folder: its newest checkpoint
+    run_main("train.py", "-r", str(folder))  # a run folder: its newest checkpoint
     assert run_folder(tmp_path, "stopped") == folder  # continued in the same folder
     assert not (folder / INTERRUPTED_NAME).exists()  # superseded by checkpoint-epoch2.pth
     assert_same_training(tmp_path, "stopped", references / "plain")
@@ -175,7 +178,7 @@ def test_ctrl_c_with_workers_and_a_second_ctrl_c_while_saving(references, tmp_pa
     assert "already stopping; the checkpoint is being saved" in err and "Traceback" not in err
     folder = run_folder(tmp_path, "stopped")
     assert load_checkpoint(folder / INTERRUPTED_NAME)["epoch"] == 1
-    run_script("tests/slow_train.py", "-r", str(folder / INTERRUPTED_NAME))
+    run_main("train.py", "-r", str(folder / INTERRUPTED_NAME))
     assert_same_training(tmp_path, "stopped", references / "noisy")
     assert tensorboard_points(tmp_path / "stopped") == tensorboard_points(references / "noisy")
 
@@ -209,7 +212,7 @@ def test_sigkill_at_any_point_leaves_every_checkpoint_loadable(references, tmp_p
             load_checkpoint(path)
         torn += [path.name for path in folder_of().glob(".*.tmp")]
     assert len(torn) == 1 and torn[0].startswith(".checkpoint-epoch2.pth.")  # the torn write
-    run_script("tests/slow_train.py", "-r", str(folder_of()))
+    run_main("train.py", "-r", str(folder_of()))
     assert not list(folder_of().glob(".*.tmp"))  # cleaned up by the resumed run
     assert_same_training(tmp_path, "killed", references / "plain")
 
@@ -252,7 +255,7 @@ def test_a_signal_during_validation_stops_there_and_resumes_exactly(references, 
     stopped = load_checkpoint(folder / INTERRUPTED_NAME)
     assert (stopped["epoch"], stopped["epoch_step"]) == (1, 21)
     assert "Stopped by SIGTERM at epoch 2, step 21" in out
-    result = run_script("tests/slow_train.py", "-r", str(folder))
+    result = run_main("train.py", "-r", str(folder))
     assert "training from epoch 2's validation" in result.stdout
     assert "Warning" not in result.stderr
     assert_same_training(tmp_path, "stopped", references / "plain")
