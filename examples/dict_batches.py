@@ -12,19 +12,20 @@ from data_loader.datasets import digits_dataset
 
 
 class DigitsWithFeatures(Dataset):
-    """The digits as dicts; `features`: the ink in each quadrant of the image."""
+    """The digits as dicts; `features`: the ink in each quadrant of the image. `targets` (the
+    name torchvision's data sets use) lets `train.py --folds K` stratify the folds."""
 
     def __init__(self, data_dir: str, training: bool):
-        self.images, self.labels = digits_dataset(data_dir, training).tensors
+        self.images, self.targets = digits_dataset(data_dir, training).tensors
         quadrants = self.images.unfold(2, 4, 4).unfold(3, 4, 4)  # (N, 1, 2, 2, 4, 4)
         self.features = quadrants.sum(dim=(-1, -2)).flatten(1) / 16.0  # (N, 4)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {"image": self.images[index], "features": self.features[index],
-                "label": self.labels[index]}
+                "label": self.targets[index]}
 
 
 class DigitsDictDataLoader(BaseDataLoader):

@@ -137,3 +137,20 @@ def test_the_gan_steps_each_optimizer_once_per_step_also_accumulating(tmp_path):
     assert checkpoint["lr_scheduler"]["discriminator"] is None
     assert checkpoint["param_group_names"]["generator"][0][0].startswith("generator.")
     assert run_folders(tmp_path / "saved", "Digits_GAN")[0].name == "r"
+
+
+def test_the_dict_batch_examples_folds_are_stratified_by_its_targets():
+    """Its data set names its labels `targets`, so `--folds K` deals each class into each
+    fold in its share."""
+    from base.base_data_loader import split_indices
+    from base.folds import class_labels
+    from examples.dict_batches import DigitsWithFeatures
+
+    dataset = DigitsWithFeatures(str(ROOT / "data"), training=True)
+    labels = class_labels(dataset)
+    assert labels is not None and torch.equal(labels, torch.stack(
+        [dataset[index]["label"] for index in range(len(dataset))]))
+    shares = torch.bincount(labels, minlength=10) / 3
+    for fold in (1, 2, 3):
+        _, valid = split_indices(len(dataset), {"fold": fold, "folds": 3}, 0, labels)
+        assert (torch.bincount(labels[valid], minlength=10) - shares).abs().max() < 1
