@@ -59,12 +59,14 @@ def test_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, Con
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    """`--compare`: each checkpoint's test results in one table, then as JSON in `--json`."""
+    """`--compare`: each checkpoint's test results in one table, then as JSON in `--json`; a
+    `-r` checkpoint is the first compared."""
     from logger.report import comparison_lines
     from utils.files import write_json
 
     configs, problems = [], []
-    for path in args.compare:  # every one checked before the first is evaluated
+    runs = [args.resume, *args.compare] if args.resume else args.compare  # -r A --compare B C
+    for path in runs:  # every one checked before the first is evaluated
         try:
             configs.append(test_configs(args, path)[1])
         except UserError as error:

@@ -140,6 +140,10 @@ def test_compare_evaluates_several_runs_into_one_table_and_json(tmp_path, capsys
     single = test_script.main(["-r", str(run_b / "checkpoint-epoch1.pth")])
     assert results[1]["results"] == single  # the same numbers as test.py -r gives
     assert results[0]["results"]["accuracy"] > results[1]["results"]["accuracy"]
+    with_r = test_script.main(["-r", str(run_b / "checkpoint-epoch1.pth"), "--compare",
+                               str(run_a), "--json", str(out_file)])  # -r is compared first
+    assert [result["checkpoint"] for result in with_r] == [
+        str(run_b / "checkpoint-epoch1.pth"), str(run_a / "model_best.pth")]
 
 
 def test_compare_checks_every_checkpoint_before_evaluating_any(tmp_path, capsys):
