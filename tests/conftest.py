@@ -1,8 +1,10 @@
 """Shared fixtures: the real config shrunk to a few seconds, and a runner for the real CLI."""
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,19 @@ def signal_at(step: int, signum: int):
             if trainer.global_step == step:
                 trainer.stop_signals.received = signum
     return SignalAt()
+
+
+@contextlib.contextmanager
+def killed_after(process: subprocess.Popen, seconds: float = 180):
+    """Kill `process` if it still runs after `seconds`: a test reading its output line by
+    line then fails with what it saw instead of hanging until CI's time limit."""
+    timer = threading.Timer(seconds, process.kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,

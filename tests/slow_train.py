@@ -5,6 +5,8 @@ Environment:
   STEP_DELAY   seconds to sleep before each optimizer step (default 0)
   STEP_DELAY_FROM  only from this global step on (default 0: every step)
   SAVE_DELAY   seconds to sleep in the middle of writing each checkpoint (default 0)
+  SAVE_DELAY_FILE  only when writing the checkpoint of this name (default: every one)
+  KILL_WHILE_SAVING  SIGKILL this process in the middle of writing the checkpoint of this name
   NAN_AT_STEP  make the loss NaN at this global step (default: never)
   NAN_RANK     under torchrun, only in this process (default: in every one)
   FAIL_START_RANK  under torchrun, make building the trainer fail in this process only
@@ -32,6 +34,8 @@ from utils.cli import run_cli  # noqa: E402
 STEP_DELAY = float(os.environ.get("STEP_DELAY", 0))
 STEP_DELAY_FROM = int(os.environ.get("STEP_DELAY_FROM", 0))
 SAVE_DELAY = float(os.environ.get("SAVE_DELAY", 0))
+SAVE_DELAY_FILE = os.environ.get("SAVE_DELAY_FILE")
+KILL_WHILE_SAVING = os.environ.get("KILL_WHILE_SAVING")
 NAN_AT_STEP = int(os.environ.get("NAN_AT_STEP", -1))
 NAN_RANK = int(os.environ["NAN_RANK"]) if "NAN_RANK" in os.environ else None
 SIGTERM_IN_VALIDATION = int(os.environ.get("SIGTERM_IN_VALIDATION", -1))
@@ -69,16 +73,24 @@ class Slowed(module_trainer.Callback):
 
 def slow_write(original):
     def atomic_write(path, write):
+        name = Path(path).name
+        delay = SAVE_DELAY if SAVE_DELAY_FILE in (None, name) else 0
+        kill = KILL_WHILE_SAVING == name
+        if not (delay or kill):
+            return original(path, write)
+
         def half_then_wait(file):
             buffer = __import__("io").BytesIO()
             write(buffer)
             data = buffer.getvalue()
             file.write(data[:len(data) // 2])
             file.flush()
-            print(f"SAVING {Path(path).name}\n", end="", flush=True)
-            time.sleep(SAVE_DELAY)
+            print(f"SAVING {name}\n", end="", flush=True)
+            if kill:  # a torn write for certain, not a race with the test's kill
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(delay)
             file.write(data[len(data) // 2:])
-        return original(path, half_then_wait if SAVE_DELAY else write)
+        return original(path, half_then_wait)
     return atomic_write
 
 

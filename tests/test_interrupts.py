@@ -20,7 +20,7 @@ import torch
 
 import tests.noisy_data  # noqa: F401  (the configs name NoisyDigitsDataLoader)
 from base.run_folder import INTERRUPTED_NAME
-from tests.conftest import ROOT, run_main, small_config
+from tests.conftest import ROOT, killed_after, run_main, small_config
 from utils.checkpoint import load_checkpoint
 
 EPOCHS = 3
@@ -56,11 +56,12 @@ def start(*args: str, env: dict | None = None, session: bool = False) -> subproc
 
 
 def wait_for(process: subprocess.Popen, line: str, seen: list[str]) -> None:
-    """Read `process`'s stdout until `line`; fail if it ends first."""
-    for text in process.stdout:
-        seen.append(text)
-        if text.strip() == line:
-            return
+    """Read `process`'s stdout until `line`; fail if it ends first (or is stuck: 180 s)."""
+    with killed_after(process):
+        for text in process.stdout:
+            seen.append(text)
+            if text.strip() == line:
+                return
     raise AssertionError(f"the run ended before printing {line!r}: "
                          f"{''.join(seen[-20:])}{process.stderr.read()[-3000:]}")
 
@@ -131,7 +132,8 @@ def copy_config(references: Path, name: str, tmp_path: Path, new_name: str) -> P
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(references, tmp_path):
     config = copy_config(references, "plain", tmp_path, "stopped")
-    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.01"}), []
+    # slow from step 30 on: epoch 2's rest takes seconds, so the signal lands in it
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.5", "STEP_DELAY_FROM": "30"}), []
     wait_for(process, "STEP 30", seen)  # epoch 2 of 3 (21 steps an epoch)
     process.send_signal(signal.SIGTERM)
     code, out, err = finish(process, seen)
@@ -167,8 +169,9 @@ def test_a_closed_terminal_sighup_saves_like_sigterm(tmp_path):
 def test_ctrl_c_with_workers_and_a_second_ctrl_c_while_saving(references, tmp_path):
     """Ctrl-C in a terminal reaches the whole process group, the loader's workers included."""
     config = copy_config(references, "noisy", tmp_path, "stopped")
-    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.01", "SAVE_DELAY": "1"},
-                          session=True), []
+    process, seen = start("-c", str(config), env={
+        "STEP_DELAY": "0.5", "STEP_DELAY_FROM": "33",  # epoch 2's rest: seconds to land in
+        "SAVE_DELAY": "3", "SAVE_DELAY_FILE": INTERRUPTED_NAME}, session=True), []
     wait_for(process, "STEP 33", seen)
     os.killpg(process.pid, signal.SIGINT)
     wait_for(process, f"SAVING {INTERRUPTED_NAME}", seen)
@@ -201,10 +204,13 @@ def test_sigkill_at_any_point_leaves_every_checkpoint_loadable(references, tmp_p
     config = copy_config(references, "plain", tmp_path, "killed")
     folder_of = lambda: run_folder(tmp_path, "killed")  # noqa: E731
     torn = []
-    for wait, resume in (("STEP 30", False), ("SAVING checkpoint-epoch2.pth", True),
-                         ("STEP 50", True)):
+    for wait, resume, env in (
+            ("STEP 30", False, {"STEP_DELAY": "0.01"}),
+            # killed by itself half-way through the write: a torn file for certain
+            ("SAVING checkpoint-epoch2.pth", True, {"KILL_WHILE_SAVING": "checkpoint-epoch2.pth"}),
+            ("STEP 50", True, {"STEP_DELAY": "0.01"})):
         args = ["-r", str(folder_of())] if resume else ["-c", str(config)]
-        process, seen = start(*args, env={"STEP_DELAY": "0.01", "SAVE_DELAY": "0.5"}), []
+        process, seen = start(*args, env=env), []
         wait_for(process, wait, seen)
         process.kill()
         process.wait(timeout=60)
