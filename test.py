@@ -20,7 +20,8 @@ def main(argv=None) -> dict[str, float] | list[dict]:
                         help="print the effective config (checkpoint's or -c, + overrides) and exit")
     parser.add_argument("--compare", nargs="+", metavar="RUN", default=None,
                         help="evaluate several checkpoints or run folders (their model_best.pth) "
-                             "on the test split: one table, and JSON in --json")
+                             "on the test split: one table, and JSON in --json; a -r checkpoint "
+                             "is compared first")
     parser.add_argument("--json", default="comparison.json",
                         help="where --compare writes its JSON (default: comparison.json)")
     args = parse_command_line(parser, (), argv, evaluating=True)

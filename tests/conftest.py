@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -81,15 +82,29 @@ def signal_at(step: int, signum: int):
 
 @contextlib.contextmanager
 def killed_after(process: subprocess.Popen, seconds: float = 180):
-    """Kill `process` if it still runs after `seconds`: a test reading its output line by
-    line then fails with what it saw instead of hanging until CI's time limit."""
-    timer = threading.Timer(seconds, process.kill)
+    """Kill `process` if it still runs after `seconds` — its whole process group when it leads
+    one (`start_new_session`: torchrun's workers hold its output pipe too) — so that a test
+    reading its output line by line fails instead of hanging until CI's time limit."""
+    fired = []
+
+    def kill():
+        fired.append(True)
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass
+    timer = threading.Timer(seconds, kill)
     timer.daemon = True
     timer.start()
     try:
         yield
     finally:
         timer.cancel()
+    if fired:
+        raise AssertionError(f"still running after {seconds} s, killed: {process.args}")
 
 
 def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,

@@ -9,13 +9,15 @@ Environment:
   KILL_WHILE_SAVING  SIGKILL this process in the middle of writing the checkpoint of this name
   NAN_AT_STEP  make the loss NaN at this global step (default: never)
   NAN_RANK     under torchrun, only in this process (default: in every one)
-  FAIL_START_RANK  under torchrun, make building the trainer fail in this process only
+  FAIL_START_RANK  under torchrun, make building the trainer fail in this process only (it
+               exits 2 s after saying so)
   SIGTERM_IN_VALIDATION  send this process SIGTERM after the first batch of this validation
                (1 = the first epoch's); default: never
 
 Prints `PROCESS <rank> <pid>` at the start, `STEP <global step>` after each step and `SAVING <file>` when a checkpoint write is half
 done, flushed, so the test can wait for them on stdout.
 """
+import atexit
 import os
 import signal
 import sys
@@ -102,6 +104,9 @@ module_checkpoint.atomic_write = slow_write(module_util.atomic_write)
 def failing_build(original):
     def build_trainer(config, device=None):
         if distributed.rank() == FAIL_START_RANK:
+            # torchrun stops the other processes once one has exited: this one exits 2 s after
+            # its error line, so the others' lines do not race torchrun's SIGTERM
+            atexit.register(time.sleep, 2)
             raise module_errors.UserError("data_loader: injected failure")
         return original(config, device)
     return build_trainer

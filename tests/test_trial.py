@@ -125,3 +125,26 @@ def test_a_users_subclassed_step_is_reported_and_pruned_like_the_default(tmp_pat
     assert manifest["sessions"][0]["trial"] == {"study": "s", "number": spec["number"],
                                                 "sweep": None}
     assert spec["storage"] not in json.dumps(manifest)  # a URL may hold a password
+
+
+@pytest.mark.slow
+def test_a_k_fold_trial_is_pruned_at_an_earlier_folds_last_epoch(tmp_path):
+    """`train.py --folds 2 --trial` (in-process, 1 epoch a fold): fold 1's only epoch is not
+    the trial's last, so the pruner stops the trial there and fold 2 never trains."""
+    import train
+    from tests.conftest import small_config
+
+    spec = a_trial(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(  # a finished trial far better at every step
+        value=0.0, intermediate_values={1: 0.0, 2: 0.0}))
+    spec = {**spec, "number": study.ask().number}
+    (tmp_path / "config.json").write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
+    train.main(["-c", str(tmp_path / "config.json"), "--folds", "2", "--run-id", "cv",
+                "--trial", json.dumps(spec)])
+    trial = state_of(spec)
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    runs = tmp_path / "saved/models/Digits_CNN"
+    assert sorted(path.name for path in runs.iterdir()) == ["cv-fold1"]

@@ -67,8 +67,8 @@ class StudyTrial(Callback):
 
     def __init__(self, spec: dict):
         self.spec = spec
-        self.fold, self.folds = 0, 1  # the fold training now, of how many (its epochs are
-        # reported after the earlier folds')
+        # the fold training now, of how many (its epochs are reported after the earlier folds')
+        self.fold, self.folds = 0, 1
         self.study = self.trial = None
         if distributed.is_main():
             import optuna
