@@ -170,3 +170,20 @@ def test_sweep_py_without_a_config_says_what_to_give(tmp_path):
     with pytest.raises(UserError, match="give the config with -c and the search space with -s"):
         sweep.main([])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_trials_process_is_known_by_its_pid_and_start_time():
+    """A re-run sweep resumes a trial whose process is gone — also when its pid now belongs to
+    another process (pids are reused): the claim records when the process started."""
+    from trainer.study import process_alive, start_time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = start_time(child.pid)
+        assert started is not None and started == start_time(child.pid)
+        assert process_alive(child.pid, started) and process_alive(child.pid)
+        assert not process_alive(child.pid, str(int(started) - 1))  # another process's pid
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid, started) and not process_alive(None)

@@ -74,9 +74,9 @@ class Sweep:
         """Mark trial `number` as this machine's and this sweep's, run by process `pid`
         (with `threads` for torch): a sweep run again resumes it once that process is gone."""
         handle = trial_handle(study, self.storage, number)
-        for key, value in (("host", self.host), ("pid", pid), ("sweep", str(self.folder)),
-                           ("run", trial_name(number)), ("threads", threads),
-                           ("torchrun", self.options.get("torchrun"))):
+        for key, value in (("host", self.host), ("pid", pid), ("started", start_time(pid)),
+                           ("sweep", str(self.folder)), ("run", trial_name(number)),
+                           ("threads", threads), ("torchrun", self.options.get("torchrun"))):
             handle.set_user_attr(key, value)
 
     # ------------------------------------------------------------------ running it
@@ -156,7 +156,8 @@ class Sweep:
         attrs = trial.user_attrs
         return trial.state == optuna.trial.TrialState.RUNNING and \
             trial.number not in self.running and attrs.get("host") == self.host and \
-            attrs.get("sweep") == str(self.folder) and not _alive(attrs.get("pid"))
+            attrs.get("sweep") == str(self.folder) and \
+            not process_alive(attrs.get("pid"), attrs.get("started"))
 
     def _write_trial_config(self, number: int, values: dict) -> str | None:
         """Write trial `number`'s config (the base config with `values`); its problems as one
@@ -247,7 +248,19 @@ class Sweep:
         print(f"{trial_name(number)}: failed ({error})", flush=True)
 
 
-def _alive(pid) -> bool:
+def start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, from /proc/PID/stat), None where
+    that is unknown: with the pid it names one process, also once the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def process_alive(pid, started: str | None = None) -> bool:
+    """Whether process `pid` runs, and is the one that started at `started` (`start_time`)
+    when that is known — not a later process given the same pid."""
     if not isinstance(pid, int):
         return False
     try:
@@ -255,8 +268,9 @@ def _alive(pid) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    now = start_time(pid)
+    return started is None or now is None or now == started
 
 
 # the template's one-line errors and an exception's last line, with torchrun's rank prefixes
