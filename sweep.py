@@ -103,8 +103,10 @@ def sweep_definition(args: argparse.Namespace) -> tuple[dict, str]:
     if not problems:
         problems += [f"{args.space}: {line}" for line in _candidate_problems(config, space)]
     if args.folds is not None:
-        problems += _problems(config, {"data_loader.args.validation_split":
-                                       {"fold": 1, "folds": args.folds}})
+        from trainer.cross_validation import folds_problem
+
+        problems += [folds_problem(args.folds)] if folds_problem(args.folds) else _problems(
+            config, {"data_loader.args.validation_split": {"fold": 1, "folds": args.folds}})
     study = args.study or f"{config['name']}-{Path(args.space).stem}"
     if not is_plain_name(study):
         problems.append(f"--study: {study!r} must be a plain name (letters, digits, '-', '_', '.')")
@@ -121,9 +123,12 @@ def _candidate_problems(config: ConfigParser, space: dict) -> list[str]:
     """The config checked with each range's ends and each choice, one parameter at a time."""
     problems = []
     for path, spec in space.items():
-        for value in candidates(spec):
+        found = [(value, _problems(config, {path: value})) for value in candidates(spec)]
+        if len(found) > 1 and found[0][1] and all(lines == found[0][1] for _, lines in found):
+            problems += [f"{path}: {line}" for line in found[0][1]]  # whatever the value
+        else:
             problems += [f"{path}={json.dumps(value)}: {line}"
-                         for line in _problems(config, {path: value})]
+                         for value, lines in found for line in lines]
     return problems
 
 

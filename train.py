@@ -10,6 +10,7 @@ from config.command_line import CustomArgs, parse_command_line
 from parse_config import ConfigParser
 from trainer.build import BLOCKS, build_trainer
 from utils.cli import run_cli
+from utils.interrupts import ignore_stop_signals
 
 # Registered shortcuts for common overrides: (flags, type, config key they set).
 OPTIONS = [
@@ -284,3 +285,4 @@ def log_resume(logger, config: ConfigParser, trainer) -> None:
 
 if __name__ == "__main__":
     run_cli(main)
+    ignore_stop_signals()  # trained and saved: a late Ctrl-C must not make it look failed

@@ -67,6 +67,21 @@ def test_values_the_template_refuses_are_named_with_the_value(tmp_path):
     assert not (tmp_path / "saved").exists()
 
 
+def test_a_key_every_value_of_which_is_refused_is_one_line_and_bad_folds_name_the_option(
+        tmp_path):
+    arguments = write_inputs(tmp_path, 1, {"optimizer.args.learning_rate": {
+        "float": [0.0003, 0.03], "log": True}})
+    with pytest.raises(UserError) as raised:
+        sweep.main(arguments)
+    assert raised.value.problems == [  # not one line per end of the range
+        f"{tmp_path / 'space.json'}: optimizer.args.learning_rate: optimizer.args: unexpected "
+        f"argument 'learning_rate' for torch.optim.Adam"]
+    with pytest.raises(UserError) as raised:
+        sweep.main([*write_inputs(tmp_path, 1), "--folds", "1"])
+    assert raised.value.problems == ["--folds: expected K >= 2 runs, got 1"]  # as train.py's
+    assert not (tmp_path / "saved").exists()
+
+
 def test_a_monitor_that_is_off_cannot_be_swept(tmp_path):
     arguments = write_inputs(tmp_path, 1)
     with pytest.raises(UserError, match="trainer.monitor: is off; a sweep compares trials by it"):

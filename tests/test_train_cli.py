@@ -1,14 +1,17 @@
 """The real `train.py` and `test.py`, run as a user runs them, in fresh processes."""
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import train
-from tests.conftest import ROOT, from_command_line, run_folders, run_main, run_script, small_config
+from tests.conftest import (ROOT, from_command_line, killed_after, run_folders, run_main,
+                            run_script, small_config)
 from utils.checkpoint import load_checkpoint
 
 
@@ -219,3 +222,24 @@ def test_a_signal_while_the_run_folder_opens_leaves_a_resumable_checkpoint(tmp_p
         train.main(["-c", str(tmp_path / "c.json"), "--run-id", "r"])
     checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_CNN/r/checkpoint-interrupted.pth")
     assert (checkpoint["epoch"], checkpoint["epoch_step"]) == (0, 1)
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_after_training_finished_leaves_the_exit_code_0(tmp_path):
+    """The interpreter takes ~1 s to shut down after the summary; Ctrl-C then must not turn a
+    finished, saved run into an exit code of 130 (or a death by SIGINT)."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-c", str(config)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    with killed_after(process):
+        for line in process.stdout:
+            if line.startswith("Test it with: "):
+                break
+        time.sleep(0.3)  # past the summary: the interpreter shutting down
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    run, = run_folders(tmp_path / "saved")
+    assert (run / "checkpoint-epoch1.pth").is_file()

@@ -14,12 +14,17 @@ from utils.files import write_json
 from utils.interrupts import TrainingInterrupted, signal_name
 
 
+def folds_problem(folds: int) -> str | None:
+    """What is wrong with `--folds K` itself, or None."""
+    return None if folds >= 2 else f"--folds: expected K >= 2 runs, got {folds}"
+
+
 def fold_config(config, fold: int):
     """The `ConfigParser` of fold `fold` of `--folds K`: that fold held out as validation, the
     run folder `<run id>-fold<k>`."""
     folds = config.cli_args.folds
-    if folds < 2:
-        raise UserError(f"--folds: expected K >= 2 runs, got {folds}")
+    if folds_problem(folds):
+        raise UserError(folds_problem(folds))
     if config.resume is not None:
         raise UserError("--folds: trains K new runs; resume a fold's run folder with -r alone")
     fold_run = config.with_modification({"data_loader.args.validation_split":
