@@ -105,7 +105,8 @@ def sweep_definition(args: argparse.Namespace) -> tuple[dict, str]:
     if args.folds is not None:
         from trainer.cross_validation import folds_problem
 
-        problems += [folds_problem(args.folds)] if folds_problem(args.folds) else _problems(
+        problem = folds_problem(args.folds)
+        problems += [problem] if problem else _problems(
             config, {"data_loader.args.validation_split": {"fold": 1, "folds": args.folds}})
     study = args.study or f"{config['name']}-{Path(args.space).stem}"
     if not is_plain_name(study):

@@ -19,6 +19,17 @@ def a_trial(tmp_path) -> dict:
             "prune_after": 1}
 
 
+def a_trial_behind_a_better_one(tmp_path) -> dict:
+    """A running trial's spec in a study where a finished trial was far better at steps 1-4:
+    the median pruner stops the new one at its first report it is asked about."""
+    spec = a_trial(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(
+        value=0.0, intermediate_values={step: 0.0 for step in range(1, 5)}))
+    return {**spec, "number": study.ask().number}
+
+
 def state_of(spec) -> optuna.trial.FrozenTrial:
     study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
     return study.get_trials()[spec["number"]]
@@ -72,12 +83,7 @@ class FakeTrainer:
     (1, 2, 2, False)])  # the last epoch of the last fold
 def test_the_pruner_is_asked_at_every_epoch_but_the_trials_last(tmp_path, fold, folds, epoch,
                                                                  pruned):
-    spec = a_trial(tmp_path)
-    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
-    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
-    study.add_trial(optuna.trial.create_trial(  # a finished trial far better at every step
-        value=0.0, intermediate_values={step: 0.0 for step in range(1, 5)}))
-    spec = {**spec, "number": study.ask().number}
+    spec = a_trial_behind_a_better_one(tmp_path)
     trial, trainer = StudyTrial(spec), FakeTrainer(epochs=2)
     trial.next_fold(fold, folds)
     trial.on_epoch_end(trainer, epoch, {"val_loss": 1.0})
@@ -106,12 +112,7 @@ def test_a_users_subclassed_step_is_reported_and_pruned_like_the_default(tmp_pat
     from tests.test_examples import example_config
     from utils.checkpoint import load_checkpoint
 
-    spec = a_trial(tmp_path)
-    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
-    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
-    study.add_trial(optuna.trial.create_trial(  # a finished trial far better at every epoch
-        value=0.0, intermediate_values={1: 0.0, 2: 0.0, 3: 0.0}))
-    spec = {**spec, "number": study.ask().number}
+    spec = a_trial_behind_a_better_one(tmp_path)
     train.main(["-c", str(example_config(tmp_path, "vae", epochs=3)), "--run-id", "t",
                 "--trial", json.dumps(spec)])
     trial = state_of(spec)
@@ -134,12 +135,7 @@ def test_a_k_fold_trial_is_pruned_at_an_earlier_folds_last_epoch(tmp_path):
     import train
     from tests.conftest import small_config
 
-    spec = a_trial(tmp_path)
-    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
-    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
-    study.add_trial(optuna.trial.create_trial(  # a finished trial far better at every step
-        value=0.0, intermediate_values={1: 0.0, 2: 0.0}))
-    spec = {**spec, "number": study.ask().number}
+    spec = a_trial_behind_a_better_one(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
     train.main(["-c", str(tmp_path / "config.json"), "--folds", "2", "--run-id", "cv",
                 "--trial", json.dumps(spec)])

@@ -23,8 +23,9 @@ def fold_config(config, fold: int):
     """The `ConfigParser` of fold `fold` of `--folds K`: that fold held out as validation, the
     run folder `<run id>-fold<k>`."""
     folds = config.cli_args.folds
-    if folds_problem(folds):
-        raise UserError(folds_problem(folds))
+    problem = folds_problem(folds)
+    if problem:
+        raise UserError(problem)
     if config.resume is not None:
         raise UserError("--folds: trains K new runs; resume a fold's run folder with -r alone")
     fold_run = config.with_modification({"data_loader.args.validation_split":
