@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from config.key_paths import parse_overrides
-from config.search_space import candidates, space_problems
 from config.sections import is_plain_name
 from parse_config import ConfigParser
-from trainer.build import BLOCKS
+from search.search_space import candidates, space_problems
+from train import blocks
 from utils.cli import run_cli
 from utils.errors import ConfigError, UserError
 from utils.files import read_json
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Search hyperparameters on Optuna.")
     parser.add_argument("-c", "--config", help="the config the trials start from")
     parser.add_argument("-s", "--space", help="the search space: a JSON file of config key "
-                                              "paths (see README, Searching)")
+                                              "paths (see docs/search-and-kfold.md)")
     parser.add_argument("--trials", type=int, default=20,
                         help="trials the study has in the end, all machines together (20)")
     parser.add_argument("--jobs", type=int, default=1, help="trial processes at a time here (1)")
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     if args.report is not None:
         report(Path(args.report), args.storage)
         return 0
-    from trainer.study import Sweep, load_definition
+    from search.study import Sweep, load_definition
 
     definition, study = sweep_definition(args)
     folder = Path(definition["config"]["trainer"]["save_dir"])
@@ -93,7 +93,7 @@ def sweep_definition(args: argparse.Namespace) -> tuple[dict, str]:
     if args.monitor is not None:
         modification["trainer.monitor"] = args.monitor
     config = ConfigParser(read_json(args.config), modification=modification)
-    config.validate(BLOCKS)
+    config.validate(blocks())
     monitor = config["trainer"].get("monitor", "off")
     space = read_json(args.space)
     problems = [f"{args.space}: {line}" for line in space_problems(space, config.config)]
@@ -103,7 +103,7 @@ def sweep_definition(args: argparse.Namespace) -> tuple[dict, str]:
     if not problems:
         problems += [f"{args.space}: {line}" for line in _candidate_problems(config, space)]
     if args.folds is not None:
-        from trainer.cross_validation import folds_problem
+        from search.cross_validation import folds_problem
 
         problem = folds_problem(args.folds)
         problems += [problem] if problem else _problems(
@@ -135,7 +135,7 @@ def _candidate_problems(config: ConfigParser, space: dict) -> list[str]:
 
 def _problems(config: ConfigParser, modification: dict) -> list[str]:
     try:
-        config.with_modification(modification).validate(BLOCKS)
+        config.with_modification(modification).validate(blocks())
     except ConfigError as error:
         return list(error.problems)
     return []
@@ -146,7 +146,7 @@ def trial_config(base: dict, values: dict) -> dict | str:
     each sampled config is checked before its trial starts."""
     try:
         config = ConfigParser(base, modification=values)
-        config.validate(BLOCKS)
+        config.validate(blocks())
     except ConfigError as error:
         return "; ".join(error.problems)
     return config.config
@@ -157,8 +157,8 @@ def report(folder: Path, storage: str | None) -> int:
     How many trials completed."""
     import optuna
 
-    from trainer.study_report import write_results
-    from trainer.trial import open_storage
+    from search.study_report import write_results
+    from search.trial import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     definition = read_json(folder / "sweep.json")

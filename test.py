@@ -5,13 +5,15 @@ from pathlib import Path
 
 from config.command_line import parse_command_line
 from parse_config import ConfigParser
-from trainer.build import BLOCKS as TRAINING_BLOCKS
-from trainer.build import build_trainer
-from utils.cli import run_cli
+from utils.cli import optional_leaf, run_cli
 from utils.errors import UserError
 
-# The blocks test.py builds: train.py's, without the optimizer and the scheduler.
-BLOCKS = tuple(block for block in TRAINING_BLOCKS if block.key not in ("optimizer", "lr_scheduler"))
+
+def blocks():
+    """The blocks test.py builds: train.py's, without the optimizer and the scheduler."""
+    from train import blocks as training_blocks
+
+    return training_blocks(training=False)
 
 
 def main(argv=None) -> dict[str, float] | list[dict]:
@@ -43,7 +45,7 @@ def main(argv=None) -> dict[str, float] | list[dict]:
 def test_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, ConfigParser]:
     """The config of the checkpoint (or run folder) at `path` with the command line's -c and
     -o, and that config made to evaluate on the test split; every problem at once."""
-    from base.run_folder import resolve_resume  # imports torch: after --help
+    from runs.run_folder import resolve_resume  # imports torch: after --help
 
     resume = resolve_resume(path, args.config is not None, evaluating=True)
     config = ConfigParser.from_args(argparse.Namespace(**{**vars(args), "resume": path}),
@@ -55,14 +57,14 @@ def test_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, Con
         # evaluation only: no monitored value, no compiling; a -c config may have no trainer
         **({"trainer.monitor": "off", "trainer.compile": False} if isinstance(
             trainer_section, dict) else {"trainer": {"epochs": 1, "save_dir": "saved/"}})})
-    test_config.validate(BLOCKS, trainer=False)  # every problem at once, before anything is built
+    test_config.validate(blocks(), trainer=False)  # every problem at once, before anything is built
     return config, test_config
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
     """`--compare`: each checkpoint's test results in one table, then as JSON in `--json`; a
     `-r` checkpoint is the first compared."""
-    from logger.report import comparison_lines
+    comparison_lines = optional_leaf("search.comparison", "--compare").comparison_lines
     from utils.files import write_json
 
     configs, problems = [], []
@@ -89,7 +91,7 @@ def write_report(config: ConfigParser, results: dict, epoch: int, classes: dict 
     """The report on the console, then as JSON next to the checkpoint; for a classifier the
     confusion matrix also to TensorBoard, in the run's log folder, when the run used it."""
     from logger.progress import display_path
-    from logger.report import report_lines
+    from logger.test_report import report_lines
     from utils.files import write_json
 
     for line in report_lines(config.resume, epoch, results, classes):
@@ -108,7 +110,7 @@ def write_confusion_image(checkpoint: Path, classes: dict, epoch: int) -> Path |
     """The confusion matrix as an image (and a table) in `<run log folder>/test-<checkpoint>`,
     a run of its own in TensorBoard, at step `epoch`; it replaces an earlier test of the same
     checkpoint file. None when the checkpoint is not in a run folder."""
-    from logger.report import confusion_image, markdown_matrix, run_log_dir
+    from logger.test_report import confusion_image, markdown_matrix, run_log_dir
     from logger.visualization import TensorboardWriter
 
     log_dir = run_log_dir(checkpoint)
@@ -133,14 +135,16 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     from base.base_data_loader import release_workers, sample_count
     from logger.logger import setup_logging
     from logger.progress import bars_wanted, counted, progress_bar
-    from logger.report import class_report
-    from trainer.evaluation import ConfusionMatrix
+    from logger.test_report import class_report
+    from step.evaluation import ConfusionMatrix
     from utils.checkpoint import load_checkpoint
     from utils.weights import load_model_state, unwrap_model
 
     setup_logging(None)  # console only: test.py writes nothing but its report
     checkpoint = load_checkpoint(config.resume)
     # the trainer class of the run (its validation_step), on the test split, without training
+    from train import build_trainer
+
     trainer = build_trainer(config, training=False)
     load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
     trainer.epoch, trainer.global_step = checkpoint["epoch"], checkpoint.get("global_step", 0)

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 
 from config.command_line import CustomArgs, parse_command_line
 from parse_config import ConfigParser
-from trainer.build import BLOCKS, build_trainer
-from utils.cli import run_cli
+from utils.cli import optional_leaf, run_cli
 from utils.interrupts import ignore_stop_signals
 
 # Registered shortcuts for common overrides: (flags, type, config key they set).
@@ -20,6 +19,34 @@ OPTIONS = [
     CustomArgs(["--seed"], type=int, target="seed"),
     CustomArgs(["--name"], type=str, target="name"),
 ]
+
+def user_modules():
+    """The user's modules where a config's bare names resolve (`arch.type`, `loss`, ...): the
+    only place the template imports them; the builder is handed them."""
+    import data_loader.data_loaders
+    import model.loss
+    import model.metric
+    import model.model
+    import trainer.trainer
+    from builder.build import UserModules
+
+    return UserModules(data=data_loader.data_loaders, arch=model.model, loss=model.loss,
+                       metric=model.metric, trainer=trainer.trainer)
+
+
+def blocks(training: bool = True):
+    """The config blocks train.py builds (test.py: without `training`, no optimizer)."""
+    from builder import build
+
+    return build.blocks(user_modules(), training)
+
+
+def build_trainer(config: ConfigParser, device=None, training: bool = True):
+    """The trainer the config describes, with the user's modules (`builder.build`)."""
+    from builder import build
+
+    return build.build_trainer(config, user_modules(), device, training)
+
 
 def main(argv=None, callbacks: Sequence = ()) -> None:
     """The command line; `callbacks`: `trainer.trainer.Callback`s the trainer calls."""
@@ -37,15 +64,14 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # sweep.py: the Optuna trial to run
     started = time.monotonic()
     args = parse_command_line(parser, OPTIONS, argv)
-    from base.run_folder import resolve_resume  # imports torch: after --help
+    from runs.run_folder import resolve_resume  # imports torch: after --help
 
     resume = resolve_resume(args.resume, args.config is not None) if args.resume else None
     config = ConfigParser.from_args(args, OPTIONS, resume)
     if args.folds is not None:
-        from trainer.cross_validation import fold_config
-
-        fold_config(config, 1).validate(BLOCKS)  # a fold's config, with everything else
-    config.validate(BLOCKS)  # every problem at once, before anything is built or written
+        fold_config = optional_leaf("search.cross_validation", "--folds").fold_config
+        fold_config(config, 1).validate(blocks())  # a fold's config, with everything else
+    config.validate(blocks())  # every problem at once, before anything is built or written
     if config.cli_args.print_config:
         print(json.dumps(config.config, indent=4))
         return
@@ -82,16 +108,15 @@ def start_processes(config: ConfigParser):
 
 
 def run(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()) -> None:
-    """Train the run, or with `--folds K` its K folds and their summary; as a sweep's trial
-    (`--trial`), report to the study and tell it the outcome."""
-    from trainer.cross_validation import train_runs
-    from trainer.trial import StudyTrial, parse_trial
-
-    trial = StudyTrial(parse_trial(config.cli_args.trial)) if config.cli_args.trial else None
-    results = train_runs(config, lambda run_config, extra: train(
-        run_config, device, argv, [*callbacks, *extra]), trial)
-    if trial is not None:
-        trial.finish(results, config.resume)
+    """Train the run; with `--folds K` (or as a sweep's trial, `--trial`) hand it to the search
+    package, which trains the folds or reports to the study."""
+    if config.cli_args.folds is None and not config.cli_args.trial:
+        train(config, device, argv, callbacks)
+        return
+    search = optional_leaf("search.cross_validation",
+                           "--folds" if config.cli_args.folds is not None else "--trial")
+    search.train_search_runs(config, lambda run_config, extra: train(
+        run_config, device, argv, [*callbacks, *extra]))
 
 
 def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = ()):
@@ -157,9 +182,8 @@ def dry_run(config: ConfigParser, device, started: float) -> None:
 def prepare(config: ConfigParser, device):
     """The trainer, built, checked on a first batch and resumed if asked: everything before
     the first write (under torchrun every process, or none, gets through)."""
-    from trainer.precision import configure_backends
     from utils import distributed
-    from utils.seeding import derive_seed, seed_everything
+    from utils.seeding import configure_backends, derive_seed, seed_everything
 
     trainer_section = config["trainer"]
     configure_backends(trainer_section.get("cudnn_benchmark", True),
@@ -179,7 +203,7 @@ def prepare(config: ConfigParser, device):
 
 def log_model(logger, trainer) -> None:
     """The model's class and parameter counts; at verbosity 2 its summary table."""
-    from base.model_summary import totals_line
+    from logger.model_summary import totals_line
     from utils.weights import unwrap_model
 
     model = unwrap_model(trainer.eval_model)
@@ -194,8 +218,8 @@ def summary_lines(trainer) -> list[str]:
     """The model's summary table, from two samples of the first batch; the totals alone when
     the model cannot be run on the batches' inputs by the default convention (a custom
     step)."""
-    from base.model_summary import summarize, totals_line
-    from trainer.batches import call_model
+    from logger.model_summary import summarize, totals_line
+    from step.batches import call_model
     from utils.weights import unwrap_model
 
     model = unwrap_model(trainer.eval_model)
@@ -215,10 +239,10 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
     held until training ends); write the effective config, add this session to the manifest,
     start the log file and say where training starts."""
     from base.base_data_loader import batch_size_of
-    from base.manifest import add_session, session_record
-    from base.run_folder import keep_edited_config
-    from base.run_lock import RunLock
     from logger.logger import setup_logging
+    from runs.manifest import add_session, session_record
+    from runs.run_folder import keep_edited_config
+    from runs.run_lock import RunLock
     from utils import distributed
     from utils.checkpoint import load_checkpoint
 

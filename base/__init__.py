@@ -1,11 +1,7 @@
-"""The base layer: what every task shares, whatever its step. The epoch loop (`BaseTrainer`)
-with its parts — checkpoint policy (`checkpoint_saver`), the best epoch (`monitoring`), resume
-reconciliation (`resume`), the loop's settings (`settings`), a run folder's files
-(`run_folder`, `manifest`) — and `BaseDataLoader` with its seeded samplers, `BaseModel`, and
-model tools (summary, init, freeze, parameter groups)."""
+"""What the user subclasses: BaseModel, BaseDataLoader, BaseTrainer (the loop), Callback."""
 from base.base_data_loader import BaseDataLoader
 from base.base_model import BaseModel
 from base.base_trainer import BaseTrainer
-from base.samplers import EpochSampler
+from base.callbacks import Callback
 
-__all__ = ["BaseDataLoader", "BaseModel", "BaseTrainer", "EpochSampler"]
+__all__ = ["BaseDataLoader", "BaseModel", "BaseTrainer", "Callback"]

@@ -147,7 +147,7 @@ class BaseDataLoader(SeededDataLoader):
             if valid_indices else None
         loader_kwargs["worker_init_fn"] = WorkerInit(loader_kwargs.get("worker_init_fn"))
         # async copies to the GPU; persistent_workers stays off unless asked for: on the CPU
-        # it measured 1.4x slower per epoch (bench/data_loading.py, README's Performance)
+        # it measured slower per epoch (bench/data_loading.py, docs/performance.md)
         loader_kwargs.setdefault("pin_memory", torch.cuda.is_available())
         self._init_kwargs = {"dataset": dataset, "batch_size": batch_size,
                              "collate_fn": collate_fn, "num_workers": num_workers, **loader_kwargs}
@@ -180,6 +180,15 @@ class BaseDataLoader(SeededDataLoader):
                                 generator=torch.Generator().manual_seed(derive_seed(self.seed, -1)),
                                 batch_seed=derive_seed(self.seed, 0xBA7C, -1), per_pass=False,
                                 even=False, **self._processes, **self._init_kwargs)
+
+
+def download_once(build: Callable[[bool], Dataset], download: bool, name: str) -> Dataset:
+    """`build(download)` a data set that may download its files; under torchrun rank 0 builds
+    (and downloads) first while the others wait, then they build from its files."""
+    with distributed.all_or_none(f"getting {name}"):
+        if distributed.is_main():
+            dataset = build(download)
+    return dataset if distributed.is_main() else build(False)
 
 
 def release_workers(*loaders: DataLoader | None) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from base.model_summary import summarize
+from logger.model_summary import summarize
 
 
 class BaseModel(nn.Module, ABC):

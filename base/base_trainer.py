@@ -1,71 +1,90 @@
-"""The epoch loop: train an epoch, step the schedulers, track the best, save, stop.
+"""The loop: epochs of optimizer steps through the user's seam, validation, the best epoch,
+checkpoints, early stopping and stop signals.
 
-The parts it drives live beside it: `CheckpointSaver` (which files, when), `BestTracker` (the
-monitored value), `base.resume` (a checkpoint's state into a possibly changed config).
+A trainer subclasses `BaseTrainer` through `trainer.trainer.Trainer`, which implements the seam
+(`training_step`, `validation_step`, `to_device`, `batch_size`, `unpack`). The loop holds a few
+named parts and calls them with arguments: `engine` (one optimizer step: accumulation, DDP, amp,
+clipping, NaN policy), `batches` (which batches an epoch reads), `checkpoints` (which files,
+when), `best` (the monitored value), `report` (what a person sees); `runs.training_state` turns
+them into a checkpoint and back.
 """
-import os
+import contextlib
+import itertools
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from base.checkpoint_saver import CheckpointSaver
-from base.monitoring import BestTracker
-from base.reports import EpochReports
-from base.resume import (by_name, optimizer_block, param_group_names, restore_optimizer,
-                         restore_rng, restore_scaler, restore_scheduler)
-from base.run_folder import resume_command
-from base.settings import LoopSettings
+from base.base_data_loader import BaseDataLoader, release_workers
+from base.settings import TrainerSettings
 from config.names import callable_name
+from logger.progress import bars_wanted, counted, progress_bar
+from logger.training_report import TrainingReport
 from logger.visualization import TensorboardWriter
+from runs.checkpoint_saver import CheckpointSaver
+from runs.monitoring import BestTracker
+from runs.resume import optimizer_block
+from runs.run_folder import resume_command
+from runs.training_state import load_training_state, training_state
+from step.batches import step_output
+from step.engine import StepEngine
+from step.evaluation import ConfusionMatrix
+from step.first_batch import DryRunResult, check_first_batch, check_schedule_length, image_batch
+from step.metrics import EpochMetrics
+from step.positions import EpochBatches
+from step.watch import Watch
 from utils import distributed
-from utils.checkpoint import FORMAT_VERSION, load_checkpoint
-from utils.errors import CheckpointError, ConfigError
+from utils.checkpoint import load_checkpoint
+from utils.errors import ConfigError, UserError
 from utils.interrupts import StopSignals, TrainingInterrupted, signal_name
 from utils.seeding import get_rng_state
 from utils.weights import load_model_state, unwrap_model
 
-metric_name = callable_name  # the name a metric is logged under
-
 
 class StopRequested(Exception):
-    """Raised by `_train_epoch` after an optimizer step when a stop signal came in."""
+    """Raised inside an epoch when a stop signal came in (after an optimizer step, or during
+    validation)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
 
 
-class BaseTrainer(EpochReports, ABC):
-    """Runs `_train_epoch` for each epoch, tracks the monitored metric, saves and resumes.
+class BaseTrainer(ABC):
+    """Trains `model` on `data_loader`, validating on `valid_data_loader` after each epoch,
+    through the seam a subclass implements.
 
-    Reads `config["trainer"]` once, here, into `self.settings` (of `settings_class`). The
-    constructor only stores: `resume`/`load_weights` and `train` are the explicit actions.
+    With `len_epoch` (or `trainer.len_epoch`) an epoch is exactly that many optimizer steps,
+    cycling through the data as often as needed; otherwise it is one pass over the data. Under
+    torchrun the model is wrapped in DistributedDataParallel; every process runs the loop, rank
+    0 alone writes, and its decisions (best model, early stop) are every process's.
 
-    Under torchrun every process runs the loop; rank 0 alone writes (checkpoints, TensorBoard)
-    and its decisions (best model, early stop) are every process's.
+    Reads `config["trainer"]` once, here, into `self.settings`. The constructor only stores and
+    builds parts: `resume` / `load_weights`, `check_first_batch` and `train` are the actions.
     """
 
-    settings_class = LoopSettings  # a trainer with settings of its own names their class
+    # False: `training_step` calls `self.backward(loss)` and `self.step(name)` itself
+    automatic_optimization = True
 
-    def __init__(self, model: nn.Module, criterion: Callable, metric_fns: Sequence[Callable],
-                 optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer] | None,
-                 config, lr_scheduler=None):
+    def __init__(self, model: nn.Module, criterion: Callable | None,
+                 metric_fns: Sequence[Callable], optimizer, config, device: torch.device,
+                 data_loader: DataLoader, valid_data_loader: DataLoader | None = None,
+                 lr_scheduler=None, len_epoch: int | None = None):
         """`optimizer`: one, or several by name (`config["optimizers"]`); `lr_scheduler`: None,
         one, or by the name of the optimizer it schedules."""
         self.config = config
-        self.settings = self.settings_class.from_config(config["trainer"])
-        self.logger = config.get_logger("trainer", self.settings.verbosity)
-        self.model = model
-        self.criterion = criterion
+        self.settings = settings = TrainerSettings.from_config(config["trainer"])
+        self.logger = config.get_logger("trainer", settings.verbosity)
+        self.model, self.criterion, self.device = model, criterion, device
         self.metric_fns = list(metric_fns)
+        self.metric_names = [callable_name(fn) for fn in self.metric_fns]
+        self.data_loader, self.valid_data_loader = data_loader, valid_data_loader
         # by name; one optimizer (the `optimizer` block) is named ""
         self.optimizers, self.lr_schedulers = _named_parts(optimizer, lr_scheduler)
-        # the optimizer and its scheduler when there is one (also one named in `optimizers`)
         single = len(self.optimizers) == 1
         self.optimizer = next(iter(self.optimizers.values())) if single else None
         self.lr_scheduler = next(iter(self.lr_schedulers.values()), None) if single else None
@@ -73,43 +92,104 @@ class BaseTrainer(EpochReports, ABC):
         self.scheduler_intervals = {name: (optimizer_block(config.config, name, "lr_scheduler")
                                            or {}).get("interval", "epoch")
                                     for name in self.lr_schedulers}
-        self.scheduler_interval = self.scheduler_intervals.get("", "epoch")
-        self.scaler: torch.amp.GradScaler | None = None  # set by a trainer that uses fp16
-        self.monitor = self.settings.parsed_monitor
+        # optimizer steps per epoch; a pass's last group of micro-batches may be short
+        accum = settings.grad_accum_steps
+        self.len_epoch = len_epoch or settings.len_epoch or -(-len(data_loader) // accum)
+        self.batches = EpochBatches(data_loader, self.len_epoch, accum,
+                                    bool(len_epoch or settings.len_epoch), self.logger)
+        self.engine = StepEngine(self.optimizers, device, settings,
+                                 self.automatic_optimization, self.logger)
+        self.monitor = settings.parsed_monitor
         self.best = BestTracker(self.monitor)
-        self.saver = CheckpointSaver(lambda: self.checkpoint_dir, self.settings.save_period,
-                                     self.settings.keep_last, config.resume, self.logger)
-        # writes nothing until train() opens one in the run's log folder
-        self.writer = TensorboardWriter(".", enabled=False)
-
-        self.start_epoch = 1
-        self.start_step = 0   # steps of start_epoch done before a resume (stopped mid-epoch)
-        self.epoch_step = 0   # steps done in the epoch being trained
-        self.global_step = 0  # optimizer steps so far; TensorBoard's x axis
+        self.checkpoints = CheckpointSaver(lambda: self.checkpoint_dir, settings.save_period,
+                                           settings.keep_last, config.resume, self.logger)
+        self.report = TrainingReport(self.logger, settings, self.monitor)
+        self.train_metrics = EpochMetrics(self.metric_fns, device)
+        self.watch = Watch(unwrap_model(model), settings.watch)  # hooks: only while training
+        if settings.compile is True or isinstance(settings.compile, dict):  # {}: the defaults
+            unwrap_model(model).compile(**(settings.compile or {}))  # in place: no wrapper
+        # evaluation runs the model without the DDP wrapper (`train()` adds it): no
+        # collectives, so processes may have different numbers of validation batches
+        self.eval_model = model
+        self.writer = TensorboardWriter(".", enabled=False)  # until train() opens the log folder
+        self.bars = bars_wanted(settings.progress_bar) and distributed.is_main()
+        self.log_images = settings.log_images and distributed.is_main()
         self.stop_signals = StopSignals()  # installed while train() runs
+
+        self.start_epoch, self.start_step = 1, 0  # where training starts (a resume: later)
+        self.epoch, self.epoch_step = 1, 0  # the epoch being trained, and its steps done
+        self.global_step = 0  # optimizer steps so far; TensorBoard's x axis
         # the generators' state at the point a stop saves, when work past it (an aborted
         # validation) has drawn from them since
         self.position_rng_state: dict | None = None
-        # per-epoch numbers a trainer measures besides the log (`samples_per_s`)
-        self.epoch_stats: dict[str, float] = {}
         self.last_epoch, self.last_log = 0, {}  # the newest epoch trained and its values
-        # objects with on_epoch_end(trainer, epoch, log) (trainer.callbacks.Callback), and why
-        # the run stops before trainer.epochs (early stop, a request: `request_stop`)
+        # what the step logs besides the loss (known from the first batch; None before)
+        self.loss_parts: list[str] | None = None
+        self.first_inputs = None  # two samples of the model's inputs, for the model summary
+        self.model_notes: list[str] = []  # what building the model did (arch.*), for the log
+        # Callbacks (base.callbacks.Callback), and why the run stops before trainer.epochs
+        # (early stop, a callback's `request_stop`)
         self.callbacks: list = []
         self.stop_reason: str | None = None
+        self._refuse_unsupported()
+        check_schedule_length(self)
+
+    # ------------------------------------------------------------------ the seam
+    @abstractmethod
+    def training_step(self, batch) -> Tensor | dict[str, Tensor]:
+        """Forward and loss of one training (micro-)batch (see `trainer.trainer.Trainer`)."""
+
+    @abstractmethod
+    def validation_step(self, batch) -> Tensor | dict[str, Tensor]:
+        """Forward and loss of one validation or test batch."""
+
+    @abstractmethod
+    def to_device(self, batch):
+        """`batch` on this process's device."""
+
+    @abstractmethod
+    def batch_size(self, batch) -> int:
+        """The samples in `batch`."""
+
+    @abstractmethod
+    def unpack(self, batch) -> tuple:
+        """`(inputs, target)` of a batch by the default convention; a `UserError` when it
+        does not follow it."""
 
     @property
     def checkpoint_dir(self):
         """The run folder; read from the config each time, as `make_run_dirs` may rename it."""
         return self.config.save_dir
 
-    @abstractmethod
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        """Train one epoch; return the logged values (`loss`, metrics, `val_*`)."""
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 grad scaler (its state goes into checkpoints), or None."""
+        return self.engine.scaler
+
+    def _refuse_unsupported(self) -> None:
+        """What this trainer cannot train, as one line before anything starts."""
+        if distributed.active() and not isinstance(self.data_loader, BaseDataLoader):
+            raise ConfigError(
+                f"data_loader.type: {type(self.data_loader).__name__} is not a BaseDataLoader; "
+                f"under torchrun each process must load its own share of the data, which "
+                f"BaseDataLoader does")
+        if not self.automatic_optimization and distributed.active():
+            raise UserError(
+                f"trainer.type: {type(self).__name__} steps its optimizers itself "
+                f"(automatic_optimization = False), which torchrun does not support: its "
+                f"gradients would not be averaged over the processes; train it in one process")
+        if len(self.optimizers) > 1 and self.automatic_optimization:
+            raise ConfigError(
+                f"optimizers: {len(self.optimizers)} optimizers need a training_step that steps "
+                f"them: set automatic_optimization = False in {type(self).__name__} and call "
+                f"self.backward(loss) and self.step(name) in its training_step")
 
     def expected_log_keys(self) -> list[str]:
-        """The keys `_train_epoch` returns; the monitored metric must be one of them."""
-        return ["loss"] + [metric_name(fn) for fn in self.metric_fns]
+        """The keys an epoch logs; the monitored metric must be one of them."""
+        keys = ["loss", *(self.loss_parts or ()), *self.metric_names]
+        if self.valid_data_loader is not None:
+            keys += [f"val_{key}" for key in keys]
+        return keys
 
     def check_monitor(self) -> None:
         """Raise a `ConfigError` before training if the monitored metric will never be logged."""
@@ -117,7 +197,12 @@ class BaseTrainer(EpochReports, ABC):
         if problem:
             raise ConfigError(problem)
 
-    # ------------------------------------------------------------------ the loop
+    def check_first_batch(self) -> None:
+        """Fail now, with one clear line, if a batch does not go through the step, the model,
+        the loss and the metrics (`step.first_batch`); learn the step's loss parts."""
+        check_first_batch(self)
+
+    # ------------------------------------------------------------------ the epochs
     def train(self) -> None:
         """Train from `start_epoch` to `settings.epochs`, saving and stopping as configured.
 
@@ -126,21 +211,24 @@ class BaseTrainer(EpochReports, ABC):
         """
         if self.nothing_to_train():
             return
+        self.check_monitor()  # check_first_batch checked it, unless it was not called
         self.position_rng_state = None
         self.writer = TensorboardWriter(self.config.log_dir,
                                         self.settings.tensorboard and distributed.is_main())
         # a resumed run drops the points an interrupted run logged after its checkpoint
         self.writer.open(purge_step=self.global_step + 1 if self.global_step > 0 else None)
-        self.writer.add_layout(key for key in self.expected_log_keys() if not
-                               key.startswith("val_"))
+        self.writer.add_layout(key for key in self.expected_log_keys()
+                               if not key.startswith("val_"))
         started, first_epoch = time.monotonic(), self.start_epoch
         try:
-            with self.stop_signals:
+            with self._training(), self.stop_signals:
                 self._train_epochs(self.settings.epochs)
-            self._write_hparams()
+            self.report.hparams(self.writer, self.config.config, self.best, self.last_epoch,
+                                self.last_log, self.global_step)
         finally:
             self.writer.close()
-        self._report_end(first_epoch, self.last_epoch, time.monotonic() - started)
+        self.report.end(first_epoch, self.last_epoch, time.monotonic() - started, self.best,
+                        self.checkpoints)
 
     def _train_epochs(self, epochs: int) -> None:
         for epoch in range(self.start_epoch, epochs + 1):
@@ -151,10 +239,11 @@ class BaseTrainer(EpochReports, ABC):
                 self._stop_on_signal(epoch - 1, self.epoch_step, stop_request.signum)
             self.start_step = 0
             log = distributed.from_main(log)  # the same values on every process, exactly
-            self._step_scheduler(log)
+            self._step_schedulers(log)
             improved = self.best.update(log, epoch)
             self.last_log, self.last_epoch = log, epoch
-            self._report_epoch(epoch, log, improved, time.monotonic() - started)
+            self.report.epoch(epoch, log, improved, time.monotonic() - started, self.writer,
+                              self.global_step, unwrap_model(self.model))
             if 0 < self.settings.early_stop <= self.best.not_improved_count:
                 self.request_stop(f"early stop: {self.monitor.metric} did not improve for "
                                   f"{self.settings.early_stop} epochs")
@@ -162,24 +251,23 @@ class BaseTrainer(EpochReports, ABC):
                 callback.on_epoch_end(self, epoch, log)
             self.stop_reason = distributed.from_main(self.stop_reason)  # rank 0's decision
             stop = self.stop_reason is not None
-            saved = self.saver.save_epoch(epoch, lambda: self.state(epoch)) \
-                if self.saver.is_due(epoch, epochs, stop) else None
+            saved = self.checkpoints.save_epoch(epoch, lambda done=epoch: self.state(done)) \
+                if self.checkpoints.is_due(epoch, epochs, stop) else None
             if improved:
-                self.saver.save_best(saved, lambda: self.state(epoch))
+                self.checkpoints.save_best(saved, lambda done=epoch: self.state(done))
             if stop:
                 self.logger.info("Stopped after epoch %d: %s.", epoch, self.stop_reason)
                 return
-            signum = distributed.max_value(self.stop_signals.received or 0)  # any process's
+            signum = distributed.max_value(self.stop_signals.poll() or 0)  # any process's
             if signum and epoch < epochs:
                 self._stop_on_signal(epoch, 0, signum, saved)
         if self.stop_signals.requested:
             self.logger.info("The signal came during the last epoch's end: training is complete.")
 
-    def _stop_on_signal(self, epoch: int, step: int, signum: int,
-                        saved: Path | None = None) -> None:
+    def _stop_on_signal(self, epoch: int, step: int, signum: int, saved=None) -> None:
         """Save where training stands (`epoch` complete, `step` steps into the next), say how to
-        resume, and raise `TrainingInterrupted`."""
-        path = saved or self.saver.save_interrupted(lambda: self.state(epoch, step))
+        resume, and raise `TrainingInterrupted`: the one place a stop signal ends a run."""
+        path = saved or self.checkpoints.save_interrupted(lambda: self.state(epoch, step))
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
         message = (f"Stopped by {signal_name(signum)} at {where} (global step "
                    f"{self.global_step}). Resume with: {resume_command(path)}")
@@ -200,9 +288,9 @@ class BaseTrainer(EpochReports, ABC):
                             self.settings.epochs)
         return True
 
-    def _step_scheduler(self, log: dict[str, float]) -> None:
+    def _step_schedulers(self, log: dict[str, float]) -> None:
         """The epoch-end scheduler steps (a step-wise scheduler steps after each optimizer
-        step, in `_train_epoch`)."""
+        step); `ReduceLROnPlateau` on the monitored value (else the loss) of `log`."""
         for name, scheduler in self.lr_schedulers.items():
             if self.scheduler_intervals[name] != "epoch":
                 continue
@@ -215,75 +303,206 @@ class BaseTrainer(EpochReports, ABC):
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step")
                 scheduler.step()
 
-    # ------------------------------------------------------------------ checkpoints
+    @contextlib.contextmanager
+    def _training(self) -> Iterator[None]:
+        """While training (or a dry run): the model in DDP under torchrun (compiled inside it,
+        as torch.compile's docs advise; DDP starts from rank 0's weights, which resume has
+        loaded in every process alike), the watch hooks on; afterwards no hook is left and
+        the loaders' persistent workers end."""
+        if distributed.active() and not isinstance(self.model,
+                                                   nn.parallel.DistributedDataParallel):
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.watch.enabled and not self.settings.tensorboard:
+            self.logger.warning("Warning: trainer.watch writes to TensorBoard only, and "
+                                "trainer.tensorboard is off: nothing is watched.")
+            self.watch.enabled = False
+        if self.watch.enabled:
+            self.watch.attach()
+        try:
+            yield
+        finally:
+            self.watch.detach()
+            release_workers(self.data_loader, self.valid_data_loader)
+
+    # ------------------------------------------------------------------ one epoch
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (from `start_step` when resumed mid-epoch) and validate; the logged
+        values (`loss`, loss parts, metrics, `val_*`)."""
+        self.model.train()
+        self.epoch = epoch
+        resumed = epoch == self.start_epoch and self.start_step
+        self.epoch_step = self.start_step if resumed else 0
+        if not resumed:
+            self.train_metrics.reset()
+        self.report.start_epoch()
+        self.engine.nan_guard.start_epoch()
+        first_step = self.epoch_step
+        with progress_bar(self.bars, self.len_epoch, f"epoch {epoch}/{self.settings.epochs}",
+                          initial=self.epoch_step) as bar:
+            self._train_steps(epoch, bar)
+        self.report.end_steps()
+        self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)
+        self.engine.nan_guard.check_epoch(epoch, self.epoch_step - first_step)
+        self.train_metrics.all_reduce()  # torchrun: the epoch's means over every process
+        log = self.train_metrics.result()
+        if self.valid_data_loader is not None:
+            log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
+        return log
+
+    def _train_steps(self, epoch: int, bar=None, limit: int | None = None,
+                     notes: list[str] | None = None) -> list[Tensor]:
+        """The epoch's optimizer steps from `epoch_step` on, advancing `bar`. The dry run:
+        `limit` steps, what would be logged as images said in `notes`; the last micro-batch's
+        loss of each step."""
+        losses = []
+        for group in itertools.islice(self.batches.step_groups(epoch, self.epoch_step), limit):
+            # torchrun: this process's signal (or its lost agent), agreed on before the step
+            received = self.stop_signals.poll() if self.engine.distributed else None
+            sizes, total, signal = self.engine.count(group, self.batch_size, received)
+            if signal:  # torchrun: every process stops before the same step
+                self._stop(epoch, signal)
+            if self.epoch_step == 0 and self.log_images:
+                self._log_images(group[0], notes)
+            log_now = self.epoch_step % self.settings.log_step == 0  # this step is logged
+            # hooks record on steps that are logged, and only where TensorBoard is written
+            self.watch.recording = self.watch.enabled and log_now and distributed.is_main()
+            if self.watch.recording and self.scaler is not None:  # a host sync, on log steps
+                self.watch.gradient_scale = self.scaler.get_scale()
+            for callback in self.callbacks:
+                callback.on_step_start(self)
+            result = self.engine.run(self, self.model, group, sizes, total, self.global_step)
+            if result.outputs is None and not result.stepped:
+                self.engine.nan_guard.count_skipped()
+            self.watch.recording = False
+            self.global_step += 1
+            self.epoch_step += 1
+            for callback in self.callbacks:
+                callback.on_step_end(self)
+            self.report.samples += total
+            for step, size in result.outputs or ():
+                self.train_metrics.update(step, size)
+            rates = self.report.learning_rates(self.optimizers) if log_now else None
+            for name in result.stepped:  # step-wise schedules of the optimizers that stepped
+                if name in self.lr_schedulers and self.scheduler_intervals[name] == "step":
+                    self.lr_schedulers[name].step()
+            if bar is not None:
+                bar.update(1)
+            if log_now:
+                self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)
+                if result.outputs is not None:
+                    self.report.progress(self.writer, epoch, self.epoch_step, self.len_epoch,
+                                         self.global_step, result.outputs[-1][0].loss, rates,
+                                         bar, self.watch)
+            if limit is not None and result.outputs is not None:
+                losses.append(result.outputs[-1][0].loss)
+            if self.stop_signals.received is not None and not self.engine.distributed:
+                self._stop(epoch, self.stop_signals.received)
+        return losses
+
+    def _stop(self, epoch: int, signal: int) -> None:
+        """Stop on `signal` where the epoch stands; never with weights a non-finite loss has
+        reached."""
+        self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)
+        raise StopRequested(signal)
+
+    def _log_images(self, batch, notes: list[str] | None = None) -> None:
+        """The epoch's first input batch as an image grid (`trainer.log_images`); the dry run
+        says what it would log in `notes`."""
+        images, warning = image_batch(self, batch)
+        if notes is not None:
+            notes.append(warning or f"trainer.log_images: a grid of {min(16, images.size(0))} "
+                                    f"images per epoch")
+        elif warning:
+            self.logger.warning(warning)
+            self.log_images = False
+        else:
+            self.writer.add_image_grid("inputs/train", images, self.global_step)
+
+    # ------------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The model the step sees is the evaluation one (no DDP wrapper), in eval mode, without
+        gradients, under autocast when `trainer.amp` is on; `backward` and `step` do nothing.
+        Restored afterwards."""
+        model, was_training = self.model, self.model.training
+        self.model = self.eval_model
+        self.eval_model.eval()
+        try:
+            with torch.no_grad(), self.engine.autocast():
+                yield
+        finally:
+            self.model = model
+            model.train(was_training)
+
+    def evaluate(self, batches: Iterable, stop: Callable[[], bool] | None = None,
+                 confusion: ConfusionMatrix | None = None) -> dict[str, float] | None:
+        """Sample-weighted mean loss and loss parts, and the metrics, of `validation_step` over
+        `batches`; None when `stop()` turned true after a batch (a stop signal). Under torchrun
+        every process passes its own share of the data and gets the values over all of it.
+        `confusion` also counts the predictions (test.py; one process)."""
+        metrics = EpochMetrics(self.metric_fns, self.device, self.loss_parts)
+        with self.evaluating():
+            for batch in batches:
+                batch = self.to_device(batch)
+                step = step_output(self.validation_step(batch), "validation_step")
+                metrics.update(step, self.batch_size(batch))
+                if confusion is not None:
+                    confusion.update(step.output, step.target)
+                for callback in self.callbacks:
+                    callback.on_validation_batch_end(self)
+                if stop is not None and stop():
+                    return None
+        metrics.all_reduce()  # torchrun: over every process's share of `batches`
+        return metrics.result()
+
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        """Validation; a stop signal ends it early, and the checkpoint then holds the point
+        before it (with the generators as they were, as loading data may draw from them)."""
+        rng_state = get_rng_state()
+        # under torchrun a signal is agreed on after validation (no collectives inside it)
+        stop = None if distributed.active() else lambda: self.stop_signals.requested
+        loader = self.valid_data_loader
+        with progress_bar(self.bars, len(loader), f"epoch {epoch} validation",
+                          unit="batch") as bar:
+            log = self.evaluate(counted(loader, bar), stop=stop)
+        if log is None:
+            self.position_rng_state = rng_state
+            raise StopRequested(self.stop_signals.received)
+        return log
+
+    def dry_run(self, steps: int = 2, batches: int = 2) -> DryRunResult:
+        """`steps` optimizer steps and `batches` validation batches through the same loop as
+        training (image logging and watch hooks exercised when on), writing nothing. A loss
+        that is not finite raises `TrainingDiverged`."""
+        self.model.train()
+        self.epoch, self.epoch_step = self.start_epoch, self.start_step  # a NaN: at its step
+        result = DryRunResult()
+        with self._training():
+            losses = self._train_steps(self.epoch, limit=steps, notes=result.notes)
+            self.engine.nan_guard.check(self.epoch, self.epoch_step, self.global_step)
+            if self.watch.enabled and losses:
+                result.notes.append(f"trainer.watch: recorded on the first step: "
+                                    f"{', '.join(self.report.watched)}")
+            result.losses = [loss.item() for loss in losses]
+            if self.valid_data_loader is not None:
+                result.log = self.evaluate(itertools.islice(self.valid_data_loader, batches))
+        return result
+
     # ------------------------------------------------------------------ checkpoints
     def state(self, epoch: int, step: int = 0) -> dict:
         """Everything needed to continue training exactly, as plain data: `epoch` epochs done
-        and, for a run stopped mid-epoch, `step` optimizer steps into the next one. The sum of
-        each part's own state. Under torchrun every process calls it (it gathers)."""
-        rng_states = distributed.gathered(self.position_rng_state or get_rng_state())
-        model = unwrap_model(self.model)
-        return {
-            "format_version": FORMAT_VERSION,
-            "arch": arch if isinstance(arch := self.config["arch"], str) else arch["type"],
-            "epoch": epoch,
-            "epoch_step": step,
-            "epoch_state": self.epoch_state() if step else None,
-            "stop_reason": self.stop_reason,
-            "global_step": self.global_step,
-            "state_dict": model.state_dict(),
-            "optimizer": by_name({name: optimizer.state_dict()
-                                  for name, optimizer in self.optimizers.items()}),
-            "param_group_names": by_name({name: param_group_names(model, optimizer)
-                                          for name, optimizer in self.optimizers.items()}),
-            "lr_scheduler": by_name({name: self.lr_schedulers[name].state_dict()
-                                     if name in self.lr_schedulers else None
-                                     for name in self.optimizers}),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            **self.best.state_dict(),
-            "rng_state": rng_states[0],
-            # under torchrun every process's generators, by rank
-            "rng_states": rng_states if len(rng_states) > 1 else None,
-            "config": self.config.config,
-        }
+        and, for a run stopped mid-epoch, `step` optimizer steps into the next one
+        (`runs.training_state`). Under torchrun every process calls it (it gathers)."""
+        return training_state(self, epoch, step)
 
-    def epoch_state(self) -> dict:
-        """What a checkpoint taken mid-epoch needs besides the model and optimizer to finish
-        the epoch exactly (the running sums of the epoch's metrics); plain data."""
-        return {}
-
-    def load_epoch_state(self, state: dict) -> None:
-        """Restore `epoch_state()` from a checkpoint taken mid-epoch."""
-
-    def resume(self, path: os.PathLike) -> None:
+    def resume(self, path) -> None:
         """Continue exactly where the checkpoint at `path` stopped."""
-        checkpoint = load_checkpoint(path)
-        load_model_state(self.model, checkpoint["state_dict"], path)
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.start_step = checkpoint.get("epoch_step", 0)
-        self.global_step = checkpoint.get("global_step", 0)
-        self.best.load_state_dict(checkpoint)
-        model, config = unwrap_model(self.model), self.config.config
-        try:
-            if self.start_step:
-                self.load_epoch_state(checkpoint.get("epoch_state") or {})
-            for name, optimizer in self.optimizers.items():
-                restore_optimizer(name, optimizer, checkpoint, config,
-                                  param_group_names(model, optimizer), self.logger)
-            for name, scheduler in self.lr_schedulers.items():
-                steps = checkpoint["epoch"] if self.scheduler_intervals[name] == "epoch" else \
-                    checkpoint.get("global_step")
-                restore_scheduler(name, scheduler, checkpoint, config, self.logger, steps)
-            if self.scaler is not None and checkpoint.get("scaler"):
-                restore_scaler(self.scaler, checkpoint["scaler"])
-            restore_rng(checkpoint, self.config.get("seed", 0), self.global_step)
-        except CheckpointError as error:  # the file's state does not fit: name the file
-            raise CheckpointError(f"{path}: {error}") from None
+        load_training_state(self, load_checkpoint(path), path)
 
-    def load_weights(self, path: os.PathLike) -> None:
+    def load_weights(self, path) -> None:
         """Fine-tuning: the checkpoint's weights; epochs, optimizer and scheduler start fresh."""
-        checkpoint = load_checkpoint(path)
-        load_model_state(self.model, checkpoint["state_dict"], path)
+        load_model_state(self.model, load_checkpoint(path)["state_dict"], path)
 
 
 def _named_parts(optimizer, lr_scheduler) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ def epoch_seconds(loader, epoch: int) -> float:
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     start = time.perf_counter()
-    for data, target in loader:
+    for _batch in loader:
         pass
     return time.perf_counter() - start
 

@@ -5,7 +5,8 @@
 
 Both sides train the same model from the same initial weights on the same training samples with
 the same optimizer, loss and batch size, validate on the same held-out samples (loss and
-accuracy) and save the weights and the optimizer state once an epoch. The template side is what a user gets from a config:
+accuracy) and save the weights and the optimizer state once an epoch. The template side is what a
+user gets from a config:
 TensorBoard on, metrics (accuracy, top_k_acc) on, a checkpoint written atomically every epoch,
 model_best, logging every `log_step` steps. The bare side is the loop a person would write:
 zero_grad / forward / loss / backward / step, an eval pass, torch.save of model and

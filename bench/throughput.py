@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 from base.base_data_loader import batch_size_of, sample_count  # noqa: E402
-from parse_config import ConfigParser  # noqa: E402
 from config.key_paths import parse_overrides  # noqa: E402
+from parse_config import ConfigParser  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
 from utils.util import read_json  # noqa: E402
 
@@ -49,7 +49,7 @@ def samples_per_second(config: dict, epochs: int, trainer_keys: dict) -> float:
                         "trainer.tensorboard": False}
         modification.update({f"trainer.{key}": value for key, value in trainer_keys.items()})
         parsed = ConfigParser(config, modification=modification)
-        parsed.validate(train.BLOCKS)
+        parsed.validate(train.blocks())
         seed_everything(parsed.get("seed", 0))
         trainer = train.build_trainer(parsed)
         parsed.make_run_dirs()
@@ -63,8 +63,8 @@ def samples_per_second(config: dict, epochs: int, trainer_keys: dict) -> float:
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    if trainer.iteration_based:
-        n_samples = trainer.len_epoch * trainer.accum * batch_size_of(trainer.data_loader)
+    if trainer.batches.iteration_based:
+        n_samples = trainer.len_epoch * trainer.batches.accum * batch_size_of(trainer.data_loader)
     else:
         n_samples = sample_count(trainer.data_loader)
     return epochs * n_samples / seconds

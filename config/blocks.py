@@ -9,9 +9,9 @@ from typing import Any
 
 from config.checks import block_options
 from config.key_paths import get_by_path
-from config.names import did_you_mean, resolve_type
+from config.names import resolve_type
 from config.signatures import check_signature, metric_option_problems
-from utils.errors import BuildError, ConfigError, UserError
+from utils.errors import BuildError, ConfigError, UserError, did_you_mean
 
 # Packages whose callables reject a bad value with ValueError / TypeError: that is a config
 # mistake (one line). The same from the project's own code is a bug shown with its traceback.

@@ -8,12 +8,23 @@ import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from config.model_options import arch_problems, param_group_problems, params_problem
+from config.model_options import (
+    arch_problems,
+    closure_problem,
+    param_group_problems,
+    params_problem,
+)
 from config.names import callable_name
-from config.sections import (is_plain_name, loader_args, metric_labels, monitor_problems,
-                             top_level_problems)
+from config.sections import (
+    is_plain_name,
+    loader_args,
+    metric_labels,
+    monitor_problems,
+    top_level_problems,
+)
 from utils.errors import ConfigError
 
 # Keys a block may have besides type and args, and their allowed values (None: checked by
@@ -37,13 +48,16 @@ class Block:
     """A config block an entry point builds, and what its code passes besides the config args."""
 
     key: str                     # "optimizer"
-    module: str                  # where a bare type name resolves: "torch.optim"
+    # where a bare type name resolves: a module the entry script imported and handed in (the
+    # user's `model.model`), or the dotted name of a library module ("torch.optim")
+    module: ModuleType | str
     positional: int = 0          # arguments the code passes first (the optimizer's parameters)
     given: tuple[str, ...] = ()  # keyword arguments the code passes (the data loader's seed)
     function: bool = False       # built with init_ftn (a partial), not init_obj
     many: bool = False           # a list of blocks, each with a unique name (metrics)
     required: bool = True        # else absent or null means "none" (no lr_scheduler)
-    kind: str = ""               # a class `type` must derive from this: "torch.nn.Module"
+    # a class `type` must derive from this: the class, or its dotted name ("torch.nn.Module")
+    kind: type | str = ""
     fallback: tuple[str, ...] = ()  # where a bare type name not in `module` resolves (then
     #                                 imported)
     # Build it during the check, on stand-ins, to catch values its constructor rejects (a
@@ -51,12 +65,12 @@ class Block:
     # block whose stand-in it takes (a scheduler takes the optimizer). Only for side-effect-free
     # constructors.
     dry_run: str = ""
-    # Named by the layer that owns the block (dotted paths, imported when checking), so that
-    # the config system depends on neither: for `trainer`, the settings class whose
-    # `problems(section)` checks the section; for `data_loader`, a function from its `args` to
-    # the problems with the values every loader takes.
-    settings: str = ""
-    check_args: str = ""
+    # Handed in by the entry script, so that the config system depends on neither: for
+    # `trainer`, the settings class whose `problems(section)` checks the section; for
+    # `data_loader`, a function from its `args` to the problems with the values every loader
+    # takes.
+    settings: Any = ""
+    check_args: Any = ""
 
 
 def find_problems(config, blocks: Sequence[Block], trainer: bool = True) -> list[str]:
@@ -106,6 +120,8 @@ def _block_problems(config, blocks: Sequence[Block], trainer: bool,
             continue
         try:
             built = _check_block(config, block)
+            if block.key == "optimizer":
+                problems += _closure_problems(built[0], block.key, raw[block.key])
             if block.many and block.key == "metrics":
                 metric_names = [callable_name(function) for function in built]
             if block.dry_run:
@@ -139,7 +155,7 @@ _EXAMPLES = {
 
 
 def _check_block(config, block: Block, key: str | None = None) -> Any:
-    module = importlib.import_module(block.module)
+    module = module_of(block)
     if block.many:
         # a class's kind is imported only when a class is named (torchmetrics takes seconds)
         return config.init_ftn_list(block.key, module, reserved=["loss"], kind=block.kind or None,
@@ -150,14 +166,22 @@ def _check_block(config, block: Block, key: str | None = None) -> Any:
                                 kind=kind_of(block), fallback=block.fallback)
 
 
+def module_of(block: Block) -> ModuleType:
+    """The module where `block`'s bare type names resolve."""
+    return block.module if isinstance(block.module, ModuleType) else \
+        importlib.import_module(block.module)
+
+
 def kind_of(block: Block) -> type | None:
-    """The class `block.kind` names, imported; None without one."""
+    """The class `block.kind` is or names, imported; None without one."""
     return imported(block.kind)
 
 
-def imported(path: str) -> Any:
-    """The object a dotted `path` names (`"trainer.settings.TrainerSettings"`), imported;
-    None for an empty path."""
+def imported(path: Any) -> Any:
+    """The object a dotted `path` names (`"torch.nn.Module"`), imported; an object that is
+    not a string as it is; None for an empty path."""
+    if not isinstance(path, str):
+        return path
     if not path:
         return None
     module, _, name = path.rpartition(".")
@@ -175,7 +199,7 @@ def _dry_run(config, block: Block, stand_ins: dict, key: str | None = None) -> A
         first = stand_ins[block.dry_run]
     else:
         return None  # the block it builds on has a problem of its own
-    return config.init_obj(key or block.key, importlib.import_module(block.module), first)
+    return config.init_obj(key or block.key, module_of(block), first)
 
 
 def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
@@ -197,11 +221,12 @@ def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
             problems.append(f"{key}: an optimizer's name is a word (letters, digits, '-', '_')")
             continue
         try:
-            _check_block(config, optimizer, key)
+            factory, _ = _check_block(config, optimizer, key)
             stand_in = _dry_run(config, optimizer, {}, key)
         except ConfigError as error:
             problems += error.problems
             continue
+        problems += _closure_problems(factory, key, entry)
         if entry.get("params") is not None:
 
             problem = params_problem(entry["params"], f"{key}.params", "generator.*")
@@ -215,6 +240,13 @@ def named_optimizer_problems(config, blocks: Sequence[Block]) -> list[str]:
     return problems
 
 
+def _closure_problems(optimizer: type, key: str, block: Any) -> list[str]:
+    """The optimizer block `key` (`block`: its config value) names a class whose `step`
+    requires a closure."""
+    problem = closure_problem(optimizer, key if isinstance(block, str) else f"{key}.type")
+    return [problem] if problem else []
+
+
 def _trainer_type_problems(config, block: Block) -> list[str]:
     """`trainer.type` (a subclass of the Trainer in an allowed module) and `trainer.args` (its
     own options)."""
@@ -222,7 +254,7 @@ def _trainer_type_problems(config, block: Block) -> list[str]:
     if not isinstance(section, dict) or ("type" not in section and "args" not in section):
         return []
     try:
-        config.trainer_class(importlib.import_module(block.module), kind_of(block), block.given)
+        config.trainer_class(module_of(block), kind_of(block), block.given)
     except ConfigError as error:
         return error.problems
     return []

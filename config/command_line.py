@@ -15,7 +15,7 @@ CustomArgs = namedtuple("CustomArgs", "flags type target")
 
 @dataclass
 class Resume:
-    """What `-r` came to, resolved by the entry script (`base.run_folder.resolve_resume`)."""
+    """What `-r` came to, resolved by the entry script (`runs.run_folder.resolve_resume`)."""
 
     path: Path                  # the checkpoint file (the newest in a run folder)
     config: dict | None = None  # the config stored in it, when no -c was given

@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from config.checks import block_options
-from config.names import did_you_mean
 from config.sections import KNOWN_SECTIONS
-from utils.errors import ConfigError
+from utils.errors import ConfigError, did_you_mean
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:

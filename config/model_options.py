@@ -1,13 +1,13 @@
 """The model switches a config may add: `arch.init`, `arch.freeze`, `arch.weights`,
 `optimizer.param_groups` — their checks (before anything is built; every problem a line
-starting with its key path) and their reading."""
+starting with its key path) and their reading; and the check that an optimizer's `step` needs
+no closure."""
 import inspect
 import json
 from typing import Any, Callable
 
-from config.names import did_you_mean
 from config.signatures import check_signature
-from utils.errors import ConfigError
+from utils.errors import ConfigError, did_you_mean
 
 # The layers `arch.init` initialises when it names none.
 DEFAULT_INIT_LAYERS = ("Conv1d", "Conv2d", "Conv3d", "Linear")
@@ -137,6 +137,22 @@ def param_group_problems(optimizer: Any) -> list[str]:
                          f"{', '.join(options)}){did_you_mean(key, options)}"
                          for key in group if key != "params" and key not in options]
     return problems
+
+
+def closure_problem(optimizer: Any, key_path: str) -> str | None:
+    """The problem of an optimizer class whose `step` requires a closure (L-BFGS: it
+    re-evaluates the loss several times a step), which the training step, calling `step()`
+    once after `backward`, does not give; None for any other. `key_path`: its `type`."""
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (AttributeError, TypeError, ValueError):  # not a class with a step to inspect
+        return None
+    if closure is None or closure.default is not closure.empty or \
+            closure.kind in (closure.VAR_POSITIONAL, closure.VAR_KEYWORD):
+        return None
+    return (f"{key_path}: {optimizer.__name__} needs a closure that re-evaluates the loss "
+            f"several times per step, which the template's training step does not give; use "
+            f"another optimizer (Adam, SGD, ...)")
 
 
 def params_problem(params: Any, key_path: str, example: str) -> str | None:

@@ -8,7 +8,6 @@ must be defined in an allowed package and outside `DENIED_MODULES`. So a config,
 stored in a checkpoint someone sent you, can never reach `os`, `subprocess`, `eval`, torch's
 loaders of code and pickles, or this template's own file writers; nothing else is imported.
 """
-import difflib
 import functools
 import importlib
 import inspect
@@ -16,7 +15,7 @@ import json
 from types import ModuleType
 from typing import Any, Callable
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, did_you_mean
 
 # Modules (with their submodules) a dotted `type` may name; nothing else is imported by a config.
 ALLOWED_MODULES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms",
@@ -30,18 +29,6 @@ DENIED_MODULES = ("torch.hub", "torch.serialization", "torch.utils", "torch._ops
                   "torch.package", "torch.jit", "torch.onnx", "torch.export", "torch.distributed",
                   "torch.multiprocessing", "torch.classes", "torch.backends", "torchvision.io",
                   "torchvision.datasets", "torchvision.utils")
-
-
-def did_you_mean(word: str, choices: Any) -> str:
-    """` (did you mean 'x'?)` for the closest of `choices`, or an empty string."""
-    if not isinstance(choices, (dict, list, tuple, set)):
-        return ""
-    names = [str(choice) for choice in choices]
-    close = ([name for name in names if name.lower() == word.lower()]
-             or difflib.get_close_matches(word, names, n=1, cutoff=0.75)
-             or [name for name in names if len(word) >= 3 and word.lower() in name.lower()]
-             or difflib.get_close_matches(word, names, n=1, cutoff=0.6))
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | str | None = None,

@@ -64,7 +64,7 @@ def monitor_problems(config: dict, metric_names: Sequence[str], settings: type) 
     """`trainer.monitor` must name a value the trainer logs: `loss`, a metric, or `val_` + one
     of those when the data loader keeps a validation split."""
     try:
-        monitor = settings.parse_monitor(config["trainer"].get("monitor", "off"))
+        monitor = settings.monitor_of(config["trainer"].get("monitor", "off"))
     except ConfigError:
         return []  # reported with the other trainer problems
     keys = ["loss", *metric_names]

@@ -5,8 +5,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from config.names import did_you_mean
-from utils.errors import ConfigError
+from utils.errors import ConfigError, did_you_mean
 
 
 def check_signature(factory: Callable, args: tuple, config_args: dict, key_path: str,

@@ -3,9 +3,8 @@
 Each takes the data loader's usual arguments plus `training` (False: the test split, as
 `test.py` asks for) and `seed` (given by `train.py` from the config's top-level `seed`).
 """
-from base.base_data_loader import BaseDataLoader
+from base.base_data_loader import BaseDataLoader, download_once
 from data_loader.datasets import digits_dataset
-from utils import distributed
 from utils.errors import UserError
 
 
@@ -28,7 +27,10 @@ class MnistDataLoader(BaseDataLoader):
                  validation_split: float | int | dict = 0.0, num_workers: int = 0,
                  training: bool = True,
                  seed: int = 0, download: bool = True):
-        from torchvision import datasets, transforms  # slow import: only for this loader
+        from torchvision import (  # slow import: only for this loader
+            datasets,
+            transforms,
+        )
 
         transform = transforms.Compose([transforms.ToTensor(),
                                         transforms.Normalize((0.1307,), (0.3081,))])
@@ -48,7 +50,10 @@ class Cifar10DataLoader(BaseDataLoader):
                  validation_split: float | int | dict = 0.0, num_workers: int = 0,
                  training: bool = True,
                  seed: int = 0, download: bool = True, augment: bool = True):
-        from torchvision import datasets, transforms  # slow import: only for this loader
+        from torchvision import (  # slow import: only for this loader
+            datasets,
+            transforms,
+        )
 
         steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] \
             if training and augment else []
@@ -72,7 +77,4 @@ def _torchvision_dataset(dataset_class, data_dir: str, training: bool, download:
             raise UserError(f"{data_dir}: {dataset_class.__name__} is not there and could not be "
                             f"downloaded ({reason})") from None
 
-    with distributed.all_or_none(f"getting {dataset_class.__name__}"):
-        if distributed.is_main():
-            dataset = build(download)
-    return dataset if distributed.is_main() else build(False)
+    return download_once(build, download, dataset_class.__name__)

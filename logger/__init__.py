@@ -1,6 +1,4 @@
-"""What a run shows: logging setup (`logger`, `logger_config.json`), the TensorBoard writer
-(`visualization`), progress bars and epoch tables (`progress`), and test.py's report
-(`report`)."""
+"""What a run shows: logging, TensorBoard, progress, training and test reports, model summary."""
 from logger.logger import setup_logging
 from logger.visualization import TensorboardWriter
 

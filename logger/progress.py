@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-
 # tqdm's default without its own rate (the postfix has samples/s): more room for the bar.
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
@@ -37,7 +36,9 @@ def progress_bar(enabled: bool, total: int, description: str, initial: int = 0,
     if not enabled:
         yield None
         return
-    from tqdm import tqdm  # imported when a bar is shown: the CLI starts faster without it
+    from tqdm import (
+        tqdm,  # imported when a bar is shown: the CLI starts faster without it
+    )
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm(), _warnings_through(tqdm), \

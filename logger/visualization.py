@@ -27,7 +27,9 @@ class TensorboardWriter:
     def open(self, purge_step: int | None = None) -> None:
         """Start writing; `purge_step` drops points at or after it left by an interrupted run."""
         if self.enabled and self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # slow import: only when used
+            )
             self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:

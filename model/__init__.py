@@ -1,2 +1,1 @@
-"""What a config's `arch`, `loss` and `metrics` name: models (`model`), loss functions
-(`loss`) and metric functions (`metric`)."""
+"""The user's models, losses and metrics, which a config's arch, loss and metrics name."""

@@ -4,8 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from base.base_model import BaseModel
-from config.names import did_you_mean
-from utils.errors import ConfigError
+from utils.errors import ConfigError, did_you_mean
 
 
 class DigitsModel(BaseModel):

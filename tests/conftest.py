@@ -39,14 +39,14 @@ def build(tmp_path: Path, modification: dict | None = None, **trainer):
     from parse_config import ConfigParser
 
     config = ConfigParser(small_config(tmp_path / "saved", **trainer), modification=modification)
-    config.validate(train.BLOCKS)
+    config.validate(train.blocks())
     return train.build_trainer(config, device=None)
 
 
 def mark_run_folder(folder: Path) -> Path:
     """Make `folder` a run folder as train.py leaves one (config.json, and a manifest that
     names the folder and its log folder), so that `-r` continues it in place."""
-    from base.manifest import add_session
+    from runs.manifest import add_session
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text("{}")
@@ -58,9 +58,9 @@ def from_command_line(argv: list[str], options=(), evaluating: bool = False):
     """The `ConfigParser` train.py (test.py with `evaluating`) makes of a command line."""
     import argparse
 
-    from base.run_folder import resolve_resume
     from config.command_line import parse_command_line
     from parse_config import ConfigParser
+    from runs.run_folder import resolve_resume
 
     args = parse_command_line(argparse.ArgumentParser(), options, argv, evaluating)
     resume = resolve_resume(args.resume, args.config is not None, evaluating) \
@@ -122,7 +122,7 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, check: bool = True,
 def run_main(script: str, *args: str, cwd: Path = ROOT,
              check: bool = True) -> subprocess.CompletedProcess:
     """`run_script` in this process, for tests where a fresh process is not the point (it
-    saves the ~5 s of starting one): the script's `main` under the same CLI edge (`run_cli`:
+    saves the seconds of starting one): the script's `main` under the same CLI edge (`run_cli`:
     one line per error, exit codes), its stdout and stderr captured."""
     import contextlib
     import importlib

@@ -14,8 +14,8 @@ Environment:
   SIGTERM_IN_VALIDATION  send this process SIGTERM after the first batch of this validation
                (1 = the first epoch's); default: never
 
-Prints `PROCESS <rank> <pid>` at the start, `STEP <global step>` after each step and `SAVING <file>` when a checkpoint write is half
-done, flushed, so the test can wait for them on stdout.
+Prints `PROCESS <rank> <pid>` at the start, `STEP <global step>` after each step and
+`SAVING <file>` when a checkpoint write is half done, flushed, so the test can wait for them on stdout.
 """
 import atexit
 import os

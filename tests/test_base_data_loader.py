@@ -143,7 +143,7 @@ def test_a_resumed_epoch_in_the_main_process_skips_at_the_sampler():
 def test_a_resumed_iteration_based_epoch_with_drop_last_starts_at_the_right_batch():
     from itertools import islice
 
-    from utils.util import inf_loop
+    from step.positions import inf_loop
 
     def batches(start: int, count: int) -> list[list[int]]:
         loader = BaseDataLoader(NoisyDataset(), batch_size=4, shuffle=True, validation_split=0,

@@ -1,23 +1,27 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from base.base_trainer import BaseTrainer
-from base.settings import Monitor
+from base.settings import Monitor, TrainerSettings
 from parse_config import ConfigParser
 from tests.conftest import small_config
-from trainer.settings import TrainerSettings
+from trainer.trainer import Trainer
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 
 
-class ScriptedTrainer(BaseTrainer):
+class ScriptedTrainer(Trainer):
     """Each epoch 'validates' to the next value of a script; records which epochs ran."""
 
     def __init__(self, config, val_losses, lr_scheduler=None, optimizer=None):
-        model = nn.Linear(2, 1)
+        model = optimizer.param_groups[0]["params"][0] if optimizer else nn.Linear(2, 1)
+        model = model if isinstance(model, nn.Module) else nn.Linear(2, 1)
         optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
-        super().__init__(model, nn.functional.mse_loss, [], optimizer, config, lr_scheduler)
+        data = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4, 1)), batch_size=2)
+        super().__init__(model, nn.functional.mse_loss, [], optimizer, config,
+                         torch.device("cpu"), data, data, lr_scheduler=lr_scheduler)
         self.val_losses = list(val_losses)
         self.epochs_run = []
 
@@ -40,8 +44,8 @@ def saved_epochs(trainer, name):
 def test_model_best_is_written_on_every_improving_epoch_whatever_save_period(tmp_path):
     trainer = make(tmp_path, [5, 4, 3, 3.5, 2, 9], epochs=6, save_period=4, monitor="min val_loss")
     best_epochs = []
-    original = trainer.saver.write
-    trainer.saver.write = lambda state, path: (
+    original = trainer.checkpoints.write
+    trainer.checkpoints.write = lambda state, path: (
         best_epochs.append(state()["epoch"]) if path.name == "model_best.pth" else None,
         original(state, path))
     trainer.train()
@@ -93,12 +97,13 @@ def test_reduce_lr_on_plateau_receives_the_monitored_metric(tmp_path):
     assert optimizer.param_groups[0]["lr"] == 0.25   # halved after epochs 2 and 4
 
 
-def test_missing_train_epoch_fails_at_construction(tmp_path):
+def test_a_missing_step_fails_at_construction(tmp_path):
     class Incomplete(BaseTrainer):
         pass
 
-    with pytest.raises(TypeError, match="_train_epoch"):
-        Incomplete(nn.Linear(1, 1), None, [], None, ConfigParser(small_config(tmp_path)))
+    with pytest.raises(TypeError, match="training_step"):
+        Incomplete(nn.Linear(1, 1), None, [], None, ConfigParser(small_config(tmp_path)),
+                   torch.device("cpu"), DataLoader(TensorDataset(torch.zeros(2, 1))))
 
 
 def test_monitor_of_a_value_never_logged_is_a_config_error(tmp_path):
@@ -122,12 +127,13 @@ def test_trainer_section_mistakes_are_config_errors(tmp_path, settings, message)
         make(tmp_path, [1], **settings)
 
 
-def test_an_unknown_trainer_key_is_a_config_problem_a_bare_base_trainer_ignores(tmp_path):
+def test_an_unknown_or_bad_trainer_key_is_a_config_problem(tmp_path):
     assert TrainerSettings.problems({"epochs": 1, "save_dir": "s", "epoch": 3}) == [
         "trainer.epoch: unknown key (did you mean 'epochs'?)"]
     assert TrainerSettings.problems({"epochs": 1, "save_dir": "s", "log_step": 0}) == [
         "trainer.log_step: expected an integer >= 1, got 0"]
-    assert make(tmp_path, [1], log_step=0, epoch=3).settings.epochs == 3  # not its keys
+    with pytest.raises(ConfigError, match="trainer.log_step: expected an integer >= 1"):
+        make(tmp_path, [1], log_step=0)
 
 
 def test_save_dir_must_be_a_string():

@@ -1,11 +1,17 @@
-"""trainer/batches.py: batches of any structure moved, counted and split by the default step."""
+"""step/batches.py: batches of any structure moved, counted and split by the default step."""
 from collections import namedtuple
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from trainer.batches import call_model, leading_size, map_tensors, move_to_device, split_batch
+from step.batches import (
+    call_model,
+    leading_size,
+    map_tensors,
+    move_to_device,
+    split_batch,
+)
 from utils.errors import UserError
 
 Pair = namedtuple("Pair", "inputs target")

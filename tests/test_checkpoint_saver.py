@@ -1,4 +1,4 @@
-"""base/checkpoint_saver.py: which checkpoint files a run writes, and when."""
+"""runs/checkpoint_saver.py: which checkpoint files a run writes, and when."""
 import json
 import os
 import resource
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from base.checkpoint_saver import CheckpointSaver
-from base.run_folder import INTERRUPTED_NAME
+from runs.checkpoint_saver import CheckpointSaver
+from runs.run_folder import INTERRUPTED_NAME
 from tests.conftest import ROOT, small_config
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint
 from utils.errors import WriteError
@@ -68,7 +68,7 @@ def test_the_state_is_built_only_when_a_file_is_written(tmp_path):
 
 
 def test_a_full_disk_is_one_line_naming_the_checkpoint_that_is_intact(tmp_path, monkeypatch):
-    import base.checkpoint_saver as module
+    import runs.checkpoint_saver as module
 
     saver = CheckpointSaver(lambda: tmp_path / "my run")
     (tmp_path / "my run").mkdir()

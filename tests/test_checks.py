@@ -251,7 +251,9 @@ CASES = [
     ("override_typo", lambda t: C + [write(t), "-o", "optimzer.args.lr=0.1"],
      ["optimzer: missing from the config (did you mean 'optimizer'?)"]),
     ("override_new_key_outside_args", lambda t: C + [write(t), "-o", "arch.dropout=0.1"],
-     ["arch.dropout: not in the config; new keys can only be added inside an args block, in trainer, as a section or as a block's option (arch.init, arch.freeze, optimizer.param_groups, ...)"]),
+     ["arch.dropout: not in the config; new keys can only be added inside an args block, in "
+      "trainer, as a section or as a block's option (arch.init, arch.freeze, "
+      "optimizer.param_groups, ...)"]),
     ("override_without_equals", lambda t: C + [write(t), "-o", "trainer.epochs"],
      ["-o 'trainer.epochs': expected key.path=value"]),
     ("override_arg_typo", lambda t: C + [write(t), "-o", "data_loader.args.shufle=false"],
@@ -313,33 +315,33 @@ def test_test_py_checks_the_config_before_loading_anything(tmp_path, capsys):
 
 def test_the_shipped_config_has_no_problems(tmp_path):
     config = ConfigParser(small_config(tmp_path))
-    assert find_problems(config, train.BLOCKS) == []
-    assert find_problems(config, test_script.BLOCKS, trainer=False) == []
+    assert find_problems(config, train.blocks()) == []
+    assert find_problems(config, test_script.blocks(), trainer=False) == []
 
 
 def test_test_py_needs_no_trainer_or_optimizer(tmp_path):
     raw = small_config(tmp_path)
     for key in ("trainer", "optimizer", "lr_scheduler"):
         del raw[key]
-    assert find_problems(ConfigParser(raw), test_script.BLOCKS, trainer=False) == []
-    assert "trainer: missing" in "\n".join(find_problems(ConfigParser(raw), train.BLOCKS))
+    assert find_problems(ConfigParser(raw), test_script.blocks(), trainer=False) == []
+    assert "trainer: missing" in "\n".join(find_problems(ConfigParser(raw), train.blocks()))
 
 
 def test_a_user_key_that_resembles_no_section_is_kept(tmp_path):
     raw = small_config(tmp_path)
     raw["notes"] = "my own bookkeeping"
     config = ConfigParser(raw)
-    config.validate(train.BLOCKS)
+    config.validate(train.blocks())
     assert config["notes"] == "my own bookkeeping"
 
 
 def test_a_named_metric_can_be_monitored(tmp_path):
     raw = small_config(tmp_path, monitor="max val_top3")
     raw["metrics"] = ["accuracy", {"type": "top_k_acc", "args": {"k": 3}, "name": "top3"}]
-    ConfigParser(raw).validate(train.BLOCKS)
+    ConfigParser(raw).validate(train.blocks())
     raw["trainer"]["monitor"] = "max val_top_k_acc"
     with pytest.raises(ConfigError, match=r"^trainer\.monitor: 'val_top_k_acc' is not a logged"):
-        ConfigParser(raw).validate(train.BLOCKS)
+        ConfigParser(raw).validate(train.blocks())
 
 
 def test_validation_is_quick_and_builds_nothing(tmp_path, monkeypatch):
@@ -350,7 +352,7 @@ def test_validation_is_quick_and_builds_nothing(tmp_path, monkeypatch):
         raise AssertionError("validation must not build anything")
     monkeypatch.setattr(module_data.DigitsDataLoader, "__init__", refuse)
     monkeypatch.setattr(module_arch.DigitsModel, "__init__", refuse)
-    ConfigParser(small_config(tmp_path)).validate(train.BLOCKS)
+    ConfigParser(small_config(tmp_path)).validate(train.blocks())
 
 
 # ------------------------------------------------------------------ nothing dangerous ever runs
@@ -419,12 +421,59 @@ def test_a_broken_metric_does_not_hide_a_monitor_typo(tmp_path, capsys):
     assert "(did you mean 'val_top3'?)" in stderr
 
 
+CLOSURE = ("LBFGS needs a closure that re-evaluates the loss several times per step, which the "
+           "template's training step does not give; use another optimizer (Adam, SGD, ...)")
+
+
+def lbfgs_as_named_optimizer(config):
+    del config["optimizer"], config["lr_scheduler"]
+    config["optimizers"] = {"main": {"type": "LBFGS", "args": {"lr": 0.1},
+                                     "lr_scheduler": {"type": "StepLR", "args": {"step_sze": 1}}}}
+
+
+@pytest.mark.parametrize("mutate, argv, key", [
+    (None, ["-o", 'optimizer={"type": "LBFGS", "args": {"lr": 0.1}}'], "optimizer.type"),
+    (change("optimizer", "LBFGS"), [], "optimizer"),
+    (lbfgs_as_named_optimizer, [], "optimizers.main.type"),
+], ids=["optimizer", "optimizer_as_a_name", "named_optimizer"])
+def test_an_optimizer_needing_a_closure_is_refused_with_the_other_problems(
+        mutate, argv, key, tmp_path, capsys):
+    def mistakes(config):
+        config["arch"]["type"] = "DigitsModle"
+        if mutate is not None:
+            mutate(config)
+    code, stderr = run_main(train.main, ["-c", write(tmp_path, mistakes), *argv], capsys)
+    assert code == 2 and "Traceback" not in stderr
+    assert f"error: {key}: {CLOSURE}\n" in stderr
+    assert "error: arch.type: 'DigitsModle' is not in model.model" in stderr
+    if mutate is lbfgs_as_named_optimizer:  # its scheduler is still checked, on a stand-in
+        assert "optimizers.main.lr_scheduler.args: unexpected argument 'step_sze'" in stderr
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_required_closure_is_found_in_the_signature_not_the_name():
+    from config.model_options import closure_problem
+
+    class Reevaluating(torch.optim.SGD):
+        def step(self, closure):
+            return super().step(closure)
+
+    class OptionalClosure(torch.optim.SGD):
+        def step(self, closure=None, *args, **kwargs):
+            return super().step(closure)
+
+    assert closure_problem(Reevaluating, "optimizers.x.type") == \
+        f"optimizers.x.type: {CLOSURE.replace('LBFGS', 'Reevaluating')}"
+    assert closure_problem(OptionalClosure, "optimizer.type") is None
+    assert closure_problem(torch.optim.Adam, "optimizer.type") is None
+
+
 # ------------------------------------------------------------------ what is accepted
 def test_no_lr_scheduler_is_null_or_absent(tmp_path):
     raw = small_config(tmp_path)
     for config in (ConfigParser(raw, modification={"lr_scheduler": None}),
                    ConfigParser({k: v for k, v in raw.items() if k != "lr_scheduler"})):
-        config.validate(train.BLOCKS)
+        config.validate(train.blocks())
         assert train.build_trainer(config).lr_scheduler is None
 
 
@@ -433,7 +482,7 @@ def test_a_torch_loss_class_is_checked_and_instantiated(tmp_path):
 
     loss = {"type": "torch.nn.CrossEntropyLoss", "args": {"label_smoothing": 0.1}}
     config = ConfigParser(small_config(tmp_path), modification={"loss": loss})
-    config.validate(train.BLOCKS)
+    config.validate(train.blocks())
     criterion = config.init_ftn("loss", module_loss)
     output, target = torch.randn(6, 10), torch.arange(6)
     assert torch.equal(criterion(output, target),
@@ -471,7 +520,7 @@ def test_blocks_may_be_names_and_leave_out_args(tmp_path, capsys):
     raw = small_config(tmp_path / "saved", epochs=1)
     raw["arch"], raw["optimizer"] = "DigitsModel", {"type": "Adam"}
     config = ConfigParser(raw, modification={"optimizer.args.lr": 0.01})
-    config.validate(train.BLOCKS)
+    config.validate(train.blocks())
     trainer = train.build_trainer(config)
     assert trainer.optimizer.param_groups[0]["lr"] == 0.01
     assert trainer.state(1)["arch"] == "DigitsModel"

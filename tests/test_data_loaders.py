@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from base.base_data_loader import sample_count
-from data_loader.data_loaders import Cifar10DataLoader, DigitsDataLoader, MnistDataLoader
+from data_loader.data_loaders import (
+    Cifar10DataLoader,
+    DigitsDataLoader,
+    MnistDataLoader,
+)
 from data_loader.datasets import digits_dataset, load_digits
 from tests.conftest import ROOT
 from utils.errors import UserError

@@ -1,8 +1,8 @@
-"""trainer/evaluation.py: the confusion matrix test.py reports."""
+"""step/evaluation.py: the confusion matrix test.py reports."""
 import torch
 
+from step.evaluation import ConfusionMatrix, broadcast_warning
 from tests.conftest import build
-from trainer.evaluation import ConfusionMatrix, broadcast_warning
 
 
 def scores(predicted: list[int], classes: int = 3) -> torch.Tensor:

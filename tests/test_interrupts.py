@@ -1,7 +1,7 @@
 """Signals, kills and NaNs on real training processes (tests/slow_train.py is the real train.py,
 slowed down and printing `STEP n` / `SAVING file` so that a signal lands where the test wants).
-The uninterrupted references and the resumed runs train in this process (a fresh one costs ~6 s
-of imports and is not the point there).
+The uninterrupted references and the resumed runs train in this process (a fresh one costs
+seconds of imports and is not the point there).
 
 The yardstick is a run that was never interrupted: a run stopped by SIGTERM or Ctrl-C (or killed)
 and resumed must end with the same weights, optimizer state, learning rate and logged epoch
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tests.noisy_data  # noqa: F401  (the configs name NoisyDigitsDataLoader)
-from base.run_folder import INTERRUPTED_NAME
+from runs.run_folder import INTERRUPTED_NAME
 from tests.conftest import ROOT, killed_after, run_main, small_config
 from utils.checkpoint import load_checkpoint
 

@@ -1,12 +1,12 @@
-"""trainer/metrics.py: an epoch's values, exact over the epoch for torchmetrics metrics."""
+"""step/metrics.py: an epoch's values, exact over the epoch for torchmetrics metrics."""
 import pytest
 import torch
 from torchmetrics.classification import MulticlassF1Score
 from torchmetrics.regression import MeanSquaredError
 
 from model.metric import accuracy
-from trainer.metrics import EpochMetrics
-from trainer.step_output import StepOutput
+from step.batches import StepOutput
+from step.metrics import EpochMetrics
 
 
 def rmse_of_batch(output, target):

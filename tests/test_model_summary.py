@@ -1,8 +1,8 @@
-"""base/model_summary.py: the table --dry-run prints."""
+"""logger/model_summary.py: the table --dry-run prints."""
 import torch
 from torch import nn
 
-from base.model_summary import summarize
+from logger.model_summary import summarize
 from model.model import DigitsModel
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from base.model_tools import freeze, initialise, parameter_groups
+from builder.model_tools import freeze, initialise, parameter_groups
 from config.model_options import arch_problems, param_group_problems, resolve_init
 from model.model import DigitsModel
 from parse_config import ConfigParser
@@ -19,7 +19,7 @@ from utils.seeding import seed_everything
 def build(tmp_path, **changes):
     """The Trainer `train.py` builds for the small config with `changes` (dotted keys)."""
     config = ConfigParser(small_config(tmp_path / "saved"), modification=changes)
-    config.validate(train.BLOCKS)
+    config.validate(train.blocks())
     seed_everything(config["seed"])  # as train.py does: the same initial weights each time
     return train.build_trainer(config)
 

@@ -1,6 +1,6 @@
-"""base/monitoring.py: the best epoch of the monitored value, saved with each checkpoint."""
-from base.monitoring import BestTracker
+"""runs/monitoring.py: the best epoch of the monitored value, saved with each checkpoint."""
 from base.settings import Monitor
+from runs.monitoring import BestTracker
 
 
 def test_the_best_value_its_epoch_and_the_epochs_without_improvement():

@@ -1,12 +1,43 @@
+"""new_project.py: a new project of the core alone, or with the leaves asked for (`--with`),
+that trains and passes its own tests."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_folders, run_script
 
+# What each leaf brings, as found in a copy (new_project.LEAVES has the patterns).
+LEAF_FILES = {"search": ["search", "sweep.py", "tests/search", "configs/search_digits.json"],
+              "bench": ["bench", "tests/bench"],
+              "examples": ["examples", "tests/examples", "data/diabetes.csv.gz"]}
+
+
+def run_in(project: Path, *command: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python *command` run in `project` as its user runs it: nothing of this template on the
+    path (PYTHONPATH dropped), so a leaf the copy lacks cannot be imported from here."""
+    env = {key: value for key, value in os.environ.items()
+           if key != "PYTHONPATH" and not key.startswith("PYTEST_")}
+    return subprocess.run([sys.executable, *command], cwd=project, capture_output=True,
+                          text=True, timeout=timeout, env={**env, "PYTHONHASHSEED": "0"})
+
+
+def requirement_names(project: Path) -> list[str]:
+    return [line.split(">")[0].split("=")[0].strip().lower()
+            for line in (project / "requirements.txt").read_text().splitlines() if line.strip()]
+
+
+def one_epoch_config(project: Path) -> None:
+    config = json.loads((project / "config.json").read_text())
+    config["trainer"].update(epochs=1, tensorboard=False)
+    (project / "config.json").write_text(json.dumps(config))
+
 
 @pytest.mark.slow
-def test_new_project_copies_the_template_and_trains_on_its_own(tmp_path):
+def test_the_core_alone_passes_its_fast_tests_and_trains(tmp_path):
     (ROOT / "saved" / "stray_output.txt").write_text("run output")   # must not be copied
     try:
         result = run_script("new_project.py", str(tmp_path / "MyProject"))
@@ -14,19 +45,66 @@ def test_new_project_copies_the_template_and_trains_on_its_own(tmp_path):
         (ROOT / "saved" / "stray_output.txt").unlink()
     project = tmp_path / "MyProject"
     assert "New project created" in result.stdout
-    for name in ("train.py", "test.py", "config.json", "parse_config.py", "base", "model",
-                 "data/digits.csv.gz", "tests", ".ci/run", "requirements.txt", "README.md"):
+    for name in ("train.py", "test.py", "config.json", "parse_config.py", "new_project.py",
+                 "base", "step", "runs/run_folder.py", "builder", "config", "logger", "utils",
+                 "model", "data_loader", "trainer/trainer.py", "data/digits.csv.gz", "configs",
+                 "tests/conftest.py", "docs/DESIGN.md", ".ci/run", "requirements.txt",
+                 "README.md", "pytest.ini", ".gitignore"):
         assert (project / name).exists(), name
+    assert (project / "pyproject.toml").exists() == (ROOT / "pyproject.toml").exists()
+    present = [name for names in LEAF_FILES.values() for name in names
+               if (project / name).exists()] + [p.name for p in project.glob("docs/*search*")]
+    assert present == []
+    assert "torch" in requirement_names(project) and "optuna" not in requirement_names(project)
     assert not (project / ".git").exists()
     assert list((project / "saved").iterdir()) == []
     assert not list(project.rglob("__pycache__"))
 
-    config = json.loads((project / "config.json").read_text())
-    config["trainer"].update(epochs=1, tensorboard=False)
-    (project / "config.json").write_text(json.dumps(config))
-    run = run_script(str(project / "train.py"), "-c", "config.json", cwd=project)
-    assert "Saving checkpoint" in run.stdout
-    assert len(run_folders(project / "saved")) == 1
+    tests = run_in(project, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider")
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
+    assert not (project / ".pytest_cache").exists()
+
+    one_epoch_config(project)
+    run = run_in(project, "train.py", "-c", "config.json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder, = run_folders(project / "saved")
+    assert (folder / "checkpoint-epoch1.pth").exists() and (folder / "model_best.pth").exists()
+
+    folds = run_in(project, "train.py", "-c", "config.json", "--folds", "2")
+    assert folds.returncode == 2 and folds.stderr.count("\n") == 1, folds.stderr
+    assert folds.stderr.startswith("error: --folds needs the package search/")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "sweep.py").exists(), reason="made without the search leaf")
+def test_with_search_the_copy_sweeps(tmp_path):
+    project = tmp_path / "MyProject"
+    result = run_script("new_project.py", str(project), "--with", "search")
+    assert "(core + search)" in result.stdout
+    for name in LEAF_FILES["search"]:
+        assert (project / name).exists(), name
+    assert not (project / "bench").exists() and not (project / "examples").exists()
+    assert "optuna" in requirement_names(project)
+
+    help_text = run_in(project, "sweep.py", "--help")
+    assert help_text.returncode == 0 and "--trials TRIALS" in help_text.stdout
+    (project / "space.json").write_text(json.dumps({"optimizer.args.lr": {"choice": [0.01]}}))
+    one_epoch_config(project)
+    sweep = run_in(project, "sweep.py", "-c", "config.json", "-s", "space.json", "--trials", "1",
+                   "-o", "trainer.len_epoch=2")
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    assert (project / "saved/sweeps/Digits_CNN-space/best_config.json").exists()
+
+
+@pytest.mark.slow
+def test_new_project_refuses_an_unknown_leaf_in_one_line_and_writes_nothing(tmp_path):
+    result = run_script("new_project.py", str(tmp_path / "MyProject"), "--with", "bench,serch",
+                        check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --with: unknown leaf 'serch' (did you mean 'search'?); the leaves are bench, "
+        "examples, search"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -43,16 +121,67 @@ def test_new_project_refuses_a_target_inside_the_template(tmp_path):
     assert result.returncode == 2 and not (ROOT / "saved" / "copy").exists()
 
 
+def fake_template(folder: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("x")
+    return folder
+
+
+def copied_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def test_new_project_leaves_environments_and_run_output_behind(tmp_path, monkeypatch):
     import new_project
-    template = tmp_path / "template"
-    for name in ("train.py", "model/model.py", ".venv/lib/big.so", "saved/models/x.pth",
-                 "runs/events.out", "model/__pycache__/m.pyc", "data/MNIST/raw/x"):
-        (template / name).parent.mkdir(parents=True, exist_ok=True)
-        (template / name).write_text("x")
+    template = fake_template(tmp_path / "template", (
+        "train.py", "model/model.py", ".venv/lib/big.so", "saved/models/x.pth",
+        "runs/run_folder.py", "runs/events.out.tfevents.1.host", "model/__pycache__/m.pyc",
+        "data/MNIST/raw/x"))
     monkeypatch.setattr(new_project, "TEMPLATE_DIR", template)
     new_project.copy_template(tmp_path / "new")
-    copied = sorted(p.relative_to(tmp_path / "new").as_posix()
-                    for p in (tmp_path / "new").rglob("*") if p.is_file())
-    assert copied == ["model/model.py", "train.py"]
+    assert copied_files(tmp_path / "new") == ["model/model.py", "runs/run_folder.py", "train.py"]
     assert (tmp_path / "new" / "saved").is_dir()
+
+
+def test_the_leaves_asked_for_are_copied_with_their_configs_and_requirements(tmp_path,
+                                                                           monkeypatch):
+    import new_project
+    template = fake_template(tmp_path / "template", (
+        "train.py", "search/study.py", "sweep.py", "tests/search/test_sweep.py",
+        "tests/test_train.py", "configs/search_digits.json", "docs/searching.md",
+        "docs/DESIGN.md", "bench/throughput.py", "tests/bench/test_bench.py",
+        "examples/vae.py", "data/diabetes.csv.gz", "data/digits.csv.gz"))
+    (template / "configs/vae.json").write_text(json.dumps(
+        {"arch": {"type": "examples.vae.VAE"}, "trainer": {"type": "examples.vae.Trainer"}}))
+    (template / "configs/mnist.json").write_text(json.dumps({"arch": {"type": "MnistModel"}}))
+    (template / "requirements.txt").write_text("torch>=2.4\n# search\nOptuna >= 4.0\ntqdm\n")
+    monkeypatch.setattr(new_project, "TEMPLATE_DIR", template)
+
+    new_project.copy_template(tmp_path / "core")
+    assert copied_files(tmp_path / "core") == [
+        "configs/mnist.json", "data/digits.csv.gz", "docs/DESIGN.md", "requirements.txt",
+        "tests/test_train.py", "train.py"]
+    assert (tmp_path / "core/requirements.txt").read_text() == "torch>=2.4\n# search\ntqdm\n"
+
+    new_project.copy_template(tmp_path / "more", ["search", "examples"])
+    assert set(copied_files(tmp_path / "more")) == set(copied_files(tmp_path / "core")) | {
+        "search/study.py", "sweep.py", "tests/search/test_sweep.py",
+        "configs/search_digits.json", "docs/searching.md", "examples/vae.py",
+        "configs/vae.json", "data/diabetes.csv.gz"}
+    assert (tmp_path / "more/requirements.txt").read_text() == (template / "requirements.txt"
+                                                                ).read_text()
+
+
+def test_a_leaf_this_template_was_made_without_is_refused(tmp_path, monkeypatch):
+    import new_project
+    from utils.errors import UserError
+
+    monkeypatch.setattr(new_project, "TEMPLATE_DIR",
+                        fake_template(tmp_path / "template", ("train.py", "bench/run.py")))
+    assert new_project.parse_leaves("bench, bench,") == ["bench"]
+    with pytest.raises(UserError, match=r"^--with: this project was made without the leaf "
+                                        r"search \(its search/ is missing\)$"):
+        new_project.parse_leaves("bench,search")
+    with pytest.raises(UserError, match=r"unknown leaf 'exampels' \(did you mean 'examples'\?\)"):
+        new_project.parse_leaves("exampels")

@@ -1,15 +1,18 @@
 """Mixed precision, gradient accumulation, clipping, compile, step-wise schedulers and kernel
 settings: each on the CPU through the real `train.main`; the CUDA-only paths skip without a GPU."""
 import json
+import logging
+import types
 
 import pytest
 import torch
 from torch import nn
 
 import train
+from step.engine import StepEngine
 from tests.conftest import run_folders, small_config
-from trainer.precision import StepMechanics, configure_backends
 from utils.checkpoint import load_checkpoint
+from utils.seeding import configure_backends
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -26,11 +29,18 @@ def train_run(tmp_path, run_id: str, *argv: str, epochs: int = 1, **trainer) -> 
                            f"checkpoint-epoch{epochs}.pth")
 
 
+def step_engine(optimizer, amp=None, grad_clip_norm=None) -> StepEngine:
+    """A step engine with these settings (the others the defaults), on the CPU."""
+    settings = types.SimpleNamespace(nan_policy="stop", log_step=10, amp=amp,
+                                     grad_clip_norm=grad_clip_norm)
+    return StepEngine({"": optimizer}, torch.device("cpu"), settings, True,
+                      logging.getLogger("test"))
+
+
 @pytest.mark.slow
 def test_bf16_autocast_trains_on_the_cpu(tmp_path):
     model = nn.Linear(4, 2)
-    mechanics = StepMechanics(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                              torch.device("cpu"), amp="bf16")
+    mechanics = step_engine(torch.optim.SGD(model.parameters(), lr=0.1), amp="bf16")
     with mechanics.autocast():
         assert model(torch.randn(3, 4)).dtype == torch.bfloat16
     full = train_run(tmp_path, "fp32")
@@ -72,13 +82,13 @@ def test_clipping_bounds_the_global_gradient_norm(amp):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 50), nn.ReLU(), nn.Linear(50, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves grads be
-    mechanics = StepMechanics(model, optimizer, torch.device("cpu"), amp=amp, grad_clip_norm=0.01)
+    mechanics = step_engine(optimizer, amp=amp, grad_clip_norm=0.01)
     with mechanics.autocast():
         loss = model(torch.randn(32, 10) * 3).float().pow(2).mean()
-    mechanics.backward(loss)
+    (mechanics.scaler.scale(loss) if mechanics.scaler is not None else loss).backward()
     scale = mechanics.scaler.get_scale() if mechanics.scaler is not None else 1.0
-    unclipped = grad_norm(model) / scale  # fp16: the grads are scaled until step() unscales
-    mechanics.step()
+    unclipped = grad_norm(model) / scale  # fp16: the grads are scaled until apply() unscales
+    mechanics.apply(optimizer)
     assert 1.0 < unclipped < float("inf")
     assert grad_norm(model) <= 0.01 * (1 + 1e-4)
 
@@ -142,9 +152,11 @@ def test_an_empty_compile_object_compiles_with_the_defaults(tmp_path):
     from parse_config import ConfigParser
 
     config = ConfigParser(small_config(tmp_path), modification={"trainer.compile": {}})
-    assert hasattr(train.build_trainer(config).model, "_orig_mod")  # wrapped; compiles lazily
+    model = train.build_trainer(config).model
+    assert model._compiled_call_impl is not None  # compiled in place: lazily, at its first call
+    assert not hasattr(model, "_orig_mod")  # no wrapper: checkpoints and hooks see the model
     config = ConfigParser(small_config(tmp_path), modification={"trainer.compile": False})
-    assert not hasattr(train.build_trainer(config).model, "_orig_mod")
+    assert train.build_trainer(config).model._compiled_call_impl is None
 
 
 @pytest.mark.slow

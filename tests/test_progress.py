@@ -118,7 +118,7 @@ def test_bars_replace_the_step_lines_and_keep_log_lines_whole(tmp_path, capsys):
             if trainer.global_step == 5:
                 trainer.logger.warning("a warning in the middle of an epoch")
             if trainer.global_step == 9:
-                warnings.warn("a library's warning")
+                warnings.warn("a library's warning", stacklevel=1)
 
     train.main(["-c", write_config(tmp_path, epochs=1, progress_bar=True), "--bs", "16"],
                callbacks=[Warner()])

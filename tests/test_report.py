@@ -5,7 +5,7 @@ import pytest
 
 import test as test_script
 import train
-from logger.report import class_report, confusion_image, report_lines, run_log_dir
+from logger.test_report import class_report, confusion_image, report_lines, run_log_dir
 from tests.conftest import ROOT, run_folders, small_config
 from tests.test_logger import read_events
 
@@ -121,6 +121,7 @@ def test_results_are_printed_before_a_report_the_user_may_not_write(shared_tmp):
 
 @pytest.mark.slow
 def test_compare_evaluates_several_runs_into_one_table_and_json(tmp_path, capsys):
+    pytest.importorskip("search", reason="made without the search leaf")
     config = small_config(tmp_path / "saved", epochs=2)
     (tmp_path / "c.json").write_text(json.dumps(config))
     for run_id, lr in (("a", "0.01"), ("b", "0.0001")):
@@ -147,6 +148,7 @@ def test_compare_evaluates_several_runs_into_one_table_and_json(tmp_path, capsys
 
 
 def test_compare_checks_every_checkpoint_before_evaluating_any(tmp_path, capsys):
+    pytest.importorskip("search", reason="made without the search leaf")
     from utils.errors import UserError
 
     missing = tmp_path / "nothing.pth"

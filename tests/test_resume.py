@@ -1,14 +1,21 @@
-"""base/resume.py: a checkpoint's optimizer and scheduler states in a run whose config changed."""
+"""runs/resume.py: a checkpoint's optimizer and scheduler states in a run whose config changed."""
 import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from base.resume import SCHEDULE_PROGRESS, changed_args_of, continue_schedule, optimizer_block
+from config.model_options import closure_problem
+from runs.resume import (
+    SCHEDULE_PROGRESS,
+    changed_args_of,
+    continue_schedule,
+    optimizer_block,
+)
 from tests.conftest import build
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import CheckpointError
+from utils.interrupts import TrainingInterrupted
 
 
 def optimizer() -> torch.optim.Optimizer:
@@ -54,7 +61,7 @@ def test_optimizer_blocks_by_name_and_the_args_changed_since():
 
 
 def test_restore_scheduler_of_another_type_keeps_the_new_one(caplog):
-    from base.resume import restore_scheduler
+    from runs.resume import restore_scheduler
 
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer(), step_size=2)
     checkpoint = {"lr_scheduler": {"last_epoch": 7},
@@ -116,7 +123,7 @@ def trained(tmp_path_factory) -> dict:
     trainer = build(folder, epochs=1, len_epoch=2)
     trainer.config.make_run_dirs()
     trainer.callbacks = [signal_at(1, 15)]
-    with pytest.raises(Exception):  # TrainingInterrupted: saved mid-epoch
+    with pytest.raises(TrainingInterrupted):  # saved mid-epoch
         trainer.train()
     middle = load_checkpoint(next(trainer.checkpoint_dir.glob("checkpoint-interrupted*.pth")))
     assert middle["epoch_step"] == 1
@@ -232,29 +239,28 @@ def test_an_epoch_step_past_the_epoch_is_refused(tmp_path, trained):
 def stepped(make, parameters):
     """Optimizer `make(parameters)` after two steps on a quadratic loss."""
     optimizer = make(parameters)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = sum((p ** 2).sum() for p in parameters)
-        loss.backward()
-        return loss
     for _ in range(2):
-        optimizer.step(closure)
+        optimizer.zero_grad()
+        sum((p ** 2).sum() for p in parameters).backward()
+        optimizer.step()
     return optimizer
 
 
+# Every torch optimizer a config may name: not SparseAdam (sparse gradients) nor one whose step
+# needs a closure (L-BFGS), which the config check refuses.
 TORCH_OPTIMIZERS = [name for name in dir(torch.optim) if isinstance(
     getattr(torch.optim, name), type) and issubclass(getattr(torch.optim, name),
                                                      torch.optim.Optimizer)
-                    and name not in ("Optimizer", "SparseAdam")]  # SparseAdam: sparse grads
+                    and name not in ("Optimizer", "SparseAdam")
+                    and closure_problem(getattr(torch.optim, name), name) is None]
 
 
 @pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
 def test_the_state_of_every_torch_optimizer_is_accepted_and_another_models_refused(name):
-    """Each torch optimizer's own state (elementwise, Adafactor's factored, L-BFGS's flat, the
-    numbers it keeps as 0-dim tensors) fits; the same state over parameters of other shapes
-    does not. A torch release with a state of another make fails here, not in users' runs."""
-    from base.resume import _optimizer_state_problem
+    """Each torch optimizer's own state (elementwise, Adafactor's factored, the numbers it
+    keeps as 0-dim tensors) fits; the same state over parameters of other shapes does not. A
+    torch release with a state of another make fails here, not in users' runs."""
+    from runs.resume import _optimizer_state_problem
 
     def make(parameters):
         options = {"momentum": 0.9} if name == "SGD" else {}
@@ -273,7 +279,7 @@ def test_the_state_of_every_torch_optimizer_is_accepted_and_another_models_refus
 
 
 def test_a_scheduler_that_now_steps_at_another_interval_starts_afresh_with_a_warning(caplog):
-    from base.resume import restore_scheduler
+    from runs.resume import restore_scheduler
 
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer(), step_size=2)
     saved = torch.optim.lr_scheduler.StepLR(optimizer(), step_size=2)
@@ -291,7 +297,7 @@ def test_a_scheduler_that_now_steps_at_another_interval_starts_afresh_with_a_war
 
 
 def test_a_grad_scaler_state_of_another_make_is_refused():
-    from base.resume import restore_scaler
+    from runs.resume import restore_scaler
 
     scaler = torch.amp.GradScaler("cpu")
     restore_scaler(scaler, {**scaler.state_dict(), "scale": 1024.0})

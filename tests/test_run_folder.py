@@ -1,12 +1,18 @@
-"""base/run_folder.py: which checkpoint of a run folder `-r` means, which files are stale."""
+"""runs/run_folder.py: which checkpoint of a run folder `-r` means, which files are stale."""
 import json
 import shutil
 
 import pytest
 
-from base.run_folder import (INTERRUPTED_NAME, find_checkpoint, is_latest_in_run, prune_checkpoints,
-                             resolve_resume, resume_command)
 from model.model import DigitsModel
+from runs.run_folder import (
+    INTERRUPTED_NAME,
+    find_checkpoint,
+    is_latest_in_run,
+    prune_checkpoints,
+    resolve_resume,
+    resume_command,
+)
 from tests.conftest import mark_run_folder, small_config
 from tests.test_checkpoint import flip_a_tensor_byte, minimal_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint

@@ -1,4 +1,4 @@
-"""base/run_lock.py: one writer per run folder — a lock the operating system holds for it."""
+"""runs/run_lock.py: one writer per run folder — a lock the operating system holds for it."""
 import json
 import os
 import signal
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from base.run_lock import LOCK_NAME, RunLock
+from runs.run_lock import LOCK_NAME, RunLock
 from tests.conftest import ROOT, run_script
 from tests.test_interrupts import finish, run_folder, start, wait_for, write_config
 from utils.errors import UserError
@@ -37,7 +37,7 @@ def test_a_run_folder_without_write_permission_is_one_line(shared_tmp):
 
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from base.run_lock import RunLock; "
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from runs.run_lock import RunLock; "
         "lock = RunLock(sys.argv[2]); lock.acquire(); print('held', flush=True); time.sleep(60)"),
         str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 import train
-from tests.conftest import (ROOT, from_command_line, killed_after, run_folders, run_main,
-                            run_script, small_config)
+from tests.conftest import (
+    ROOT,
+    from_command_line,
+    killed_after,
+    run_folders,
+    run_main,
+    run_script,
+    small_config,
+)
 from utils.checkpoint import load_checkpoint
 
 
@@ -142,7 +149,7 @@ def test_every_shipped_config_builds(config_path, tmp_path, monkeypatch):
     if config["arch"].get("weights"):  # a run of the default config, in the real recipe
         torch.save(DigitsModel().state_dict(), tmp_path / "pretrained.pth")
         config = config.with_modification({"arch.weights.path": str(tmp_path / "pretrained.pth")})
-    config.validate(train.BLOCKS)
+    config.validate(train.blocks())
     trainer = train.build_trainer(config)
     data, target = next(iter(trainer.data_loader))
     assert trainer.model(data.to(trainer.device)).shape[0] == target.shape[0]
@@ -183,7 +190,9 @@ def test_dry_run_of_a_resume_and_of_a_broken_model(config_file, tmp_path):
                   "sets data_loader.args.batch_size", "--run-id"]),
     ("test.py", ["-r RESUME", "--print-config"]),
     ("new_project.py", ["path"]),
-    ("sweep.py", ["--trials TRIALS", "--storage STORAGE", "--report FOLDER", "--folds K"]),
+    pytest.param("sweep.py", ["--trials TRIALS", "--storage STORAGE", "--report FOLDER",
+                              "--folds K"], marks=pytest.mark.skipif(
+        not (ROOT / "sweep.py").exists(), reason="made without the search leaf")),
 ])
 def test_help_lists_every_flag_and_imports_no_torch(script, expected):
     """`--help` answers at once: torch is imported only after the arguments are parsed."""
@@ -226,7 +235,7 @@ def test_a_signal_while_the_run_folder_opens_leaves_a_resumable_checkpoint(tmp_p
 
 @pytest.mark.slow
 def test_a_ctrl_c_after_training_finished_leaves_the_exit_code_0(tmp_path):
-    """The interpreter takes ~1 s to shut down after the summary; Ctrl-C then must not turn a
+    """The interpreter takes a while to shut down after the summary; Ctrl-C then must not turn a
     finished, saved run into an exit code of 130 (or a death by SIGINT)."""
     config = tmp_path / "config.json"
     config.write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from step.metrics import MetricTracker
+from step.positions import inf_loop
 from utils.errors import ConfigError, UserError
 from utils.seeding import get_rng_state, seed_everything, set_rng_state
-from utils.util import (MetricTracker, atomic_write, inf_loop, prepare_device, read_json,
-                        write_json)
+from utils.util import atomic_write, prepare_device, read_json, write_json
 
 
 def test_metric_means_are_weighted_by_batch_size():

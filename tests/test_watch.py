@@ -6,9 +6,9 @@ import torch
 
 import train
 from model.model import DigitsModel
+from step.watch import Watch, watch_problems
 from tests.conftest import run_folders, small_config
 from tests.test_logger import read_events
-from trainer.watch import Watch, watch_problems
 from utils.errors import ConfigError
 
 

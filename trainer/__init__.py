@@ -1,3 +1,1 @@
-"""The concrete trainer: the user's seam (`trainer.trainer.Trainer`: training_step,
-validation_step, to_device, batch_size), the step machinery that calls it (`driver`), and the
-pieces that machinery uses (batches, metrics, NaN guard, precision, evaluation, watch)."""
+"""The user's seam: trainer.trainer.Trainer (training_step, ...) and your own subclasses of it."""

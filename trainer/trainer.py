@@ -1,20 +1,18 @@
-"""The concrete trainer: the user's seam. A task of your own overrides these methods in a
-subclass named by `trainer.type` (README, "Your own task"); the machinery that calls them is
-`trainer.driver.Driver`."""
+"""The user's seam: the default `Trainer`. A task of your own overrides these methods in a
+subclass named by `trainer.type` (docs/your-own-task.md); the loop that calls them is
+`base.base_trainer.BaseTrainer`."""
 from torch import Tensor, nn
 
-from trainer.batches import call_model, leading_size, move_to_device, split_batch
-from trainer.callbacks import Callback
-from trainer.checks import DryRunResult
-from trainer.driver import Driver
-from trainer.precision import optimizer_parameters
+from base.base_trainer import BaseTrainer
+from base.callbacks import Callback
+from step.batches import call_model, leading_size, move_to_device, split_batch
 from utils.errors import UserError
 from utils.weights import unwrap_model
 
-__all__ = ["Callback", "DryRunResult", "Trainer"]
+__all__ = ["Callback", "Trainer"]
 
 
-class Trainer(Driver):
+class Trainer(BaseTrainer):
     """Supervised training of `model` with `criterion` over batches of any structure.
 
     The seam, each method public and small: `training_step(batch)` returns the loss or a dict
@@ -24,7 +22,7 @@ class Trainer(Driver):
     (several optimizers). The step can read `self.epoch`, `self.global_step`, `self.model`,
     `self.module`, `self.criterion` and its own options. Everything else — accumulation, sample
     weighting, DDP, amp, clipping, the NaN policy, stop signals, resume positions, progress — is
-    the machinery's (`Driver`), which calls these.
+    the loop's (`BaseTrainer`) and its step engine's, which call these.
 
     Its own options (`trainer.args`) are the keyword parameters of `__init__`; a subclass adds
     its own the same way: `def __init__(self, *args, kl_warmup_epochs: int = 0, **kwargs)`.
@@ -32,8 +30,8 @@ class Trainer(Driver):
 
     def __init__(self, *args, target_key: str | None = None, **kwargs):
         """`target_key`: the key of a dict batch that holds the target (default: the first of
-        `trainer.batches.TARGET_KEYS` present). The other arguments are the machinery's
-        (model, criterion, metric_fns, optimizer, ...), given by train.py."""
+        `step.batches.TARGET_KEYS` present). The other arguments are the loop's (model,
+        criterion, metric_fns, optimizer, ...), given by the builder."""
         self.target_key = target_key
         super().__init__(*args, **kwargs)
 
@@ -83,11 +81,7 @@ class Trainer(Driver):
         """Backpropagate `loss` of this micro-batch, weighted by its share of the optimizer
         step's samples and scaled by the fp16 grad scaler (manual optimization calls it from
         `training_step`; a NaN in it counts for `nan_policy`). Nothing during validation."""
-        micro = self._micro
-        if not micro.updating:
-            return
-        micro.note(loss)
-        self.mechanics.backward(loss * micro.weight if micro.weight != 1 else loss)
+        self.engine.backward(loss)
 
     def step(self, name: str = "") -> None:
         """Step optimizer `name` ("" or omitted: the only one) and clear its gradients: unscale,
@@ -95,36 +89,11 @@ class Trainer(Driver):
         step's last micro-batch (the gradients it has at its earlier calls are kept for then).
         Manual optimization calls it from `training_step`, once per optimizer. Nothing during
         validation."""
-        if not self.optimizers:  # test.py: evaluation only
-            return
-        if not name and len(self.optimizers) == 1:
-            name = next(iter(self.optimizers))
-        if name not in self.optimizers:
-            raise UserError(f"step({name!r}): no such optimizer (the config's: "
-                            f"{', '.join(map(repr, self.optimizers))})")
-        micro = self._micro
-        if not micro.updating:
-            return
-        if name in micro.called:
-            raise UserError(f"step({name!r}) was called twice in one training_step; each "
-                            f"optimizer steps once per step")
-        micro.called.add(name)
-        optimizer = self.optimizers[name]
-        parameters = list(optimizer_parameters(optimizer))
-        if not micro.last:
-            micro.hold(name, parameters)
-            return
-        micro.give_back(name, parameters)
-        if self.settings.nan_policy == "skip" and micro.finite is not None and \
-                self.nan_guard.skip_step(micro.finite):
-            micro.skipped.add(name)
-        else:
-            self.mechanics.step(optimizer, update=False)
-            micro.stepped.add(name)
-        optimizer.zero_grad(set_to_none=True)
+        if self.optimizers:  # test.py: evaluation only
+            self.engine.step(name)
 
     @property
     def module(self) -> nn.Module:
-        """The model without its DDP / DataParallel / compile wrappers: its submodules and
-        attributes (`self.module.generator`); call `self.model(...)` to run it under DDP."""
+        """The model without its DDP / DataParallel wrappers: its submodules and attributes
+        (`self.module.generator`); call `self.model(...)` to run it under DDP."""
         return unwrap_model(self.model)

@@ -54,3 +54,17 @@ def _first_line(error: BaseException) -> str:
     line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", line).split(". This is")[0]
 
+
+
+def optional_leaf(module: str, option: str):
+    """The optional package module `module` that `option` needs; a `UserError` naming the
+    option when this project was made without it (new_project.py leaves it out unless asked)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module.startswith(error.name):
+            raise
+        raise UserError(f"{option} needs the package {module.split('.')[0]}/, which this project "
+                        f"was made without (python new_project.py DEST --with search)") from None

@@ -47,7 +47,7 @@ def start(use_cuda: bool) -> torch.device:
     if missing:
         raise UserError(f"WORLD_SIZE is set but {' and '.join(missing)} "
                         f"{'is' if len(missing) == 1 else 'are'} not: start several processes "
-                        f"with torchrun (see README, Several GPUs or machines)")
+                        f"with torchrun (see docs/distributed.md)")
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
         if local_rank >= torch.cuda.device_count():

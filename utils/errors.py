@@ -3,6 +3,8 @@
 Every one of them is turned into a single line on stderr and exit code 2 by
 `utils.cli.run_cli`; anything else is a bug in this project and keeps its traceback.
 """
+import difflib
+from typing import Any
 
 
 class UserError(Exception):
@@ -44,3 +46,15 @@ class BuildError(Exception):
 
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the run stopped without saving. One line, exit code 1."""
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices`, or an empty string."""
+    if not isinstance(choices, (dict, list, tuple, set)):
+        return ""
+    names = [str(choice) for choice in choices]
+    close = ([name for name in names if name.lower() == word.lower()]
+             or difflib.get_close_matches(word, names, n=1, cutoff=0.75)
+             or [name for name in names if len(word) >= 3 and word.lower() in name.lower()]
+             or difflib.get_close_matches(word, names, n=1, cutoff=0.6))
+    return f" (did you mean {close[0]!r}?)" if close else ""

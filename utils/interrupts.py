@@ -42,35 +42,32 @@ class StopSignals:
     """
 
     def __init__(self):
-        self._received: int | None = None
+        # the first stop signal that came in (set by the handler: a plain attribute, read
+        # after every optimizer step); `poll()` also notices a lost torchrun agent
+        self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._depth = 0
         self._parent: int | None = None  # torchrun's agent, while active under torchrun
 
-    @property
-    def received(self) -> int | None:
-        """The first stop signal that came in (or SIGTERM for a lost torchrun agent)."""
-        if self._received is None and self._parent is not None and \
+    def poll(self) -> int | None:
+        """The first stop signal that came in, or SIGTERM for a lost torchrun agent."""
+        if self.received is None and self._parent is not None and \
                 os.getppid() != self._parent:
             self._parent = None
-            self._received = signal.SIGTERM
+            self.received = signal.SIGTERM
             os.write(2, f"\n{process_prefix()}torchrun's agent is gone: finishing the current "
                         f"step and saving a checkpoint.\n".encode())
-        return self._received
-
-    @received.setter
-    def received(self, signum: int | None) -> None:
-        self._received = signum
+        return self.received
 
     @property
     def requested(self) -> bool:
-        return self.received is not None
+        return self.poll() is not None
 
     def __enter__(self) -> "StopSignals":
         self._depth += 1
         if self._depth > 1:
             return self
-        self._received = None  # a trainer may train again after a stop (a notebook, a sweep)
+        self.received = None  # a trainer may train again after a stop (a notebook, a sweep)
         self._parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
@@ -87,8 +84,8 @@ class StopSignals:
         self._parent = None
 
     def _handle(self, signum: int, frame) -> None:
-        if self._received is None:
-            self._received = signum
+        if self.received is None:
+            self.received = signum
             note = "finishing the current step and saving a checkpoint"
         else:
             note = "already stopping; the checkpoint is being saved (SIGKILL stops at once, " \
@@ -100,8 +97,8 @@ class StopSignals:
 
 def ignore_stop_signals() -> None:
     """For a process whose work is done and saved: a stop signal while the interpreter shuts
-    down (~1 s with torch loaded) would only turn the finished run's exit code into 130 or 143
-    without a word. SIGKILL still ends it."""
+    down (slowly, with torch loaded) would only turn the finished run's exit code into 130 or
+    143 without a word. SIGKILL still ends it."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 

@@ -3,6 +3,7 @@
 `seed_everything` is for entry points (`train.py`); library code never reseeds the global
 generators, it uses its own `torch.Generator`.
 """
+import os
 import random
 
 import numpy as np
@@ -74,3 +75,13 @@ def set_rng_state(state: dict) -> None:
         else:  # a different number of GPUs: each device gets the first one's stream
             for index in range(torch.cuda.device_count()):
                 torch.cuda.set_rng_state(state["cuda"][0], index)
+
+
+def configure_backends(cudnn_benchmark: bool, deterministic: bool) -> None:
+    """Process-wide kernel choices, set by train.py before anything is built: cuDNN autotuning,
+    or deterministic algorithms everywhere (which rules autotuning out)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
+    torch.use_deterministic_algorithms(deterministic)

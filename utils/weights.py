@@ -1,4 +1,4 @@
-"""Weights in and out of a model, whatever wraps it (DataParallel, DDP, torch.compile)."""
+"""Weights in and out of a model, whatever wraps it (DataParallel, DDP)."""
 import os
 
 from torch import nn
@@ -9,16 +9,11 @@ _MAX_LISTED = 5
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        # torch.compile's OptimizedModule keeps the model in `_orig_mod`, with no public name
-        # for it; tests/test_precision.py's compiled-model test fails if that changes
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+    """The bare model inside DataParallel / DistributedDataParallel wrappers (the trainer
+    compiles a model in place, `nn.Module.compile`: no wrapper)."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
 
 
 def load_model_state(model: nn.Module, state_dict: dict, path: str | os.PathLike,

@@ -1,0 +1,1 @@
+"""Optional leaf: hyperparameter search (sweep.py, Optuna), k-fold summary, run comparison."""

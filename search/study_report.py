@@ -1,0 +1,113 @@
+"""What a sweep leaves behind: the trials' table, `trials.json`, the best trial's config as a
+ready-to-use `best_config.json`, and Optuna's parameter importances when there are enough
+trials (`sweep.py` at the end, `sweep.py --report FOLDER` any time)."""
+import json
+from pathlib import Path
+
+from base.settings import Monitor
+from config.key_paths import apply_modifications
+from search.search_space import trial_values
+from utils.files import write_json
+
+MIN_TRIALS_FOR_IMPORTANCE = 4  # completed trials; fewer say nothing about the parameters
+
+
+def trial_rows(study, space: dict) -> list[dict]:
+    """A row per trial: number, state, value (the best monitored value; the mean over folds),
+    epochs trained, params (as config values), and why a failed one failed."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        steps = trial.intermediate_values
+        rows.append({"number": trial.number, "state": trial.state.name.lower(),
+                     "value": trial.value, "epochs": max(steps) if steps else 0,
+                     "params": trial_values(trial.params, space),
+                     "run": trial.user_attrs.get("run"), "error": trial.user_attrs.get("error")})
+    return rows
+
+
+def table_lines(rows: list[dict], metric: str) -> list[str]:
+    """The rows as an aligned console table, a column per parameter (named by its key path's
+    last part where that is unique; floats to 4 significant digits: trials.json has them all)."""
+    from logger.progress import format_value
+    from logger.test_report import aligned_table
+
+    paths = list(dict.fromkeys(path for row in rows for path in row["params"]))
+    last = [path.split(".")[-1] for path in paths]
+    names = [short if last.count(short) == 1 else path for short, path in zip(last, paths)]
+    cells = [[str(row["number"]), row["state"],
+              format_value(row["value"]) if row["value"] is not None else "-",
+              str(row["epochs"]), *(_short(row["params"][path]) if path in row["params"]
+                                    else "-" for path in paths)]
+             for row in rows]
+    return aligned_table(["trial", "state", metric, "epochs", *names], cells)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)  # null, a block
+
+
+def write_results(folder: Path, study, definition: dict) -> list[str]:
+    """`trials.json` and, when a trial completed, `best_config.json`; the report's lines."""
+    metric = Monitor.parse(definition["monitor"]).metric
+    rows = trial_rows(study, definition["space"])
+    lines = [f"Study {study.study_name}: {len(rows)} trials "
+             f"({_counts(rows)}), {definition['monitor']}", *table_lines(rows, metric)]
+    summary = {"study": study.study_name, "monitor": definition["monitor"], "trials": rows}
+    complete = [row for row in rows if row["state"] == "complete"]
+    if complete:
+        best = study.best_trial
+        # from the study, not the trial's config file: another machine may have run it
+        config = apply_modifications(definition["config"], {
+            **trial_values(best.params, definition["space"]),
+            "trainer.save_dir": definition["save_dir"]})  # where the user's runs go
+        write_json(config, folder / "best_config.json")
+        summary["best"] = {"number": best.number, "value": best.value,
+                           "params": trial_values(best.params, definition["space"]),
+                           "command": reproduce_command(folder, definition,
+                                                        best.user_attrs.get("threads"),
+                                                        best.user_attrs.get("torchrun"))}
+        lines += [f"Best: trial {best.number}, {metric} {best.value:.6g}",
+                  f"Its config: {folder / 'best_config.json'}; trains it again: "
+                  f"{summary['best']['command']}"]
+        importances = _importances(study, len(complete))
+        if importances:
+            summary["importances"] = importances
+            lines.append("Parameter importances (fANOVA): " + ", ".join(
+                f"{key} {value:.2f}" for key, value in importances.items()))
+    write_json(summary, folder / "trials.json")
+    return lines
+
+
+def reproduce_command(folder: Path, definition: dict, threads: str | None,
+                      torchrun: int | None = None) -> str:
+    """The command that trains the best trial again, bit for bit: with the threads its torch
+    had (on the CPU a reduction's float result depends on how many threads share it), under
+    torchrun with as many processes when it ran so."""
+    import shlex
+
+    launcher = f"torchrun --standalone --nproc_per_node={torchrun}" if torchrun else "python"
+    command = f"{launcher} train.py -c {shlex.quote(str(folder / 'best_config.json'))}"
+    if definition.get("folds"):
+        command += f" --folds {definition['folds']}"
+    return f"OMP_NUM_THREADS={threads} {command}" if threads else command
+
+
+def _counts(rows: list[dict]) -> str:
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    return ", ".join(f"{count} {state}" for state, count in states.items())
+
+
+def _importances(study, completed: int) -> dict[str, float] | None:
+    """Optuna's parameter importances, when enough trials completed to say anything."""
+    import optuna
+
+    if completed < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (ValueError, RuntimeError):  # e.g. a parameter that never varied
+        return None

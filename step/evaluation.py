@@ -1,0 +1,71 @@
+"""What test.py reports besides the means (the confusion matrix), and the messages the
+first-batch check gives."""
+import traceback
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfusionMatrix:
+    """Counts of (true class, predicted class) over batches of classifier output, on the
+    device: `update` never synchronises. Output that is not (N, C) class scores for (N,)
+    integer targets makes it inapplicable (`matrix` is then None)."""
+
+    def __init__(self):
+        self.counts: Tensor | None = None  # (true class, predicted class)
+        self.applicable = True
+
+    @torch.no_grad()
+    def update(self, output: Tensor, target: Tensor) -> None:
+        if not self.applicable:
+            return
+        scores = isinstance(output, Tensor) and output.dim() == 2 and output.size(1) >= 2
+        labels = isinstance(target, Tensor) and target.dim() == 1 and \
+            not target.dtype.is_floating_point
+        if not scores or not labels or (self.counts is not None and
+                                        self.counts.size(0) != output.size(1)):
+            self.applicable, self.counts = False, None
+            return
+        classes = output.size(1)
+        if self.counts is None:
+            self.counts = torch.zeros(classes, classes, dtype=torch.long, device=output.device)
+        known = (target >= 0) & (target < classes)  # not an ignore_index such as -100
+        cells = target[known].long() * classes + output.argmax(dim=1)[known]
+        self.counts.view(-1).add_(torch.bincount(cells, minlength=classes * classes))
+
+    @property
+    def matrix(self) -> list[list[int]] | None:
+        """Rows are true classes, columns predicted ones."""
+        return self.counts.tolist() if self.counts is not None else None
+
+
+def broadcast_warning(output, target) -> str | None:
+    """A warning when a float target and the output differ in shape but broadcast to a larger
+    shape (a (B, 1) output against a (B,) target: (B, B) in mse_loss), else None."""
+    if not isinstance(output, Tensor) or not isinstance(target, Tensor) or \
+            not target.is_floating_point() or output.shape == target.shape:
+        return None
+    try:
+        shape = torch.broadcast_shapes(output.shape, target.shape)
+    except RuntimeError:
+        return None
+    if shape.numel() <= max(output.numel(), target.numel()):
+        return None
+    return (f"Warning: the output {tuple(output.shape)} and the target {tuple(target.shape)} "
+            f"differ in shape and broadcast to {tuple(shape)} in an element-wise loss such as "
+            f"mse_loss, which then compares every output with every target; make them the "
+            f"same shape (e.g. output.squeeze(1) in the model or training_step)")
+
+
+def describe_error(error: BaseException) -> str:
+    """`IndexError: Target 8 is out of bounds (at model/loss.py:12)`: the innermost frame of ours."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    ours = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if Path(frame.filename).resolve().is_relative_to(PROJECT_ROOT)
+            and "site-packages" not in frame.filename]
+    where = f" (at {Path(ours[-1].filename).resolve().relative_to(PROJECT_ROOT)}:{ours[-1].lineno})" \
+        if ours else ""
+    return f"{type(error).__name__}: {text}{where}"

@@ -1,0 +1,146 @@
+"""search/trial.py: a train.py run as one trial of an Optuna study."""
+import json
+
+import optuna
+import pytest
+
+from search.trial import PRUNED_REASON, StudyTrial, open_storage, parse_trial
+from tests.test_checkpoint import minimal_checkpoint
+from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+
+
+def a_trial(tmp_path) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    number = study.ask().number
+    return {"storage": url, "study": "s", "number": number, "pruner": "median",
+            "prune_after": 1}
+
+
+def a_trial_behind_a_better_one(tmp_path) -> dict:
+    """A running trial's spec in a study where a finished trial was far better at steps 1-4:
+    the median pruner stops the new one at its first report it is asked about."""
+    spec = a_trial(tmp_path)
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    study.tell(spec["number"], state=optuna.trial.TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(
+        value=0.0, intermediate_values={step: 0.0 for step in range(1, 5)}))
+    return {**spec, "number": study.ask().number}
+
+
+def state_of(spec) -> optuna.trial.FrozenTrial:
+    study = optuna.load_study(study_name="s", storage=open_storage(spec["storage"]))
+    return study.get_trials()[spec["number"]]
+
+
+def test_the_outcome_is_the_mean_of_the_runs_or_pruned(tmp_path):
+    spec = a_trial(tmp_path)
+    StudyTrial(spec).finish([{"best": 0.5, "stop_reason": None},
+                                            {"best": 0.25, "stop_reason": None}])
+    assert state_of(spec).value == pytest.approx(0.375)
+    spec = {**spec, "number": optuna.load_study(
+        study_name="s", storage=open_storage(spec["storage"])).ask().number}
+    StudyTrial(spec).finish([{"best": 0.5, "stop_reason": PRUNED_REASON}])
+    assert state_of(spec).state == optuna.trial.TrialState.PRUNED
+
+
+@pytest.mark.parametrize("stop_reason, state", [
+    (None, optuna.trial.TrialState.COMPLETE),
+    (f"{PRUNED_REASON} at epoch 2", optuna.trial.TrialState.PRUNED)])
+def test_a_trial_resumed_at_its_end_tells_its_checkpoints_outcome(tmp_path, stop_reason, state):
+    """Stopped after its last epoch but before it told the study: the resumed run has
+    nothing to train, and the checkpoint says how the trial ended."""
+    from model.model import DigitsModel
+
+    spec = a_trial(tmp_path)
+    path = tmp_path / "checkpoint-epoch3.pth"
+    save_checkpoint({**minimal_checkpoint(DigitsModel()), "epoch": 3, "monitor_best": 0.125,
+                     "stop_reason": stop_reason}, path)
+    StudyTrial(spec).finish([], resume=path)
+    trial = state_of(spec)
+    assert trial.state == state
+    assert state != optuna.trial.TrialState.COMPLETE or trial.value == 0.125
+
+
+class FakeTrainer:
+    """What StudyTrial reads of a trainer: its monitor, its epochs, and request_stop."""
+
+    def __init__(self, epochs: int):
+        self.monitor = type("Monitor", (), {"metric": "val_loss"})()
+        self.settings = type("Settings", (), {"epochs": epochs})()
+        self.stop_reason = None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+@pytest.mark.parametrize("fold, folds, epoch, pruned", [
+    (0, 1, 1, True),    # an epoch before the last: worse than the median, stopped
+    (0, 1, 2, False),   # the last epoch: stopping saves nothing, the trial completes
+    (0, 2, 2, True),    # the last epoch of a fold before the last: the later folds are saved
+    (1, 2, 2, False)])  # the last epoch of the last fold
+def test_the_pruner_is_asked_at_every_epoch_but_the_trials_last(tmp_path, fold, folds, epoch,
+                                                                 pruned):
+    spec = a_trial_behind_a_better_one(tmp_path)
+    trial, trainer = StudyTrial(spec), FakeTrainer(epochs=2)
+    trial.next_fold(fold, folds)
+    trial.on_epoch_end(trainer, epoch, {"val_loss": 1.0})
+    assert state_of(spec).intermediate_values == {fold * 2 + epoch: 1.0}
+    assert (trainer.stop_reason is not None) == pruned
+    assert not pruned or trainer.stop_reason == f"{PRUNED_REASON} at epoch {epoch} (val_loss 1)"
+
+
+def test_a_bad_trial_spec_or_storage_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="--trial: not JSON"):
+        parse_trial("{")
+    with pytest.raises(UserError, match=r'--trial: expected \{"storage"'):
+        parse_trial(json.dumps({"study": "s"}))
+    with pytest.raises(UserError, match=r"^--storage nosuchdb://\.\.\.: cannot open the study's "
+                                        r"database \("):
+        open_storage("nosuchdb://host/db")
+
+
+
+@pytest.mark.slow
+def test_a_users_subclassed_step_is_reported_and_pruned_like_the_default(tmp_path):
+    """The VAE example (its own training_step and loss parts) as a trial (`train.py
+    --trial`, in-process): its monitored value reaches the study, the pruner stops it after
+    epoch 1 with the checkpoint saying so, and the study is told it was pruned."""
+    import train
+    example_config = pytest.importorskip("tests.examples.test_examples").example_config
+    from utils.checkpoint import load_checkpoint
+
+    spec = a_trial_behind_a_better_one(tmp_path)
+    train.main(["-c", str(example_config(tmp_path, "vae", epochs=3)), "--run-id", "t",
+                "--trial", json.dumps(spec)])
+    trial = state_of(spec)
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]  # reported once, then pruned
+    run = tmp_path / "saved/models/Digits_VAE/t"
+    assert load_checkpoint(run / "checkpoint-epoch1.pth")["stop_reason"].startswith(
+        f"{PRUNED_REASON} at epoch 1 (val_loss ")
+    assert not (run / "checkpoint-epoch2.pth").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["sessions"][0]["trial"] == {"study": "s", "number": spec["number"],
+                                                "sweep": None}
+    assert spec["storage"] not in json.dumps(manifest)  # a URL may hold a password
+
+
+@pytest.mark.slow
+def test_a_k_fold_trial_is_pruned_at_an_earlier_folds_last_epoch(tmp_path):
+    """`train.py --folds 2 --trial` (in-process, 1 epoch a fold): fold 1's only epoch is not
+    the trial's last, so the pruner stops the trial there and fold 2 never trains."""
+    import train
+    from tests.conftest import small_config
+
+    spec = a_trial_behind_a_better_one(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
+    train.main(["-c", str(tmp_path / "config.json"), "--folds", "2", "--run-id", "cv",
+                "--trial", json.dumps(spec)])
+    trial = state_of(spec)
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    runs = tmp_path / "saved/models/Digits_CNN"
+    assert sorted(path.name for path in runs.iterdir()) == ["cv-fold1"]
