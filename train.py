@@ -20,16 +20,26 @@ OPTIONS = [
     CustomArgs(["--name"], type=str, target="name"),
 ]
 
+# The user's packages a config may name by dotted path (`"type": "examples.vae.VAE"`); a
+# project made without a leaf (new_project.py) lacks some.
+USER_PACKAGES = ("model", "data_loader", "trainer", "examples")
+
+
 def user_modules():
     """The user's modules where a config's bare names resolve (`arch.type`, `loss`, ...): the
-    only place the template imports them; the builder is handed them."""
+    only place the template imports them; the builder is handed them, and the config system
+    told which packages are the user's."""
+    import importlib.util
+
     import data_loader.data_loaders
     import model.loss
     import model.metric
     import model.model
     import trainer.trainer
     from builder.build import UserModules
+    from config.names import allow_user_packages
 
+    allow_user_packages(name for name in USER_PACKAGES if importlib.util.find_spec(name))
     return UserModules(data=data_loader.data_loaders, arch=model.model, loss=model.loss,
                        metric=model.metric, trainer=trainer.trainer)
 

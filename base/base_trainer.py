@@ -21,10 +21,8 @@ from torch.utils.data import DataLoader
 
 from base.base_data_loader import BaseDataLoader, release_workers
 from base.settings import TrainerSettings
-from config.names import callable_name
-from logger.progress import bars_wanted, counted, progress_bar
+from logger.progress import counted, progress_bar
 from logger.training_report import TrainingReport
-from logger.visualization import TensorboardWriter
 from runs.checkpoint_saver import CheckpointSaver
 from runs.monitoring import BestTracker
 from runs.resume import optimizer_block
@@ -81,7 +79,6 @@ class BaseTrainer(ABC):
         self.logger = config.get_logger("trainer", settings.verbosity)
         self.model, self.criterion, self.device = model, criterion, device
         self.metric_fns = list(metric_fns)
-        self.metric_names = [callable_name(fn) for fn in self.metric_fns]
         self.data_loader, self.valid_data_loader = data_loader, valid_data_loader
         # by name; one optimizer (the `optimizer` block) is named ""
         self.optimizers, self.lr_schedulers = _named_parts(optimizer, lr_scheduler)
@@ -103,6 +100,7 @@ class BaseTrainer(ABC):
         self.best = BestTracker(self.monitor)
         self.checkpoints = CheckpointSaver(lambda: self.checkpoint_dir, settings.save_period,
                                            settings.keep_last, config.resume, self.logger)
+        # what a person sees: the log, TensorBoard (a writer opened by train()), progress bars
         self.report = TrainingReport(self.logger, settings, self.monitor)
         self.train_metrics = EpochMetrics(self.metric_fns, device)
         self.watch = Watch(unwrap_model(model), settings.watch)  # hooks: only while training
@@ -111,9 +109,6 @@ class BaseTrainer(ABC):
         # evaluation runs the model without the DDP wrapper (`train()` adds it): no
         # collectives, so processes may have different numbers of validation batches
         self.eval_model = model
-        self.writer = TensorboardWriter(".", enabled=False)  # until train() opens the log folder
-        self.bars = bars_wanted(settings.progress_bar) and distributed.is_main()
-        self.log_images = settings.log_images and distributed.is_main()
         self.stop_signals = StopSignals()  # installed while train() runs
 
         self.start_epoch, self.start_step = 1, 0  # where training starts (a resume: later)
@@ -186,7 +181,7 @@ class BaseTrainer(ABC):
 
     def expected_log_keys(self) -> list[str]:
         """The keys an epoch logs; the monitored metric must be one of them."""
-        keys = ["loss", *(self.loss_parts or ()), *self.metric_names]
+        keys = ["loss", *(self.loss_parts or ()), *self.train_metrics.names]
         if self.valid_data_loader is not None:
             keys += [f"val_{key}" for key in keys]
         return keys
@@ -200,7 +195,17 @@ class BaseTrainer(ABC):
     def check_first_batch(self) -> None:
         """Fail now, with one clear line, if a batch does not go through the step, the model,
         the loss and the metrics (`step.first_batch`); learn the step's loss parts."""
+        self._refuse_shadowed_methods()
         check_first_batch(self)
+
+    def _refuse_shadowed_methods(self) -> None:
+        """A subclass's attribute that hides a method or property of the trainer (`self.step =
+        0` hides `step(name)`) would break the loop silently: one line naming it instead."""
+        for name in vars(self):
+            member = getattr(type(self), name, None)
+            if not name.startswith("_") and (callable(member) or isinstance(member, property)):
+                raise UserError(f"trainer.type: {type(self).__name__} sets self.{name}, which "
+                                f"hides the trainer's {name}(); give the attribute another name")
 
     # ------------------------------------------------------------------ the epochs
     def train(self) -> None:
@@ -211,22 +216,21 @@ class BaseTrainer(ABC):
         """
         if self.nothing_to_train():
             return
+        self._refuse_shadowed_methods()
         self.check_monitor()  # check_first_batch checked it, unless it was not called
         self.position_rng_state = None
-        self.writer = TensorboardWriter(self.config.log_dir,
-                                        self.settings.tensorboard and distributed.is_main())
-        # a resumed run drops the points an interrupted run logged after its checkpoint
-        self.writer.open(purge_step=self.global_step + 1 if self.global_step > 0 else None)
-        self.writer.add_layout(key for key in self.expected_log_keys()
-                               if not key.startswith("val_"))
         started, first_epoch = time.monotonic(), self.start_epoch
+        # a resumed run drops the points an interrupted run logged after its checkpoint
+        self.report.open_writer(self.config.log_dir, self.global_step,
+                                [key for key in self.expected_log_keys()
+                                 if not key.startswith("val_")])
         try:
             with self._training(), self.stop_signals:
                 self._train_epochs(self.settings.epochs)
-            self.report.hparams(self.writer, self.config.config, self.best, self.last_epoch,
-                                self.last_log, self.global_step)
+            self.report.hparams(self.config.config, self.best, self.last_epoch, self.last_log,
+                                self.global_step)
         finally:
-            self.writer.close()
+            self.report.close_writer()
         self.report.end(first_epoch, self.last_epoch, time.monotonic() - started, self.best,
                         self.checkpoints)
 
@@ -242,8 +246,8 @@ class BaseTrainer(ABC):
             self._step_schedulers(log)
             improved = self.best.update(log, epoch)
             self.last_log, self.last_epoch = log, epoch
-            self.report.epoch(epoch, log, improved, time.monotonic() - started, self.writer,
-                              self.global_step, unwrap_model(self.model))
+            self.report.epoch(epoch, log, improved, time.monotonic() - started, self.global_step,
+                              unwrap_model(self.model))
             if 0 < self.settings.early_stop <= self.best.not_improved_count:
                 self.request_stop(f"early stop: {self.monitor.metric} did not improve for "
                                   f"{self.settings.early_stop} epochs")
@@ -338,8 +342,8 @@ class BaseTrainer(ABC):
         self.report.start_epoch()
         self.engine.nan_guard.start_epoch()
         first_step = self.epoch_step
-        with progress_bar(self.bars, self.len_epoch, f"epoch {epoch}/{self.settings.epochs}",
-                          initial=self.epoch_step) as bar:
+        with progress_bar(self.report.bars, self.len_epoch,
+                          f"epoch {epoch}/{self.settings.epochs}", initial=self.epoch_step) as bar:
             self._train_steps(epoch, bar)
         self.report.end_steps()
         self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)
@@ -362,7 +366,7 @@ class BaseTrainer(ABC):
             sizes, total, signal = self.engine.count(group, self.batch_size, received)
             if signal:  # torchrun: every process stops before the same step
                 self._stop(epoch, signal)
-            if self.epoch_step == 0 and self.log_images:
+            if self.epoch_step == 0 and self.report.log_images:
                 self._log_images(group[0], notes)
             log_now = self.epoch_step % self.settings.log_step == 0  # this step is logged
             # hooks record on steps that are logged, and only where TensorBoard is written
@@ -391,9 +395,8 @@ class BaseTrainer(ABC):
             if log_now:
                 self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)
                 if result.outputs is not None:
-                    self.report.progress(self.writer, epoch, self.epoch_step, self.len_epoch,
-                                         self.global_step, result.outputs[-1][0].loss, rates,
-                                         bar, self.watch)
+                    self.report.progress(epoch, self.epoch_step, self.len_epoch, self.global_step,
+                                         result.outputs[-1][0].loss, rates, bar, self.watch)
             if limit is not None and result.outputs is not None:
                 losses.append(result.outputs[-1][0].loss)
             if self.stop_signals.received is not None and not self.engine.distributed:
@@ -415,9 +418,9 @@ class BaseTrainer(ABC):
                                     f"images per epoch")
         elif warning:
             self.logger.warning(warning)
-            self.log_images = False
+            self.report.log_images = False
         else:
-            self.writer.add_image_grid("inputs/train", images, self.global_step)
+            self.report.writer.add_image_grid("inputs/train", images, self.global_step)
 
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager
@@ -463,7 +466,7 @@ class BaseTrainer(ABC):
         # under torchrun a signal is agreed on after validation (no collectives inside it)
         stop = None if distributed.active() else lambda: self.stop_signals.requested
         loader = self.valid_data_loader
-        with progress_bar(self.bars, len(loader), f"epoch {epoch} validation",
+        with progress_bar(self.report.bars, len(loader), f"epoch {epoch} validation",
                           unit="batch") as bar:
             log = self.evaluate(counted(loader, bar), stop=stop)
         if log is None:

@@ -1,10 +1,12 @@
 """From a config's `type` string to a callable, safely, and checking its arguments.
 
 A `type` is a public name inside the module its config block belongs to, or a dotted path inside
-one of `ALLOWED_MODULES` (the building blocks of a model and its training: layers, losses,
-optimizers, schedulers, torchvision models and transforms, this project's `model` and
-`data_loader`). Every module passed on the way must be one of those, and every object reached
-must be defined in an allowed package and outside `DENIED_MODULES`. So a config, including one
+one of `LIBRARY_MODULES` (the building blocks of a model and its training: layers, losses,
+optimizers, schedulers, torchvision models and transforms) or of the user's packages, which the
+entry script names (`allow_user_packages`: `model`, `data_loader`, `trainer`, `examples`); the
+package of a module handed to `resolve_type` is the user's too. Every module passed on the way
+must be one of those, and every object reached must be defined in an allowed package and
+outside `DENIED_MODULES`. So a config, including one
 stored in a checkpoint someone sent you, can never reach `os`, `subprocess`, `eval`, torch's
 loaders of code and pickles, or this template's own file writers; nothing else is imported.
 """
@@ -17,13 +19,31 @@ from typing import Any, Callable
 
 from utils.errors import ConfigError, did_you_mean
 
-# Modules (with their submodules) a dotted `type` may name; nothing else is imported by a config.
-ALLOWED_MODULES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms",
-                   "torchvision.ops", "torchmetrics", "model", "data_loader", "trainer.trainer",
-                   "examples")
+# Library modules (with their submodules) a dotted `type` may name; besides the user's packages,
+# nothing else is imported by a config.
+LIBRARY_MODULES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms",
+                   "torchvision.ops", "torchmetrics")
 # Packages the objects reached may be defined in (`torch.nn.functional.conv2d` is torch's own).
-ALLOWED_PACKAGES = ("torch", "torchvision", "torchmetrics", "model", "data_loader", "trainer",
-                    "examples")
+LIBRARY_PACKAGES = ("torch", "torchvision", "torchmetrics")
+# The user's packages (`model`, `examples`), as the entry script and the modules it hands in
+# name them: the config system itself names none.
+_user_packages: list[str] = []
+
+
+def allow_user_packages(packages) -> None:
+    """Let a config name what is inside the user's `packages` (top-level names: `model`,
+    `examples`); the entry script calls it with the ones the project has."""
+    for package in packages:
+        if package not in _user_packages and package not in LIBRARY_PACKAGES:
+            _user_packages.append(package)
+
+
+def allowed_modules() -> tuple[str, ...]:
+    return (*LIBRARY_MODULES, *_user_packages)
+
+
+def allowed_packages() -> tuple[str, ...]:
+    return (*LIBRARY_PACKAGES, *_user_packages)
 # Modules inside those packages whose functions load or run code, or fetch or write files.
 DENIED_MODULES = ("torch.hub", "torch.serialization", "torch.utils", "torch._ops", "torch.ops",
                   "torch.package", "torch.jit", "torch.onnx", "torch.export", "torch.distributed",
@@ -35,8 +55,11 @@ def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | str 
                  fallback: tuple[str, ...] = ()) -> Callable:
     """The callable a config's `type` names: a public name in `module` (else in the first of
     the modules `fallback` that has it, imported only then), or a dotted path inside
-    `ALLOWED_MODULES`. Nothing else is ever imported. A class must be a subclass of `kind` (a
-    function is taken as a factory of one)."""
+    the allowed modules. Nothing else is ever imported. A class must be a subclass of `kind`
+    (a function is taken as a factory of one)."""
+    top = module.__name__.split(".")[0]
+    if top not in LIBRARY_PACKAGES:  # a module the entry script handed in: the user's
+        allow_user_packages([top])
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{key_path}: expected a name, got {json.dumps(name)}")
     parts = name.split(".")
@@ -64,14 +87,14 @@ def resolve_type(name: Any, module: ModuleType, key_path: str, kind: type | str 
 
 
 def _allowed_module(module_name: str) -> bool:
-    return any(module_name == m or module_name.startswith(m + ".") for m in ALLOWED_MODULES)
+    return any(module_name == m or module_name.startswith(m + ".") for m in allowed_modules())
 
 
 def _resolve_dotted(parts: list[str], key_path: str) -> Any:
     if not _allowed_module(".".join(parts[:-1])):
         raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the modules a config may "
-                          f"use ({', '.join(ALLOWED_MODULES)}; code of your own goes in model/, "
-                          f"data_loader/ or examples/)")
+                          f"use ({', '.join(allowed_modules())}; code of your own goes in "
+                          f"{', '.join(p + '/' for p in _user_packages) or 'your packages'})")
     for split in range(len(parts) - 1, 0, -1):  # the longest importable allowed module prefix
         module_name = ".".join(parts[:split])
         if not _allowed_module(module_name):
@@ -128,17 +151,17 @@ TORCHMETRICS_ALLOWED = ("torchmetrics.classification", "torchmetrics.regression"
 
 def _origin_problem(obj: Any, shown: str) -> str | None:
     """Why a config may not use `obj` (reached as `shown`), or None: a module must be one of
-    `ALLOWED_MODULES`; anything else must be defined in `ALLOWED_PACKAGES`, outside
+    `allowed_modules()`; anything else must be defined in `allowed_packages()`, outside
     `DENIED_MODULES` (`torch.os` is not torch's, `torch.nn.functional.torch.load` is denied)."""
     if inspect.ismodule(obj):
         if _allowed_module(obj.__name__):
             return None
         return (f"{shown} is the module {obj.__name__}, outside the modules a config may use "
-                f"({', '.join(ALLOWED_MODULES)})")
+                f"({', '.join(allowed_modules())})")
     origin = getattr(obj, "__module__", None)
-    if not isinstance(origin, str) or origin.split(".")[0] not in ALLOWED_PACKAGES:
+    if not isinstance(origin, str) or origin.split(".")[0] not in allowed_packages():
         return (f"{shown} comes from {origin or 'an unknown module'}, outside the packages a "
-                f"config may use ({', '.join(ALLOWED_PACKAGES)})")
+                f"config may use ({', '.join(allowed_packages())})")
     if origin.split(".")[0] == "torchmetrics" and not any(
             origin == m or origin.startswith(m + ".") for m in TORCHMETRICS_ALLOWED):
         return (f"{shown} is not allowed in a config (of torchmetrics only the metrics in "

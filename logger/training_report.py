@@ -7,21 +7,37 @@ import time
 
 from torch import Tensor
 
-from logger.progress import display_path, epoch_table, format_duration, step_postfix
+from logger.progress import bars_wanted, display_path, epoch_table, format_duration, step_postfix
+from logger.visualization import TensorboardWriter
 from utils import distributed
 
 
 class TrainingReport:
-    """Reports a run to `logger` and to the TensorBoard writer each call is given; counts the
-    samples trained on (`samples`) for samples/s over the epoch and since the last log step."""
+    """Reports a run to `logger` and to TensorBoard (`writer`, written only between
+    `open_writer` and `close_writer`, on rank 0); counts the samples trained on (`samples`)
+    for samples/s over the epoch and since the last log step."""
 
     def __init__(self, logger, settings, monitor):
         self.logger = logger
         self.settings = settings
         self.monitor = monitor
         self.is_main = distributed.is_main()
+        self.writer = TensorboardWriter(".", enabled=False)  # until open_writer: writes nothing
+        self.bars = bars_wanted(settings.progress_bar) and self.is_main  # else log lines
+        self.log_images = settings.log_images and self.is_main
         self.watched: list[str] = []
         self.start_epoch()
+
+    def open_writer(self, log_dir, global_step: int, train_keys: list[str]) -> None:
+        """TensorBoard in `log_dir` (with `trainer.tensorboard`, rank 0): a resumed run at
+        `global_step` drops the points an interrupted run logged after its checkpoint;
+        `train_keys` lay out the train/valid charts."""
+        self.writer = TensorboardWriter(log_dir, self.settings.tensorboard and self.is_main)
+        self.writer.open(purge_step=global_step + 1 if global_step > 0 else None)
+        self.writer.add_layout(train_keys)
+
+    def close_writer(self) -> None:
+        self.writer.close()
 
     def start_epoch(self) -> None:
         self.started = time.monotonic()
@@ -41,7 +57,7 @@ class TrainingReport:
         self._last = (now, self.samples)
         return speed
 
-    def progress(self, writer, epoch: int, step: int, len_epoch: int, global_step: int,
+    def progress(self, epoch: int, step: int, len_epoch: int, global_step: int,
                  loss: Tensor, rates: dict[str, float], bar, watch) -> None:
         """At a log step: the loss, samples/s since the last log step and the learning rates
         `rates`, in the bar's postfix or a log line, and to TensorBoard (with what `watch`
@@ -61,9 +77,9 @@ class TrainingReport:
         scalars = {"loss/train_step": loss_value, **rates, **watched}
         if speed is not None:
             scalars["speed/samples_per_s"] = speed
-        writer.add_scalars(scalars, global_step)
+        self.writer.add_scalars(scalars, global_step)
 
-    def epoch(self, epoch: int, log: dict[str, float], improved: bool, seconds: float, writer,
+    def epoch(self, epoch: int, log: dict[str, float], improved: bool, seconds: float,
               global_step: int, model) -> None:
         """The epoch table on the console and in the log file; the epoch's means and time (and
         every `log_histograms` epochs the weights and gradients of `model`) to TensorBoard."""
@@ -75,13 +91,14 @@ class TrainingReport:
         scalars = {f"{key[4:]}/valid" if key.startswith("val_") else f"{key}/train": value
                    for key, value in log.items()}
         scalars["time/epoch_s"] = seconds  # the learning rate: at each log step, as it was used
-        writer.add_scalars(scalars, global_step)
+        self.writer.add_scalars(scalars, global_step)
         every = self.settings.log_histograms
-        if every and epoch % every == 0 and writer.active:
-            writer.add_histograms(((f"weights/{name}", p) for name, p in
-                                   model.named_parameters()), global_step)
-            writer.add_histograms(((f"gradients/{name}", p.grad) for name, p in
-                                   model.named_parameters() if p.grad is not None), global_step)
+        if every and epoch % every == 0 and self.writer.active:
+            self.writer.add_histograms(((f"weights/{name}", p) for name, p in
+                                        model.named_parameters()), global_step)
+            self.writer.add_histograms(((f"gradients/{name}", p.grad) for name, p in
+                                        model.named_parameters() if p.grad is not None),
+                                       global_step)
 
     def end(self, first_epoch: int, last_epoch: int, seconds: float, best, checkpoints) -> None:
         """How training went, where its best model is and how to test it."""
@@ -102,16 +119,15 @@ class TrainingReport:
             self.logger.info("Last checkpoint: %s", display_path(tested))
         self.logger.info("Test it with: python test.py -r %s", shlex.quote(display_path(tested)))
 
-    @staticmethod
-    def hparams(writer, config: dict, best, last_epoch: int, last_log: dict,
+    def hparams(self, config: dict, best, last_epoch: int, last_log: dict,
                 global_step: int) -> None:
         """The HParams entry: the config against the best epoch's values (the last epoch's
         without a monitored metric), and the epoch they are from."""
-        if not writer.active:
+        if not self.writer.active:
             return
         metrics = dict(best.log) if best.epoch is not None else dict(last_log)
         metrics["epoch"] = best.epoch if best.epoch is not None else last_epoch
-        writer.add_hparams(config, metrics, global_step)
+        self.writer.add_hparams(config, metrics, global_step)
 
     @staticmethod
     def learning_rates(optimizers: dict) -> dict[str, float]:

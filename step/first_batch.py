@@ -99,7 +99,7 @@ def _checked_output(trainer, batch, method: str) -> StepOutput:
     metrics = EpochMetrics(trainer.metric_fns, trainer.device)
     if metrics.needs_output and (step.output is None or step.target is None):
         raise UserError(
-            f"metrics {', '.join(trainer.metric_names)} need the step's \"output\" and "
+            f"metrics {', '.join(trainer.train_metrics.names)} need the step's \"output\" and "
             f"\"target\", and {method} returned only "
             f"{['loss', *step.parts] if step.parts else 'the loss'}; return them in the "
             f"step's dict, or set \"metrics\": []")

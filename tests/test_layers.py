@@ -107,3 +107,15 @@ def test_the_check_sees_imports_anywhere(tmp_path, monkeypatch, room, source, ex
     module.write_text(source)
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     assert [v.split(" ", 1)[1] for v in layer_violations(module)] == expected
+
+
+def test_the_config_system_names_no_user_package_or_leaf():
+    """A config's dotted `type` reaches the user's packages only as the entry script names
+    them (train.USER_PACKAGES): the core's allow-list is libraries alone."""
+    import train
+    from config import names
+
+    train.user_modules()  # the entry script names the user's packages
+    libraries = {name.split(".")[0] for name in (*names.LIBRARY_MODULES, *names.LIBRARY_PACKAGES)}
+    assert libraries == {"torch", "torchvision", "torchmetrics"}
+    assert "examples" in names.allowed_modules() or not (ROOT / "examples").is_dir()

@@ -239,16 +239,24 @@ def test_a_ctrl_c_after_training_finished_leaves_the_exit_code_0(tmp_path):
     finished, saved run into an exit code of 130 (or a death by SIGINT)."""
     config = tmp_path / "config.json"
     config.write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-c", str(config)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    # train.py run as `python train.py` runs it, then held where the interpreter would shut
+    # down until the test closes stdin: the signal lands there for certain, not before the
+    # run ended nor after the process exited (a sleep could do either)
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['train.py', '-c', {str(config)!r}]\n"
+             f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+             "print('TRAIN.PY DONE', flush=True)\n"
+             "sys.stdin.read()\n")
+    process = subprocess.Popen([sys.executable, "-c", probe], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with killed_after(process):
         for line in process.stdout:
-            if line.startswith("Test it with: "):
+            if line.strip() == "TRAIN.PY DONE":
                 break
-        time.sleep(0.3)  # past the summary: the interpreter shutting down
+        else:
+            raise AssertionError(f"train.py did not finish: {process.stderr.read()[-3000:]}")
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
+        _, err = process.communicate(timeout=120)  # closes stdin: the process goes on to exit
     assert process.returncode == 0, err
     run, = run_folders(tmp_path / "saved")
     assert (run / "checkpoint-epoch1.pth").is_file()

@@ -173,6 +173,24 @@ def test_a_step_the_machinery_cannot_use_is_reported_before_anything_is_written(
     assert not (tmp_path / "saved").exists()
 
 
+class CountsSteps(Trainer):
+    """A user's subclass that names a counter of its own like the trainer's `step(name)`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step = 0
+
+
+def test_an_attribute_hiding_a_trainer_method_is_one_line_before_anything_is_written(
+        tmp_path, register):
+    register(CountsSteps)
+    with pytest.raises(UserError) as error:
+        train.main(["-c", write(tmp_path, {"trainer.type": "CountsSteps"})])
+    assert str(error.value) == ("trainer.type: CountsSteps sets self.step, which hides the "
+                                "trainer's step(); give the attribute another name")
+    assert not (tmp_path / "saved").exists()
+
+
 @pytest.mark.filterwarnings("ignore:Using a target size")  # torch's own, from the user's step
 def test_a_dry_run_warns_when_output_and_target_broadcast(tmp_path, register, capsys):
     register(ColumnOutput)
