@@ -19,7 +19,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 IGNORED = (".git", "saved", "__pycache__", ".pytest_cache", "*.pyc", "*.pth", ".mypy_cache",
            ".ruff_cache", "*.egg-info", "MNIST", "cifar-10-batches-py", "*.tar.gz", ".venv", "venv",
            ".idea", ".vscode", ".benchmarks", ".ipynb_checkpoints", "events.out.tfevents.*",
-           "wandb")
+           "wandb", "comparison.json")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,52 @@ def write_requirements(target: Path, left_out: set[str]) -> None:
     (target / "requirements.txt").write_text("".join(lines))
 
 
+# What README.md and docs/*.md say of a leaf is marked with HTML comments, which GitHub does not
+# show: a block between the lines `<!-- leaf: NAME -->` and `<!-- /leaf: NAME -->` (blocks nest:
+# a line about two leaves is in both), or one line ending in `<!-- leaf: NAME -->` (a table row,
+# which a comment line of its own would end). tests/test_docs.py checks that every reference to a
+# leaf is marked so.
+LEAF_BLOCK = re.compile(r"<!-- (?P<end>/?)leaf: (?P<name>[\w-]+) -->")
+LEAF_ROW = re.compile(r"\S.*<!-- leaf: (?P<name>[\w-]+) -->\s*$")
+
+
+def strip_leaves(text: str, left_out: Iterable[str]) -> str:
+    """A page's `text` without what it marks as of a leaf in `left_out`, markers included; the
+    markers of the other leaves stay. A `ValueError` for a marker that names no leaf, or a block
+    that is closed wrongly or never."""
+    left_out, kept, open_blocks = set(left_out), [], []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        block = LEAF_BLOCK.fullmatch(line.strip())
+        marker = block or LEAF_ROW.search(line)
+        name = marker["name"] if marker else None
+        if marker and name not in LEAVES:
+            raise ValueError(f"line {number}: {line.strip()}: no leaf {name!r} (the leaves are "
+                             f"{', '.join(sorted(LEAVES))})")
+        if block and not block["end"]:
+            open_blocks.append(name)
+        if not left_out & {*open_blocks, *([name] if marker else [])}:
+            kept.append(line)
+        if block and block["end"] and (not open_blocks or open_blocks.pop() != name):
+            raise ValueError(f"line {number}: {line.strip()} closes no open block of {name}")
+    if open_blocks:
+        raise ValueError(f"<!-- leaf: {open_blocks[-1]} --> is never closed")
+    return "".join(kept)
+
+
+def stripped_pages(left_out: set[str]) -> dict[str, str]:
+    """README.md and docs/*.md of the template (by relative path) without what they say of the
+    `left_out` leaves."""
+    pages = {}
+    for page in [TEMPLATE_DIR / "README.md", *sorted((TEMPLATE_DIR / "docs").glob("*.md"))]:
+        if page.is_file():
+            relative = page.relative_to(TEMPLATE_DIR).as_posix()
+            try:
+                pages[relative] = strip_leaves(page.read_text(), left_out)
+            except ValueError as error:
+                raise UserError(f"{relative}: {error}") from None
+    return pages
+
+
 def copy_template(target: Path, leaves: Iterable[str] = ()) -> None:
     """Copy the core of the template and the named `leaves` into `target`, which must not exist
     or be an empty folder."""
@@ -129,8 +175,12 @@ def copy_template(target: Path, leaves: Iterable[str] = ()) -> None:
         raise UserError(f"{target}: exists and is not an empty folder; choose a new path")
     left_out = set(LEAVES) - set(leaves)
     patterns = [path for leaf in sorted(left_out) for path in leaf_paths(leaf, TEMPLATE_DIR)]
+    pages = stripped_pages(left_out)  # before anything is written: a wrong marker writes nothing
     shutil.copytree(TEMPLATE_DIR, target, ignore=ignore_function(patterns), dirs_exist_ok=True)
     write_requirements(target, left_out)
+    for page, text in pages.items():
+        if (target / page).is_file():
+            (target / page).write_text(text)
     (target / "saved").mkdir()
 
 

@@ -21,7 +21,7 @@ from config.checks import Block, find_problems
 from config.command_line import CustomArgs, Resume, option_dest
 from config.key_paths import apply_modifications, parse_overrides
 from config.names import callable_name, resolve_type
-from config.sections import is_plain_name
+from config.sections import MAX_NAME, is_plain_name
 from config.signatures import check_options
 from utils.errors import ConfigError, UserError
 from utils.files import read_json, write_json
@@ -58,8 +58,9 @@ class ConfigParser:
         if self._continue_run:
             run_id = self.resume.parent.name
         elif run_id is not None and not is_plain_name(run_id):
-            problem = (f"--run-id: {run_id!r} must be a plain folder name (letters, digits, "
-                       f"'-', '_', '.'), not a path")
+            problem = (f"--run-id: {run_id[:40]!r}{'...' if len(run_id) > 40 else ''} must be a "
+                       f"plain folder name (letters, digits, '-', '_', '.'; at most "
+                       f"{MAX_NAME} characters), not a path")
             if problems is None:
                 raise ConfigError(problem)
             problems.append(problem)

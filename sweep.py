@@ -64,13 +64,15 @@ def main(argv=None) -> int:
     if args.report is not None:
         report(Path(args.report), args.storage)
         return 0
-    from search.study import Sweep, load_definition
+    from search.study import Sweep, load_definition, storage_identity
 
     definition, study = sweep_definition(args)
     folder = Path(definition["config"]["trainer"]["save_dir"])
+    storage = args.storage or f"sqlite:///{folder / 'study.db'}"
+    # the folder is one study's: a second study of the same name elsewhere gets refused
+    definition["storage"] = storage_identity(storage)
     (folder / "trials").mkdir(parents=True, exist_ok=True)
     definition = load_definition(folder, definition)
-    storage = args.storage or f"sqlite:///{folder / 'study.db'}"
     options = {"trials": args.trials, "jobs": args.jobs, "sampler": args.sampler,
                "pruner": args.pruner, "prune_after": args.prune_after,
                "torchrun": args.torchrun,

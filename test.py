@@ -5,7 +5,7 @@ from pathlib import Path
 
 from config.command_line import parse_command_line
 from parse_config import ConfigParser
-from utils.cli import optional_leaf, run_cli
+from utils.cli import leaf_note, optional_leaf, run_cli
 from utils.errors import UserError
 
 
@@ -23,7 +23,7 @@ def main(argv=None) -> dict[str, float] | list[dict]:
     parser.add_argument("--compare", nargs="+", metavar="RUN", default=None,
                         help="evaluate several checkpoints or run folders (their model_best.pth) "
                              "on the test split: one table, and JSON in --json; a -r checkpoint "
-                             "is compared first")
+                             "is compared first" + leaf_note("search"))
     parser.add_argument("--json", default="comparison.json",
                         help="where --compare writes its JSON (default: comparison.json)")
     args = parse_command_line(parser, (), argv, evaluating=True)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from config.command_line import CustomArgs, parse_command_line
 from parse_config import ConfigParser
-from utils.cli import optional_leaf, run_cli
+from utils.cli import leaf_note, optional_leaf, run_cli
+from utils.errors import UserError
 from utils.interrupts import ignore_stop_signals
 
 # Registered shortcuts for common overrides: (flags, type, config key they set).
@@ -70,7 +71,7 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
     parser.add_argument("--folds", type=int, metavar="K",
                         help="k-fold cross-validation: K runs, each holding out one fold of the "
                              "training data as validation (stratified by class); prints each "
-                             "fold and the mean ± std")
+                             "fold and the mean ± std" + leaf_note("search"))
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # sweep.py: the Optuna trial to run
     started = time.monotonic()
     args = parse_command_line(parser, OPTIONS, argv)
@@ -185,8 +186,12 @@ def dry_run(config: ConfigParser, device, started: float) -> None:
         steps += (f", validation on {batches} batch{'es' if batches != 1 else ''} (" +
                   ", ".join(f"{key} {format_value(value)}" for key, value in log.items()) + ")")
     print(f"\nDry run: {steps}; {time.monotonic() - started:.1f} s in all.")
-    print("The config is ready to train. Nothing was written; train with the same command "
-          "without --dry-run.")
+    if trainer.start_epoch > trainer.settings.epochs:
+        print("Nothing was written; without --dry-run this command would train nothing (see the "
+              "note above).")
+    else:
+        print("The config is ready to train. Nothing was written; train with the same command "
+              "without --dry-run.")
 
 
 def prepare(config: ConfigParser, device):
@@ -256,9 +261,18 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
     from utils import distributed
     from utils.checkpoint import load_checkpoint
 
-    config.make_run_dirs()
+    requested = config.run_id  # --run-id (a fold's: <id>-fold<k>), or the timestamp
+    config.make_run_dirs()  # a run id taken by an earlier run gets a suffix
     lock = RunLock(config.save_dir)
-    leftovers = lock.acquire()  # before anything is written: one writer per run folder
+    try:
+        leftovers = lock.acquire()  # before anything is written: one writer per run folder
+        refuse_overtaken_resume(config)  # decided under the lock: never over a newer checkpoint
+        setup_logging(config.log_dir)  # a log file that cannot be opened: nothing written yet
+    except BaseException:
+        lock.release()
+        if config.resume is None or config.save_dir != config.resume.parent:
+            remove_new_run_dirs(config)  # a new run's folders, with nothing of a run in them
+        raise
     edited = keep_edited_config(config.save_dir, load_checkpoint(config.resume, mmap=True)[
         "config"]) if config.resume is not None and config.save_dir == config.resume.parent \
         else None
@@ -274,7 +288,6 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
     if trial is not None:
         record["trial"] = trial
     add_session(config.save_dir, config.log_dir, record)
-    setup_logging(config.log_dir)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)
     for leftover in leftovers:
@@ -285,8 +298,7 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
                        "the command line's overrides; the edited file is kept as %s. To train "
                        "with it, give it with -c (fine-tuning, into a new run folder).",
                        config.resume.name, edited.name)
-    requested = getattr(config.cli_args, "run_id", None)
-    if requested and config.run_id != requested:
+    if getattr(config.cli_args, "run_id", None) and config.run_id != requested:
         logger.warning("Warning: --run-id %s is taken by an earlier run; this run is %s.",
                        requested, config.run_id)
     if distributed.active():
@@ -300,6 +312,33 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
     if config.resume is not None:
         log_resume(logger, config, trainer)
     return lock
+
+
+def remove_new_run_dirs(config: ConfigParser) -> None:
+    """The run and log folders this start made, when nothing but its lock file is in them."""
+    from runs.run_lock import LOCK_NAME
+
+    for folder in (config.save_dir, config.log_dir):
+        try:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
+def refuse_overtaken_resume(config: ConfigParser) -> None:
+    """A resume that continues its run folder chose the newest checkpoint before it held the
+    folder's lock; another run may have written a newer one since (a resume of the same folder
+    that ended meanwhile). Under the lock, check again: continuing would overwrite it."""
+    from runs.run_folder import is_latest_in_run
+    from utils.checkpoint import load_checkpoint
+
+    if config.resume is None or config.save_dir != config.resume.parent:
+        return
+    if not is_latest_in_run(config.resume, load_checkpoint(config.resume, mmap=True)):
+        raise UserError(f"{config.save_dir}: another run wrote a newer checkpoint after this one "
+                        f"chose {config.resume.name}; nothing was written. Resume the folder "
+                        f"again to continue from its newest checkpoint")
 
 
 def log_resume(logger, config: ConfigParser, trainer) -> None:

@@ -67,6 +67,10 @@ class BaseTrainer(ABC):
 
     # False: `training_step` calls `self.backward(loss)` and `self.step(name)` itself
     automatic_optimization = True
+    # The loop's parts, by attribute: a subclass's own attribute must not replace one.
+    PARTS = {"engine": StepEngine, "batches": EpochBatches, "checkpoints": CheckpointSaver,
+             "best": BestTracker, "report": TrainingReport, "watch": Watch,
+             "train_metrics": EpochMetrics, "stop_signals": StopSignals}
 
     def __init__(self, model: nn.Module, criterion: Callable | None,
                  metric_fns: Sequence[Callable], optimizer, config, device: torch.device,
@@ -89,11 +93,12 @@ class BaseTrainer(ABC):
         self.scheduler_intervals = {name: (optimizer_block(config.config, name, "lr_scheduler")
                                            or {}).get("interval", "epoch")
                                     for name in self.lr_schedulers}
-        # optimizer steps per epoch; a pass's last group of micro-batches may be short
+        # optimizer steps per epoch (`len_epoch`); a pass's last group of micro-batches may be
+        # short
         accum = settings.grad_accum_steps
-        self.len_epoch = len_epoch or settings.len_epoch or -(-len(data_loader) // accum)
-        self.batches = EpochBatches(data_loader, self.len_epoch, accum,
-                                    bool(len_epoch or settings.len_epoch), self.logger)
+        self.batches = EpochBatches(data_loader,
+                                    len_epoch or settings.len_epoch or -(-len(data_loader) // accum),
+                                    accum, bool(len_epoch or settings.len_epoch), self.logger)
         self.engine = StepEngine(self.optimizers, device, settings,
                                  self.automatic_optimization, self.logger)
         self.monitor = settings.parsed_monitor
@@ -105,7 +110,9 @@ class BaseTrainer(ABC):
         self.train_metrics = EpochMetrics(self.metric_fns, device)
         self.watch = Watch(unwrap_model(model), settings.watch)  # hooks: only while training
         if settings.compile is True or isinstance(settings.compile, dict):  # {}: the defaults
-            unwrap_model(model).compile(**(settings.compile or {}))  # in place: no wrapper
+            # in place, no wrapper: the model itself (DDP wraps it later, as torch.compile's docs
+            # advise), or the DataParallel wrapper (its replicas copy the module uncompiled)
+            model.compile(**(settings.compile if isinstance(settings.compile, dict) else {}))
         # evaluation runs the model without the DDP wrapper (`train()` adds it): no
         # collectives, so processes may have different numbers of validation batches
         self.eval_model = model
@@ -157,6 +164,11 @@ class BaseTrainer(ABC):
         return self.config.save_dir
 
     @property
+    def len_epoch(self) -> int:
+        """Optimizer steps per epoch: `trainer.len_epoch`, or one pass over the data."""
+        return self.batches.len_epoch
+
+    @property
     def scaler(self) -> torch.amp.GradScaler | None:
         """The fp16 grad scaler (its state goes into checkpoints), or None."""
         return self.engine.scaler
@@ -195,17 +207,24 @@ class BaseTrainer(ABC):
     def check_first_batch(self) -> None:
         """Fail now, with one clear line, if a batch does not go through the step, the model,
         the loss and the metrics (`step.first_batch`); learn the step's loss parts."""
-        self._refuse_shadowed_methods()
+        self._refuse_hidden_parts()
         check_first_batch(self)
+        self._refuse_hidden_parts()  # what the step itself set
 
-    def _refuse_shadowed_methods(self) -> None:
+    def _refuse_hidden_parts(self) -> None:
         """A subclass's attribute that hides a method or property of the trainer (`self.step =
-        0` hides `step(name)`) would break the loop silently: one line naming it instead."""
+        0` hides `step(name)`) or replaces one of its parts (`self.best = 0.9`) would break the
+        loop silently: one line naming it instead."""
         for name in vars(self):
             member = getattr(type(self), name, None)
             if not name.startswith("_") and (callable(member) or isinstance(member, property)):
                 raise UserError(f"trainer.type: {type(self).__name__} sets self.{name}, which "
                                 f"hides the trainer's {name}(); give the attribute another name")
+        for name, kind in self.PARTS.items():
+            if not isinstance(getattr(self, name, None), kind):
+                raise UserError(f"trainer.type: {type(self).__name__} sets self.{name}, which is "
+                                f"the trainer's own {kind.__name__}; give the attribute another "
+                                f"name")
 
     # ------------------------------------------------------------------ the epochs
     def train(self) -> None:
@@ -216,7 +235,7 @@ class BaseTrainer(ABC):
         """
         if self.nothing_to_train():
             return
-        self._refuse_shadowed_methods()
+        self._refuse_hidden_parts()
         self.check_monitor()  # check_first_batch checked it, unless it was not called
         self.position_rng_state = None
         started, first_epoch = time.monotonic(), self.start_epoch
@@ -246,8 +265,8 @@ class BaseTrainer(ABC):
             self._step_schedulers(log)
             improved = self.best.update(log, epoch)
             self.last_log, self.last_epoch = log, epoch
-            self.report.epoch(epoch, log, improved, time.monotonic() - started, self.global_step,
-                              unwrap_model(self.model))
+            self.report.epoch(epoch, epochs, log, improved, time.monotonic() - started,
+                              self.global_step, unwrap_model(self.model))
             if 0 < self.settings.early_stop <= self.best.not_improved_count:
                 self.request_stop(f"early stop: {self.monitor.metric} did not improve for "
                                   f"{self.settings.early_stop} epochs")
@@ -357,18 +376,20 @@ class BaseTrainer(ABC):
     def _train_steps(self, epoch: int, bar=None, limit: int | None = None,
                      notes: list[str] | None = None) -> list[Tensor]:
         """The epoch's optimizer steps from `epoch_step` on, advancing `bar`. The dry run:
-        `limit` steps, what would be logged as images said in `notes`; the last micro-batch's
-        loss of each step."""
-        losses = []
-        for group in itertools.islice(self.batches.step_groups(epoch, self.epoch_step), limit):
+        `limit` steps, no progress written, and what its first step would log as images and
+        watch said in `notes`; it gets each step's last micro-batch loss."""
+        losses, dry_run = [], notes is not None
+        for index, group in enumerate(itertools.islice(
+                self.batches.step_groups(epoch, self.epoch_step), limit)):
+            first = index == 0 if dry_run else self.epoch_step == 0  # the epoch's, or the dry run's
             # torchrun: this process's signal (or its lost agent), agreed on before the step
             received = self.stop_signals.poll() if self.engine.distributed else None
             sizes, total, signal = self.engine.count(group, self.batch_size, received)
             if signal:  # torchrun: every process stops before the same step
                 self._stop(epoch, signal)
-            if self.epoch_step == 0 and self.report.log_images:
+            if first and self.report.log_images:
                 self._log_images(group[0], notes)
-            log_now = self.epoch_step % self.settings.log_step == 0  # this step is logged
+            log_now = self.epoch_step % self.settings.log_step == 0 or dry_run and first
             # hooks record on steps that are logged, and only where TensorBoard is written
             self.watch.recording = self.watch.enabled and log_now and distributed.is_main()
             if self.watch.recording and self.scaler is not None:  # a host sync, on log steps
@@ -378,6 +399,9 @@ class BaseTrainer(ABC):
             result = self.engine.run(self, self.model, group, sizes, total, self.global_step)
             if result.outputs is None and not result.stepped:
                 self.engine.nan_guard.count_skipped()
+            if dry_run and self.watch.recording:
+                notes.append(f"trainer.watch: recorded on the first step: "
+                             f"{', '.join(self.watch.scalars())}")
             self.watch.recording = False
             self.global_step += 1
             self.epoch_step += 1
@@ -394,13 +418,17 @@ class BaseTrainer(ABC):
                 bar.update(1)
             if log_now:
                 self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)
-                if result.outputs is not None:
+                if result.outputs is not None and not dry_run:
                     self.report.progress(epoch, self.epoch_step, self.len_epoch, self.global_step,
                                          result.outputs[-1][0].loss, rates, bar, self.watch)
-            if limit is not None and result.outputs is not None:
+            if dry_run and result.outputs is not None:
                 losses.append(result.outputs[-1][0].loss)
-            if self.stop_signals.received is not None and not self.engine.distributed:
-                self._stop(epoch, self.stop_signals.received)
+            # alone: a signal is acted on after the step (under torchrun: agreed before the
+            # next); a process torchrun started alone also watches its agent (`poll`)
+            signal = self.stop_signals.received if self.stop_signals.parent is None else \
+                self.stop_signals.poll()
+            if signal is not None and not self.engine.distributed:
+                self._stop(epoch, signal)
         return losses
 
     def _stop(self, epoch: int, signal: int) -> None:
@@ -484,9 +512,6 @@ class BaseTrainer(ABC):
         with self._training():
             losses = self._train_steps(self.epoch, limit=steps, notes=result.notes)
             self.engine.nan_guard.check(self.epoch, self.epoch_step, self.global_step)
-            if self.watch.enabled and losses:
-                result.notes.append(f"trainer.watch: recorded on the first step: "
-                                    f"{', '.join(self.report.watched)}")
             result.losses = [loss.item() for loss in losses]
             if self.valid_data_loader is not None:
                 result.log = self.evaluate(itertools.islice(self.valid_data_loader, batches))

@@ -145,9 +145,8 @@ class TrainerSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainerSettings":
-        """The settings of a `trainer` section; a `ConfigError` lists every problem with this
-        class's fields. Keys of other settings are left to their class (a trainer built on
-        `BaseTrainer` alone ignores the step's); the config check (`problems`) knows them all."""
+        """The settings of a `trainer` section; a `ConfigError` lists every problem with its
+        fields (an unknown key is the whole-config check's to report, with the others)."""
         problems = cls.problems(section, complete=False)
         if problems:
             raise ConfigError(*problems)
@@ -188,7 +187,6 @@ class TrainerSettings:
         problems = watch_problems(section.get("watch"))
         problem = compile_problem(section.get("compile", False))
         return problems + ([problem] if problem else [])
-
 
 
     @property

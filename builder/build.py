@@ -68,6 +68,10 @@ def build_trainer(config, modules: UserModules, device=None, training: bool = Tr
     valid_data_loader = data_loader.split_validation() if training else None
 
     model = config.init_obj("arch", modules.arch)
+    if not isinstance(model, torch.nn.Module):  # a function named as arch.type returned another
+        arch = config["arch"]["type"] if isinstance(config["arch"], dict) else config["arch"]
+        raise ConfigError(f"arch.type: {arch!r} returned a {type(model).__name__}, not a "
+                          f"torch.nn.Module")
     parameters, notes = set_up_model(config, model) if training else (None, [])
     device_ids = []
     if device is None:

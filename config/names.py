@@ -94,7 +94,8 @@ def _resolve_dotted(parts: list[str], key_path: str) -> Any:
     if not _allowed_module(".".join(parts[:-1])):
         raise ConfigError(f"{key_path}: {'.'.join(parts)!r} is outside the modules a config may "
                           f"use ({', '.join(allowed_modules())}; code of your own goes in "
-                          f"{', '.join(p + '/' for p in _user_packages) or 'your packages'})")
+                          f"{', '.join(p + '/' for p in _user_packages) or 'your packages'}, or "
+                          f"a package named in train.py's USER_PACKAGES)")
     for split in range(len(parts) - 1, 0, -1):  # the longest importable allowed module prefix
         module_name = ".".join(parts[:split])
         if not _allowed_module(module_name):

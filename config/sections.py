@@ -89,6 +89,13 @@ def loader_args(config: dict) -> dict:
     return args if isinstance(args, dict) else {}
 
 
+# The longest name a run id, study or run name may have: a file system allows 255 bytes, and
+# the template adds to it (`-fold12_3`, `-folds_1.json`, `.checkpoint-epoch99.pth.x.tmp`).
+MAX_NAME = 100
+
+
 def is_plain_name(name: str) -> bool:
-    """A folder name without path separators: letters, digits, `-`, `_`, `.`."""
-    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..")
+    """A folder name without path separators, of at most `MAX_NAME` characters: letters,
+    digits, `-`, `_`, `.`."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..") and \
+        len(name) <= MAX_NAME

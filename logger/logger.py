@@ -4,7 +4,8 @@ import logging.config
 import os
 from pathlib import Path
 
-from utils.files import read_json
+from utils.errors import UserError
+from utils.files import read_json, refuse_link
 
 DEFAULT_CONFIG = Path(__file__).with_name("logger_config.json")  # found from any working dir
 
@@ -34,4 +35,12 @@ def setup_logging(log_dir: str | os.PathLike | None, log_config: str | os.PathLi
                     logger["handlers"].remove(name)
         else:
             handler["filename"] = str(Path(log_dir) / handler["filename"])
-    logging.config.dictConfig(config)
+            refuse_link(handler["filename"])  # a log file is appended to: never through a link
+    try:
+        logging.config.dictConfig(config)
+    except ValueError as error:  # a handler's file cannot be opened (permissions, a folder)
+        cause = error.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        raise UserError(f"{cause.filename}: cannot open the log file ({cause.strerror})") \
+            from None

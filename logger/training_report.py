@@ -25,7 +25,6 @@ class TrainingReport:
         self.writer = TensorboardWriter(".", enabled=False)  # until open_writer: writes nothing
         self.bars = bars_wanted(settings.progress_bar) and self.is_main  # else log lines
         self.log_images = settings.log_images and self.is_main
-        self.watched: list[str] = []
         self.start_epoch()
 
     def open_writer(self, log_dir, global_step: int, train_keys: list[str]) -> None:
@@ -72,19 +71,18 @@ class TrainingReport:
         else:
             self.logger.debug("Train epoch %d [%d/%d (%.0f%%)] %s", epoch, step, len_epoch,
                               100.0 * step / len_epoch, postfix)
-        watched = watch.scalars() if watch.enabled else {}
-        self.watched = list(watched)  # what the last log step recorded: the dry run says it
-        scalars = {"loss/train_step": loss_value, **rates, **watched}
+        scalars = {"loss/train_step": loss_value, **rates,
+                   **(watch.scalars() if watch.enabled else {})}
         if speed is not None:
             scalars["speed/samples_per_s"] = speed
         self.writer.add_scalars(scalars, global_step)
 
-    def epoch(self, epoch: int, log: dict[str, float], improved: bool, seconds: float,
-              global_step: int, model) -> None:
+    def epoch(self, epoch: int, epochs: int, log: dict[str, float], improved: bool,
+              seconds: float, global_step: int, model) -> None:
         """The epoch table on the console and in the log file; the epoch's means and time (and
         every `log_histograms` epochs the weights and gradients of `model`) to TensorBoard."""
         speed = self.speed
-        self.logger.info("Epoch %d/%d  %s%s", epoch, self.settings.epochs,
+        self.logger.info("Epoch %d/%d  %s%s", epoch, epochs,
                          format_duration(seconds), f", {speed:,.0f} samples/s" if speed else "")
         for row in epoch_table(log, self.monitor.metric, improved):
             self.logger.info(row)

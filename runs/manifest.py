@@ -85,13 +85,12 @@ def read_manifest(run_dir: Path) -> dict | None:
 
 def made_here(run_dir: Path) -> bool:
     """Whether `run_dir` is a run folder this template made, where it made it: its manifest
-    names this folder (a copy or a moved folder names another; a manifest from before the
-    folders were recorded is trusted by its sessions alone)."""
+    names this folder. A copy or a moved folder names another; a manifest from before the
+    folders were recorded names none, and may be a copy too (whose continuing would write into
+    the original's log folder): both are foreign, and a resume branches off into a new run."""
     manifest = read_manifest(run_dir)
-    if manifest is None:
+    if manifest is None or "run_dir" not in manifest:
         return False
-    if "run_dir" not in manifest:
-        return bool(manifest["sessions"]) and (run_dir / "config.json").is_file()
     return manifest["run_dir"] == str(run_dir.resolve()) and manifest.get("run_id") == \
         run_dir.name
 

@@ -7,6 +7,7 @@ naming the holder (pid and host, written into the lock file) and writes nothing.
 rank 0 holds it for the whole run. On a file system without `flock` (some network mounts)
 locking is skipped with a warning.
 """
+import errno
 import logging
 import os
 import socket
@@ -35,9 +36,14 @@ class RunLock:
         """Take the lock or raise a `UserError` naming its holder. Then the temp files a
         killed writer of this run left are provably dead: they are removed and returned."""
         path = self.folder / LOCK_NAME
-        try:
-            file = open(path, "a+", encoding="utf-8")  # not truncated before it is ours
+        try:  # not truncated before it is ours; a link is never followed (nor written through)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            file = os.fdopen(fd, "a+", encoding="utf-8")
         except OSError as error:
+            if error.errno == errno.ELOOP or path.is_symlink():
+                raise UserError(f"{path}: is a symbolic link, not the run folder's lock file; "
+                                f"the template does not write through it (remove the link)") \
+                    from None
             raise UserError(f"{path}: cannot open the run folder's lock file "
                             f"({error.strerror})") from None
         if not self._lock(file):
@@ -47,10 +53,15 @@ class RunLock:
             raise UserError(f"{self.folder}: another process is writing this run folder "
                             f"({holder}); wait for it to end, or resume from a copy of the "
                             f"checkpoint into a new run")
-        file.seek(0)
-        file.truncate()
-        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        file.flush()
+        try:
+            file.seek(0)
+            file.truncate()
+            file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            file.flush()
+        except OSError as error:  # a full disk or quota: the lock is ours, its note is not
+            file.close()
+            raise UserError(f"{path}: cannot write the run folder's lock file "
+                            f"({error.strerror}); nothing else was written") from None
         self._file = file
         return remove_partial_writes(self.folder)
 

@@ -4,8 +4,10 @@
 training data: base/folds.py) and hands each run's result here.
 """
 import logging
+import os
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 from search.trial import PRUNED_REASON
 from utils import distributed
@@ -112,8 +114,22 @@ def report_folds(config, summary: dict) -> None:
     """The folds' table on the console and in `<run id>-folds.json` beside their run folders."""
     if not distributed.is_main():
         return
-    path = config.save_dir.parent / f"{config.run_id}-folds.json"
+    path = _free_summary_path(config.save_dir.parent, config.run_id)
     write_json(summary, path)
     logging.getLogger("train").info(
         "%d-fold cross-validation (%s at each fold's best epoch):\n%s\nSummary: %s",
         len(summary["folds"]), summary["monitor"], "\n".join(fold_table(summary)), path)
+
+
+def _free_summary_path(folder: Path, run_id: str) -> Path:
+    """`<run id>-folds.json`, or with a suffix (`_1`, `_2`, ...) when an earlier k-fold run of
+    the same id has it: each summary keeps its own folds. Reserved by creating it (exclusive),
+    so two k-fold runs finishing together get two names."""
+    for attempt in range(1000):
+        path = folder / f"{run_id}-folds{f'_{attempt}' if attempt else ''}.json"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise UserError(f"{folder}: no free name for the k-fold summary of {run_id!r}")

@@ -175,6 +175,10 @@ class Sweep:
                            "pruner": self.options["pruner"],
                            "prune_after": self.options["prune_after"]})
         run_folder = self.run_folder(name)
+        if resume and run_folder.is_dir() and not self._is_own_trial(run_folder, number):
+            print(f"{name}: {run_folder} is not this study's trial {number} (its manifest says "
+                  f"otherwise); the trial starts again", flush=True)
+            resume = False
         resume = resume and run_folder.is_dir()
         if resume:
             arguments = ["-r", str(run_folder)]
@@ -207,6 +211,16 @@ class Sweep:
             return dict(os.environ)
         processes = self.options["jobs"] * (self.options.get("torchrun") or 1)
         return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+
+    def _is_own_trial(self, run_folder: Path, number: int) -> bool:
+        """Whether `run_folder` was trained as trial `number` of this study in this sweep
+        folder: its manifest's sessions say so."""
+        from runs.manifest import read_manifest
+
+        sessions = (read_manifest(run_folder) or {}).get("sessions") or []
+        own = {"study": self.study_name, "number": number, "sweep": str(self.folder)}
+        return any(isinstance(session, dict) and session.get("trial") == own
+                   for session in sessions)
 
     def run_folder(self, name: str) -> Path:
         return self.folder / "models" / self.definition["config"]["name"] / name
@@ -288,12 +302,28 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+def storage_identity(url: str) -> str:
+    """The storage a study lives in, as `sweep.json` keeps it: the URL without a password
+    (`postgresql://user@host/db`), a SQLite path resolved."""
+    scheme, _, rest = url.partition("://")
+    if scheme.startswith("sqlite"):
+        path = rest[1:] if rest.startswith("/") else rest
+        return f"{scheme}:///{Path(path).resolve()}" if path else url
+    credentials, at, place = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':')[0]}{at}{place}" if at else url
+
+
 def load_definition(folder: Path, definition: dict) -> dict:
     """`definition` saved as the sweep's `sweep.json`, or checked against the one there: a
     study goes on only with what it started with."""
     path = folder / "sweep.json"
     if path.is_file():
         saved = read_json(path)
+        saved.setdefault("storage", definition.get("storage"))  # a sweep from before it was kept
+        if saved.get("storage") != definition.get("storage"):
+            raise UserError(f"{folder}: this sweep folder belongs to study {folder.name!r} in "
+                            f"{saved['storage']}, not in {definition.get('storage')}; give "
+                            f"--study another name for another study, or that --storage")
         if saved != json.loads(json.dumps(definition)):
             changed = [key for key in definition if saved.get(key) != definition[key]]
             raise UserError(f"{path}: this study was started with another "

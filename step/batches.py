@@ -44,8 +44,10 @@ def map_tensors(batch: Any, function: Callable[[Tensor], Any]) -> Any:
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor inside it on `device` (asynchronously from pinned memory)."""
-    # non_blocking: asynchronous from pinned memory, an ordinary copy from any other
-    return map_tensors(batch, functools.partial(Tensor.to, device=device, non_blocking=True))
+    # non_blocking to CUDA: asynchronous from pinned memory, an ordinary copy from any other
+    # (elsewhere, as to MPS, a non-blocking copy is not safe)
+    return map_tensors(batch, functools.partial(Tensor.to, device=device,
+                                                non_blocking=device.type == "cuda"))
 
 
 def detached(value: Any) -> Any:

@@ -77,13 +77,15 @@ class StepEngine:
         self.automatic = automatic
         self.logger = logger
         self.nan_policy = settings.nan_policy
-        self.nan_guard = NanGuard(settings.nan_policy, settings.log_step, device)
+        self.nan_guard = NanGuard(settings.log_step, device)
         self.dtype = AMP_DTYPES.get(settings.amp)
         self.scaler = torch.amp.GradScaler(device.type) if settings.amp == "fp16" else None
         self.grad_clip_norm = settings.grad_clip_norm
         # the process group exists before the trainer is built
         self.distributed, self.processes = distributed.active(), distributed.world_size()
         self.current = StepInProgress()
+        # one context entered around every micro-batch (entered again each time, never nested)
+        self.autocast_context = self.autocast()
 
     def count(self, group: list, batch_size: Callable, received: int | None
               ) -> tuple[list[int], int, int | None]:
@@ -123,10 +125,10 @@ class StepEngine:
                         optimizer.zero_grad(set_to_none=True)
                 # DDP averages gradients in the last micro-batch's backward only
                 with _no_sync(model) if not current.last else contextlib.nullcontext():
-                    with self.autocast():
+                    with self.autocast_context:
                         step = step_output(seam.training_step(batch))
                     if self.automatic:
-                        self.backward(step.loss)
+                        seam.backward(step.loss)  # the seam's: a subclass may override it
                     else:
                         current.note(step.loss)
                 results.append((StepOutput(step.loss.detach(), detached(step.output),
@@ -214,8 +216,7 @@ class NanGuard:
     bad step. "skip": `skip_step` decides before each optimizer step (a host sync, agreed by
     every process) whether to drop it."""
 
-    def __init__(self, policy: str, capacity: int, device: torch.device):
-        self.policy = policy
+    def __init__(self, capacity: int, device: torch.device):
         self._finite = torch.ones(capacity, dtype=torch.bool, device=device)
         self._count = 0  # steps noted since the last check
         self._skipped = 0  # steps of this epoch that nan_policy "skip" dropped entirely

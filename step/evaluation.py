@@ -61,11 +61,19 @@ def broadcast_warning(output, target) -> str | None:
 
 
 def describe_error(error: BaseException) -> str:
-    """`IndexError: Target 8 is out of bounds (at model/loss.py:12)`: the innermost frame of ours."""
+    """`IndexError: Target 8 is out of bounds (at model/loss.py:12, from trainer/trainer.py:60)`:
+    the innermost frame of the project's code, and the outermost (the user's step that called
+    it) when that is another line."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    ours = [frame for frame in traceback.extract_tb(error.__traceback__)
+    ours = [f"{Path(frame.filename).resolve().relative_to(PROJECT_ROOT)}:{frame.lineno}"
+            for frame in traceback.extract_tb(error.__traceback__)
             if Path(frame.filename).resolve().is_relative_to(PROJECT_ROOT)
-            and "site-packages" not in frame.filename]
-    where = f" (at {Path(ours[-1].filename).resolve().relative_to(PROJECT_ROOT)}:{ours[-1].lineno})" \
+            and "site-packages" not in frame.filename
+            and Path(frame.filename).resolve().relative_to(PROJECT_ROOT).parts[0] not in MACHINERY]
+    where = f" (at {ours[-1]}{f', from {ours[0]}' if ours[0] != ours[-1] else ''})" \
         if ours else ""
     return f"{type(error).__name__}: {text}{where}"
+
+
+# The template's own rooms: an error is located in the user's code that called them.
+MACHINERY = ("step", "base", "runs", "builder", "config", "utils", "logger")

@@ -171,3 +171,20 @@ def test_weights_of_another_dtype_are_listed_not_cast(tmp_path):
     with pytest.raises(CheckpointError, match=r"dtype mismatch \(file vs model\): conv1\.weight "
                                               r"torch\.float64 vs torch\.float32"):
         load_model_state(DigitsModel(), state, tmp_path / "c.pth")
+
+
+def test_a_flipped_compression_field_in_the_zip_directory_is_a_damaged_checkpoint(tmp_path):
+    """A bit flip that turns a record's compression method into deflate makes the archive
+    test raise zlib.error: that is a damaged file (one line, -r falls back), not a traceback."""
+    from utils.checkpoint import load_checkpoint
+    from utils.errors import CheckpointError
+
+    path = tmp_path / "checkpoint-epoch1.pth"
+    torch.save({"epoch": 1, "state_dict": {"w": torch.ones(64)}}, path)
+    data = bytearray(path.read_bytes())
+    directory = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[directory + 10:directory + 12] = (8).to_bytes(2, "little")  # method: deflate
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"^{path}: damaged checkpoint \(unreadable "
+                                              rf"archive: "):
+        load_checkpoint(path)

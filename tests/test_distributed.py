@@ -319,13 +319,13 @@ def test_a_mid_epoch_stop_of_two_processes_resumes_in_one_with_the_same_global_b
 @pytest.mark.slow
 def test_a_nan_on_one_process_stops_both_without_saving(tmp_path):
     config = ddp_config(tmp_path, 32, epochs=2)
-    start = time.monotonic()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", str(ROOT / "tests" / "slow_train.py"), "-c", str(config),
                "--run-id", "nan"]
+    # both stop: rank 0 does not wait forever on rank 1 (the timeout catches a hang)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "NAN_AT_STEP": "25", "NAN_RANK": "1"})
-    assert result.returncode != 0 and time.monotonic() - start < 100
+    assert result.returncode != 0
     assert "the loss became NaN or infinite at epoch 2, step 4" in result.stderr
     folder = tmp_path / "saved/models/Digits_CNN/nan"
     assert sorted(p.name for p in folder.glob("*.pth")) == ["checkpoint-epoch1.pth",

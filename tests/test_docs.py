@@ -15,11 +15,23 @@ The conventions of the pages, which these tests read:
   `trainer` and `data_loader` are also everyday names and config sections (`trainer.epochs`,
   `model.apply`), so for those the second part must be a module (`trainer.trainer.Trainer`).
 - A command line is `python SCRIPT ...` or `torchrun ... SCRIPT ...` in a fenced block or a span
-  in backticks, or a span that starts with `SCRIPT` (`test.py --compare`), for the entry scripts
-  (train.py, test.py, sweep.py, new_project.py). Its flags are those of the parser the script's
-  main() builds.
-- A project made by `new_project.py` without a leaf has no pages, paths or scripts of that leaf;
-  what a page says of a missing leaf is not checked there.
+  in backticks, or a span that starts with `SCRIPT` (`test.py --print-config`), for the entry
+  scripts (train.py, test.py, sweep.py, new_project.py). Its flags are those of the parser the
+  script's main() builds.
+- What a page says of a leaf (search, bench, examples: new_project.LEAVES) is marked with HTML
+  comments, which GitHub does not show: a block between the lines `<!-- leaf: NAME -->` and
+  `<!-- /leaf: NAME -->` (blocks nest: a line about two leaves is in both), or a table row ending
+  in `<!-- leaf: NAME -->` (a comment line of its own would end the table). A sentence that only
+  makes sense with the leaf goes inside, and the text around reads well without it. A comment
+  inside a fenced block would show, so a leaf's code lines get a fenced block of their own
+  between the marker lines. `new_project.py` drops the blocks of the leaves it leaves out (the
+  markers of the others stay), so a copy's pages never name a leaf it lacks. A reference to a
+  leaf, which must be marked: a path under one of its paths (relative to the project or to the
+  page: `search/`, `sweep.py`, `../examples/vae.py`, `search-and-kfold.md`), a dotted name in
+  its package (`examples.vae.VAETrainer`), `--with NAME`, and its flags (LEAF_FLAGS). A leaf's
+  own page (docs/search-and-kfold.md) needs no markers for that leaf. The maintainer's map,
+  docs/DESIGN.md, names the leaves as parts of the design and is not marked: in a copy, what it
+  says of a missing leaf is not checked.
 """
 import argparse
 import ast
@@ -27,6 +39,7 @@ import fnmatch
 import functools
 import importlib.util
 import json
+import posixpath
 import re
 import shlex
 import sys
@@ -124,21 +137,75 @@ def anchors(text: str) -> set[str]:
     return found
 
 
+# ---------------------------------------------------------------- the leaves
+
+# The flags an entry script has only with a leaf, and that leaf.
+LEAF_FLAGS = {"--folds": "search", "--trial": "search", "--compare": "search"}
+UNMARKED_PAGES = ("docs/DESIGN.md",)  # the maintainer's map: the leaves are part of its design
+MARKER_LIKE = re.compile(r"<!--\s*/?\s*leaf\b")
+PATH_TOKEN = re.compile(r"[\w.-]*(?:/[\w.-]*)+|[\w.-]+\.(?:py|md|json|gz)(?![\w.])")
+DOTTED_TOKEN = re.compile(r"(?<![\w./-])([a-z_]\w*)\.[A-Za-z_]\w*")
+FLAG_TOKEN = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+WITH_TOKEN = re.compile(r"--with[= ]+([\w,-]+)")
+
+
 @functools.cache
-def missing_leaf_patterns() -> tuple[str, ...]:
-    """Glob patterns (relative to ROOT) of the leaves this copy of the template lacks."""
+def new_project():
+    """This copy's new_project.py (its LEAVES, leaf_paths, strip_leaves)."""
     spec = importlib.util.spec_from_file_location("_docs_new_project", ROOT / "new_project.py")
-    new_project = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(new_project)
-    return tuple(pattern for name, leaf in new_project.LEAVES.items()
-                 if not (ROOT / leaf.paths[0]).exists()
-                 for pattern in new_project.leaf_paths(name, ROOT))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def leaf_patterns() -> dict[str, tuple[str, ...]]:
+    """Each leaf's glob patterns (relative to ROOT), whether this copy has the leaf or not."""
+    return {name: tuple(new_project().leaf_paths(name, ROOT)) for name in new_project().LEAVES}
+
+
+def missing_leaves() -> frozenset[str]:
+    """The leaves this copy of the template was made without."""
+    return frozenset(name for name, leaf in new_project().LEAVES.items()
+                     if not (ROOT / leaf.paths[0]).exists())
+
+
+def leaf_of(relative: str) -> str | None:
+    """The leaf the path `relative` (to ROOT) is in, or None."""
+    parts = PurePosixPath(relative).parts
+    return next((name for name, patterns in leaf_patterns().items()
+                 if any(fnmatch.fnmatchcase("/".join(parts[:end]), pattern)
+                        for pattern in patterns for end in range(1, len(parts) + 1))), None)
 
 
 def in_missing_leaf(relative: str) -> bool:
-    parts = PurePosixPath(relative).parts
-    return any(fnmatch.fnmatchcase("/".join(parts[:end]), pattern)
-               for pattern in missing_leaf_patterns() for end in range(1, len(parts) + 1))
+    return leaf_of(relative) in missing_leaves()
+
+
+def page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix() if page.is_relative_to(ROOT) else page.name
+
+
+def lenient(page: Path) -> bool:
+    """Whether what `page` says of a missing leaf goes unchecked: only an unmarked page's."""
+    return page_name(page) in UNMARKED_PAGES
+
+
+def leaf_references(page: Path, line: str) -> set[tuple[str, str]]:
+    """(leaf, what) of each reference to a leaf in a `line` of `page`."""
+    found, folder = set(), PurePosixPath(page_name(page)).parent
+    for token in PATH_TOKEN.findall(line):
+        for base in {PurePosixPath("."), folder}:
+            path = posixpath.normpath((base / token).as_posix()) if token[0] != "/" else ".."
+            if not path.startswith("..") and leaf_of(path):
+                found.add((leaf_of(path), token))
+    for match in DOTTED_TOKEN.finditer(line):
+        if leaf_of(match.group(1)):
+            found.add((leaf_of(match.group(1)), match.group()))
+    found |= {(LEAF_FLAGS[flag], flag) for flag in FLAG_TOKEN.findall(line) if flag in LEAF_FLAGS}
+    found |= {(name, f"--with {name}") for names in WITH_TOKEN.findall(line)
+              for name in names.split(",") if name in leaf_patterns()}
+    return found
 
 
 # ---------------------------------------------------------------- the checks, each on one page
@@ -153,7 +220,8 @@ def link_problems(page: Path, text: str) -> tuple[int, list[str]]:
             continue
         path_part, _, anchor = target.partition("#")
         file = (page.parent / path_part).resolve() if path_part else page
-        if file.is_relative_to(ROOT) and in_missing_leaf(file.relative_to(ROOT).as_posix()):
+        if lenient(page) and file.is_relative_to(ROOT) and \
+                in_missing_leaf(file.relative_to(ROOT).as_posix()):
             continue
         checked += 1
         at = where(page, line_of(body, match.start()))
@@ -225,22 +293,24 @@ def top_level_names(file: Path) -> set[str]:
     return names
 
 
-def path_problem(span: str) -> tuple[bool, str | None]:
-    """Whether `span` is a project path to check, and the problem with it."""
+def path_problem(span: str, leniently: bool = False) -> tuple[bool, str | None]:
+    """Whether `span` is a project path to check, and the problem with it (`leniently`: none
+    in a missing leaf)."""
     if not PATH_SPAN.fullmatch(span):
         return False, None
     relative = span.removeprefix("./").rstrip("/")
     first = relative.split("/")[0]
     if not (relative.endswith(".py") or ("/" in span and (ROOT / first).exists())) or \
-            (first == "saved" and relative != "saved") or in_missing_leaf(relative):
+            (first == "saved" and relative != "saved") or (leniently and in_missing_leaf(relative)):
         return False, None
     if not (ROOT / relative).exists() or (span.endswith("/") and not (ROOT / relative).is_dir()):
         return True, f"`{span}`: no such file or folder in the project"
     return True, None
 
 
-def dotted_problem(span: str) -> tuple[bool, str | None]:
-    """Whether `span` is a dotted name of the project to check, and the problem with it."""
+def dotted_problem(span: str, leniently: bool = False) -> tuple[bool, str | None]:
+    """Whether `span` is a dotted name of the project to check, and the problem with it
+    (`leniently`: none in a missing leaf)."""
     parts = span.split(".")
     if not DOTTED_SPAN.fullmatch(span) or parts[-1] in FILE_SUFFIXES or \
             module_file(parts[:1]) is None or \
@@ -248,7 +318,7 @@ def dotted_problem(span: str) -> tuple[bool, str | None]:
         return False, None
     end = max(end for end in range(1, len(parts) + 1) if module_file(parts[:end]))
     file = module_file(parts[:end])  # the longest prefix that is a module
-    if in_missing_leaf(file.relative_to(ROOT).as_posix()):
+    if leniently and in_missing_leaf(file.relative_to(ROOT).as_posix()):
         return False, None
     if end < len(parts) and parts[end] not in top_level_names(file):
         return True, f"`{span}`: {file.relative_to(ROOT).as_posix()} defines no {parts[end]!r}"
@@ -260,7 +330,7 @@ def project_path_problems(page: Path, text: str) -> tuple[int, list[str]]:
     checked, problems = 0, []
     for span, line in code_spans(text):
         for check in (path_problem, dotted_problem):
-            counted, problem = check(span)
+            counted, problem = check(span, lenient(page))
             checked += counted
             if problem:
                 problems.append(f"{where(page, line)}: {problem}")
@@ -349,7 +419,7 @@ def command_problems(page: Path, text: str) -> tuple[int, list[str]]:
     checked, problems = 0, []
     for line, number, bare in candidates:
         for script, arguments in commands_in(line, bare):
-            if in_missing_leaf(script):
+            if lenient(page) and in_missing_leaf(script):
                 continue
             if not (ROOT / script).exists():
                 problems.append(f"{where(page, number)}: {script}: no such script")
@@ -357,6 +427,8 @@ def command_problems(page: Path, text: str) -> tuple[int, list[str]]:
             checked += 1
             flags = script_flags(script)
             for argument in arguments:
+                if lenient(page) and LEAF_FLAGS.get(argument.split("=")[0]) in missing_leaves():
+                    continue
                 if argument.startswith("-") and argument != "-" and \
                         not re.match(r"-\d", argument) and argument.split("=")[0] not in flags:
                     problems.append(f"{where(page, number)}: {script} has no option "
@@ -364,7 +436,43 @@ def command_problems(page: Path, text: str) -> tuple[int, list[str]]:
     return checked, problems
 
 
-CHECKS = [link_problems, json_problems, project_path_problems, command_problems]
+def leaf_marker_problems(page: Path, text: str) -> tuple[int, list[str]]:
+    """Every leaf marker is well formed and shows nowhere, and every reference to a leaf is
+    marked: what `new_project.py` keeps of the page without that leaf names nothing of it."""
+    problems = []
+    for number, (line, visible) in enumerate(zip(text.splitlines(), prose(text).splitlines()), 1):
+        if not MARKER_LIKE.search(re.sub(r"`+[^`]*`+", "", line)):  # a marker, not one quoted
+            continue
+        if not visible:
+            problems.append(f"{where(page, number)}: a leaf marker in a fenced block shows there; "
+                            f"give the leaf's lines a fenced block of their own between markers")
+        elif not (new_project().LEAF_BLOCK.fullmatch(line.strip()) or
+                  (line.lstrip().startswith("|") and new_project().LEAF_ROW.search(line))):
+            problems.append(f"{where(page, number)}: a leaf marker is a line of its own "
+                            f"(<!-- leaf: NAME --> or <!-- /leaf: NAME -->) or ends a table row")
+    try:
+        kept = {name: new_project().strip_leaves(text, {name}) for name in leaf_patterns()}
+    except ValueError as error:
+        return 1, [*problems, f"{page_name(page)}: {error}"]
+    if lenient(page):
+        return 1, problems
+    checked, lines, own = 0, text.splitlines(), leaf_of(page_name(page))
+    for name in sorted(kept.keys() - {own}):
+        index = 0
+        for line in kept[name].splitlines():  # the page's lines that a copy without `name` keeps
+            while lines[index] != line:
+                index += 1
+            checked += 1
+            problems += [f"{where(page, index + 1)}: `{what}` names the leaf {name} outside its "
+                         f"markers (<!-- leaf: {name} --> ... <!-- /leaf: {name} -->, or a table "
+                         f"row ending in <!-- leaf: {name} -->)"
+                         for leaf, what in sorted(leaf_references(page, line)) if leaf == name]
+            index += 1
+    return checked, problems
+
+
+CHECKS = [link_problems, json_problems, project_path_problems, command_problems,
+          leaf_marker_problems]
 
 
 # ---------------------------------------------------------------- the pages
@@ -380,7 +488,7 @@ def test_every_page_passes(check):
 
 
 def test_the_readme_is_a_page_a_newcomer_finishes():
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "README.md").read_text().splitlines()  # leaf markers count: the file's lines
     assert len(lines) <= 300, f"README.md has {len(lines)} lines; move a subject to docs/"
 
 
@@ -420,7 +528,21 @@ BROKEN = {
                        "and `test.py -r x.pth --jsn out.json`", 3,
                        "```bash\npython train.py -c config.json --lr 0.01 -o a.b=1 --lr -1\n"
                        "torchrun --standalone --nproc_per_node=2 train.py -r run  # --nothing\n```\n"
-                       "and `test.py -r x.pth --compare a b --json out.json`"),
+                       "and `test.py -r x.pth --print-config`"),
+    leaf_marker_problems: ("Train with `--folds 5`, or see [Search](search-and-kfold.md).\n"
+                           "<!-- leaf: examples -->\n`python train.py -c examples/vae.json`, "
+                           "`python sweep.py -c config.json`\n<!-- /leaf: examples -->\n"
+                           "```bash\n<!-- leaf: bench -->\npython bench/overhead.py\n"
+                           "<!-- /leaf: bench -->\n```\nBenchmarks <!-- leaf: bench --> here", 6,
+                           "Train with `python train.py -c config.json`.\n<!-- leaf: search -->\n"
+                           "Or with `--folds 5`; see [Search](search-and-kfold.md).\n"
+                           "<!-- leaf: examples -->\nThe data of `examples.tabular` is "
+                           "`data/diabetes.csv.gz`; `--with search,examples`.\n"
+                           "<!-- /leaf: examples -->\n<!-- /leaf: search -->\n"
+                           "| script | leaf |\n| --- | --- |\n"
+                           "| `sweep.py` | search | <!-- leaf: search -->\n"
+                           "<!-- leaf: bench -->\n```bash\npython bench/overhead.py\n```\n"
+                           "<!-- /leaf: bench -->"),
 }
 PAGE = ROOT / "docs" / "a-page.md"  # never written: the checks are given its text
 
@@ -433,13 +555,26 @@ def test_each_check_finds_the_faults_of_a_broken_page(check):
     assert problems == [] and checked > 0
 
 
-def test_what_belongs_to_a_missing_leaf_is_not_checked(monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "missing_leaf_patterns",
-                        lambda: ("search", "sweep.py", "docs/*search*"))
+def test_a_wrong_leaf_marker_is_one_problem():
+    for page, error in [("<!-- leaf: serch -->\nx\n<!-- /leaf: serch -->", "no leaf 'serch'"),
+                        ("<!-- leaf: search -->\nx\n<!-- /leaf: bench -->", "closes no open"),
+                        ("<!-- leaf: search -->\nx", "never closed")]:
+        checked, problems = leaf_marker_problems(PAGE, page)
+        assert len(problems) == 1 and error in problems[0], problems
+
+
+def test_only_the_unmarked_maintainers_map_skips_what_it_says_of_a_missing_leaf(monkeypatch):
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "missing_leaves", lambda: frozenset({"search"}))
+    monkeypatch.setattr(this, "script_flags", lambda script: frozenset({"-c", "--config"}))
     page = ("[search](search-and-nowhere.md) `search/no_such_file.py` `search.nothing.Sweep`\n"
-            "```bash\npython sweep.py --no-such-flag\n```")
-    assert [check(PAGE, page)[1] for check in CHECKS] == [[], [], [], []]
-    assert link_problems(PAGE, "[step](no-step-here.md)")[1]  # the core is checked still
+            "```bash\npython sweep.py --no-such-flag\npython train.py -c config.json --folds 2\n```")
+    checks = [link_problems, json_problems, project_path_problems, command_problems]
+    assert [check(ROOT / "docs" / "DESIGN.md", page)[1] for check in checks] == [[], [], [], []]
+    assert leaf_marker_problems(ROOT / "docs" / "DESIGN.md", page)[1] == []  # not marked
+    # any other page is checked in full: in a copy without the leaf, its blocks are gone
+    assert all(check(PAGE, page)[1] for check in (link_problems, project_path_problems,
+                                                  command_problems, leaf_marker_problems))
 
 
 # ---------------------------------------------------------------- the picture

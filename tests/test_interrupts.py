@@ -156,7 +156,8 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches_an_uninterrupted_run(refer
 @pytest.mark.slow
 def test_a_closed_terminal_sighup_saves_like_sigterm(tmp_path):
     config = write_config(tmp_path, "hangup")
-    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.02"}), []
+    # slow from step 5 on: epoch 1's rest takes seconds (not 0.3 s), so the signal lands in it
+    process, seen = start("-c", str(config), env={"STEP_DELAY": "0.5", "STEP_DELAY_FROM": "5"}), []
     wait_for(process, "STEP 5", seen)
     process.send_signal(signal.SIGHUP)
     code, out, err = finish(process, seen)
@@ -270,3 +271,18 @@ def test_a_signal_during_validation_stops_there_and_resumes_exactly(references, 
     assert [line for line in (result.stdout + result.stderr).splitlines()
             if "Warning" in line and "no CUDA GPU" not in line] == []  # none but the CPU's
     assert_same_training(tmp_path, "stopped", references / "plain")
+
+
+def test_a_signal_ignored_when_the_run_starts_stays_ignored_nohup():
+    """`nohup python train.py ...`: SIGHUP is ignored before the run starts, so a logout must
+    not stop it; the trainer's handler is installed only for the signals that were not."""
+    from utils.interrupts import StopSignals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopSignals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -31,7 +31,6 @@ def run(metrics: EpochMetrics, batches) -> dict[str, float]:
     return metrics.result()
 
 
-@pytest.mark.slow
 def test_rmse_as_a_torchmetrics_metric_is_exact_over_the_epoch_a_function_is_not():
     batches = regression_batches()
     output, target = torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])
@@ -65,7 +64,6 @@ def test_macro_f1_is_exact_over_the_epoch():
     assert values["accuracy"] == pytest.approx(correct, rel=1e-6)
 
 
-@pytest.mark.slow
 def test_a_mid_epoch_state_continues_to_the_same_values():
     batches = regression_batches()
     straight = run(EpochMetrics([named(MeanSquaredError(squared=False), "rmse")]), batches)
@@ -88,7 +86,6 @@ def test_loss_parts_are_sample_weighted_means_after_the_loss():
     assert metrics.result() == {"loss": 1.75, "kl": 1.5}
 
 
-@pytest.mark.slow
 def test_training_and_validation_keep_separate_metric_states():
     metric = named(MeanSquaredError(), "mse")
     train, valid = EpochMetrics([metric]), EpochMetrics([metric])

@@ -78,3 +78,27 @@ def test_torchvision_classifier_names_a_wrong_model():
     with pytest.raises(ConfigError, match="'resnt18' is not a torchvision classification model "
                                           r"\(did you mean 'resnet18'\?\)"):
         TorchvisionClassifier("resnt18", num_classes=10)
+
+
+@pytest.mark.slow
+def test_an_arch_type_that_returns_no_module_is_one_line(tmp_path, monkeypatch):
+    """A function named as arch.type (a factory) must return a model; anything else is the
+    config's mistake, named before anything is written."""
+    import json
+
+    import model.model as module_arch
+    import train
+    from tests.conftest import small_config
+    from utils.errors import ConfigError
+
+    def layer_sizes():
+        return [64, 32, 10]
+    layer_sizes.__module__ = "model.model"  # as if written there
+    monkeypatch.setattr(module_arch, "layer_sizes", layer_sizes, raising=False)
+    config = small_config(tmp_path / "saved")
+    config["arch"] = {"type": "layer_sizes", "args": {}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"^arch\.type: 'layer_sizes' returned a list, not a "
+                                          r"torch\.nn\.Module$"):
+        train.main(["-c", str(tmp_path / "c.json")])
+    assert not (tmp_path / "saved").exists()

@@ -137,7 +137,6 @@ def test_weights_start_from_a_state_dict_and_skip_init(tmp_path):
         assert torch.equal(trainer.model.state_dict()[name], value), name
 
 
-@pytest.mark.slow
 def test_a_strict_load_of_mismatched_weights_fails_with_a_readable_report(tmp_path):
     state = DigitsModel(num_classes=5).state_dict()
     del state["fc1.bias"]
@@ -192,7 +191,6 @@ def test_the_fine_tuning_config_trains_on_the_digits(tmp_path):
     assert tuned["monitor_best"] < start["monitor_best"]  # went on from the pretrained model
 
 
-@pytest.mark.slow
 def test_the_checks_that_need_the_model_are_reported_together(tmp_path):
     config = small_config(tmp_path / "saved", watch={"activations": ["conv9"],
                                                      "grad_stats": ["conv1.*"]})

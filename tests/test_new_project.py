@@ -2,6 +2,7 @@
 that trains and passes its own tests."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ import pytest
 
 from tests.conftest import ROOT, run_folders, run_script
 
+# What a page of a copy without any leaf must not say (but the maintainer's map, docs/DESIGN.md,
+# which is not marked: tests/test_docs.py).
+LEAF_WORDS = re.compile(r"search/|sweep\.py|examples/|bench/|search-and-kfold|--folds|--compare|"
+                        r"--trial\b|--with[ =][\w,]*(?:search|bench|examples)|examples\.|"
+                        r"<!-- /?leaf")
 # What each leaf brings, as found in a copy (new_project.LEAVES has the patterns).
 LEAF_FILES = {"search": ["search", "sweep.py", "tests/search", "configs/search_digits.json"],
               "bench": ["bench", "tests/bench"],
@@ -59,9 +65,16 @@ def test_the_core_alone_passes_its_fast_tests_and_trains(tmp_path):
     assert not (project / ".git").exists()
     assert list((project / "saved").iterdir()) == []
     assert not list(project.rglob("__pycache__"))
+    said = {page.name: LEAF_WORDS.findall(page.read_text())
+            for page in [project / "README.md", *project.glob("docs/*.md")]}
+    assert [name for name, found in said.items() if found and name != "DESIGN.md"] == [], said
 
-    tests = run_in(project, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider")
+    tests = run_in(project, "-m", "pytest", "-q", "-x", "-rA", "-m", "not slow",
+                   "-p", "no:cacheprovider")
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
+    for check in ("link", "json", "project_path", "command", "leaf_marker"):  # its docs, strictly
+        assert f"PASSED tests/test_docs.py::test_every_page_passes[{check}_problems]" in \
+            tests.stdout, tests.stdout[-3000:]
     assert not (project / ".pytest_cache").exists()
 
     one_epoch_config(project)
@@ -96,7 +109,6 @@ def test_with_search_the_copy_sweeps(tmp_path):
     assert (project / "saved/sweeps/Digits_CNN-space/best_config.json").exists()
 
 
-@pytest.mark.slow
 def test_new_project_refuses_an_unknown_leaf_in_one_line_and_writes_nothing(tmp_path):
     result = run_script("new_project.py", str(tmp_path / "MyProject"), "--with", "bench,serch",
                         check=False)
@@ -107,7 +119,6 @@ def test_new_project_refuses_an_unknown_leaf_in_one_line_and_writes_nothing(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_new_project_refuses_a_non_empty_target(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     result = run_script("new_project.py", str(tmp_path), check=False)
@@ -115,7 +126,6 @@ def test_new_project_refuses_a_non_empty_target(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.slow
 def test_new_project_refuses_a_target_inside_the_template(tmp_path):
     result = run_script("new_project.py", str(ROOT / "saved" / "copy"), check=False)
     assert result.returncode == 2 and not (ROOT / "saved" / "copy").exists()
@@ -185,3 +195,71 @@ def test_a_leaf_this_template_was_made_without_is_refused(tmp_path, monkeypatch)
         new_project.parse_leaves("bench,search")
     with pytest.raises(UserError, match=r"unknown leaf 'exampels' \(did you mean 'examples'\?\)"):
         new_project.parse_leaves("exampels")
+
+
+PAGE = """# A page
+Core text.
+<!-- leaf: search -->
+Run `sweep.py`.
+<!-- leaf: examples -->
+`--with search,examples`
+<!-- /leaf: examples -->
+<!-- /leaf: search -->
+| script | leaf |
+| --- | --- |
+| `bench/throughput.py` | bench | <!-- leaf: bench -->
+| `train.py` | none |
+More core text.
+"""
+
+
+def test_strip_leaves_drops_the_marked_lines_of_the_leaves_left_out():
+    from new_project import strip_leaves
+
+    lines = PAGE.splitlines(keepends=True)
+    assert strip_leaves(PAGE, []) == PAGE  # in the template the markers stay
+    assert strip_leaves(PAGE, ["examples"]) == "".join(lines[:4] + lines[7:])
+    assert strip_leaves(PAGE, {"search"}) == "".join(lines[:2] + lines[8:])
+    assert strip_leaves(PAGE, {"search", "bench", "examples"}) == \
+        "# A page\nCore text.\n| script | leaf |\n| --- | --- |\n| `train.py` | none |\n" \
+        "More core text.\n"
+    for page, error in [("<!-- leaf: serch -->\nx\n<!-- /leaf: serch -->\n", "no leaf 'serch'"),
+                        ("| a | <!-- leaf: serch -->\n", "no leaf 'serch'"),
+                        ("<!-- leaf: search -->\nx\n<!-- /leaf: bench -->\n",
+                         "line 3: <!-- /leaf: bench --> closes no open block of bench"),
+                        ("x\n<!-- /leaf: bench -->\n", "closes no open block"),
+                        ("<!-- leaf: search -->\nx\n", "<!-- leaf: search --> is never closed")]:
+        with pytest.raises(ValueError, match=re.escape(error)):
+            strip_leaves(page, ["bench"])
+
+
+def test_the_copys_pages_say_nothing_of_the_leaves_left_out(tmp_path, monkeypatch):
+    import new_project
+    from utils.errors import UserError
+
+    template = fake_template(tmp_path / "template", ("train.py", "search/study.py"))
+    for page in ("README.md", "docs/a-page.md", "docs/search-page.md"):
+        (template / page).parent.mkdir(exist_ok=True)
+        (template / page).write_text(PAGE)
+    (template / "data").mkdir()
+    (template / "data" / "notes.md").write_text(PAGE)  # not a page: copied as it is
+    monkeypatch.setattr(new_project, "TEMPLATE_DIR", template)
+    monkeypatch.setitem(new_project.LEAVES, "search", new_project.Leaf(("search", "docs/search-*")))
+
+    new_project.copy_template(tmp_path / "core")
+    core = new_project.strip_leaves(PAGE, new_project.LEAVES)
+    assert [(tmp_path / "core" / page).read_text() for page in ("README.md", "docs/a-page.md")] == \
+        [core, core]
+    assert not (tmp_path / "core/docs/search-page.md").exists()
+    assert (tmp_path / "core/data/notes.md").read_text() == PAGE
+
+    new_project.copy_template(tmp_path / "more", ["search"])
+    assert (tmp_path / "more/README.md").read_text() == \
+        new_project.strip_leaves(PAGE, ["bench", "examples"])
+    assert (tmp_path / "more/docs/search-page.md").read_text() == \
+        new_project.strip_leaves(PAGE, ["bench", "examples"])
+
+    (template / "docs/a-page.md").write_text("<!-- leaf: search -->\nnever closed\n")
+    with pytest.raises(UserError, match=r"^docs/a-page.md: <!-- leaf: search --> is never closed$"):
+        new_project.copy_template(tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()  # checked before anything is written

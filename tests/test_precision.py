@@ -155,6 +155,8 @@ def test_an_empty_compile_object_compiles_with_the_defaults(tmp_path):
     model = train.build_trainer(config).model
     assert model._compiled_call_impl is not None  # compiled in place: lazily, at its first call
     assert not hasattr(model, "_orig_mod")  # no wrapper: checkpoints and hooks see the model
+    config = ConfigParser(small_config(tmp_path), modification={"trainer.compile": True})
+    assert train.build_trainer(config).model._compiled_call_impl is not None  # true: defaults
     config = ConfigParser(small_config(tmp_path), modification={"trainer.compile": False})
     assert train.build_trainer(config).model._compiled_call_impl is None
 

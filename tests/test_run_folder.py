@@ -177,3 +177,15 @@ def test_a_hand_edited_config_is_kept_aside_and_a_damaged_manifest_is_left_alone
     assert (run / "manifest.json").read_text() == '{"sessions": [' and \
         not (run / "checkpoint-epoch3.pth").exists()
     assert len(list(run.parent.iterdir())) == 2  # the run went on in a new folder
+
+
+def test_a_manifest_that_names_no_folder_is_foreign_so_a_copy_of_an_old_run_branches_off(tmp_path):
+    """A backup copy of a run whose manifest predates folder binding must not continue in the
+    copy (its log folder would be the original's)."""
+    from runs.manifest import made_here
+
+    run = tmp_path / "models" / "Digits_CNN" / "old"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "manifest.json").write_text(json.dumps({"sessions": [{"command": ["train.py"]}]}))
+    assert not made_here(run)

@@ -35,6 +35,7 @@ def test_a_run_folder_without_write_permission_is_one_line(shared_tmp):
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from runs.run_lock import RunLock; "
@@ -88,3 +89,74 @@ def test_resuming_a_run_that_is_still_training_is_refused_and_writes_nothing(tmp
     manifest = json.loads((folder / "manifest.json").read_text())
     assert len(manifest["sessions"]) == 1  # the refused resume added no session
     assert manifest["sessions"][0]["config"]["optimizer"]["args"]["lr"] != 0.5
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_left_as_it_was(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(UserError, match=rf"^{run}/{LOCK_NAME}: is a symbolic link, not the run "
+                                        rf"folder's lock file"):
+        RunLock(run).acquire()
+    assert victim.read_text() == "precious"
+
+
+def trained_run(tmp_path, epochs: int):
+    """A run folder trained in-process for `epochs` epochs; its folder."""
+    import train
+    from tests.conftest import run_folders, small_config
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(small_config(tmp_path / "saved", epochs=epochs)))
+    train.main(["-c", str(config), "--run-id", "run"])
+    return run_folders(tmp_path / "saved")[0]
+
+
+@pytest.mark.slow
+def test_a_resume_overtaken_before_it_holds_the_lock_writes_nothing(tmp_path, monkeypatch):
+    """Resume B chose checkpoint-epoch1 as the newest; before B holds the folder's lock, run A
+    (the same resume, started earlier) writes checkpoint-epoch2 and ends. B must not continue
+    from epoch 1 over it: it says so in one line and writes nothing."""
+    import train
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    run = trained_run(tmp_path, epochs=1)
+    original_open_run = train.open_run
+
+    def overtaken(config, trainer, argv):  # A finishes between B's look-up and B's lock
+        state = load_checkpoint(run / "checkpoint-epoch1.pth")
+        save_checkpoint({**state, "epoch": 2}, run / "checkpoint-epoch2.pth")
+        return original_open_run(config, trainer, argv)
+
+    monkeypatch.setattr(train, "open_run", overtaken)
+    before = {path.name: path.stat().st_mtime_ns for path in run.iterdir()}
+    with pytest.raises(UserError, match=rf"^{run}: another run wrote a newer checkpoint after "
+                                        rf"this one chose checkpoint-epoch1\.pth; nothing was "
+                                        rf"written"):
+        train.main(["-r", str(run), "--epochs", "3"])
+    after = {path.name: path.stat().st_mtime_ns for path in run.iterdir()}
+    assert after == {**before, "checkpoint-epoch2.pth": after["checkpoint-epoch2.pth"],
+                     LOCK_NAME: after[LOCK_NAME]}
+    assert load_checkpoint(run / "checkpoint-epoch2.pth")["epoch"] == 2
+    assert not list(run.glob("config.json.*"))  # A's config was not moved aside as edited
+
+
+@pytest.mark.slow
+def test_a_symlinked_log_file_is_refused_before_anything_is_written(tmp_path):
+    import train
+
+    run = trained_run(tmp_path, epochs=1)
+    log = tmp_path / "saved" / "log" / "Digits_CNN" / "run" / "info.log"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    log.unlink()
+    log.symlink_to(victim)
+    manifest = (run / "manifest.json").read_text()
+    with pytest.raises(UserError, match=rf"^{log}: is a symbolic link; the template does not "
+                                        rf"write through it"):
+        train.main(["-r", str(run), "--epochs", "2"])
+    assert victim.read_text() == "precious"
+    assert (run / "manifest.json").read_text() == manifest  # no session for a start that failed
+    assert not (run / "checkpoint-epoch2.pth").exists()

@@ -58,7 +58,6 @@ def test_iteration_based_epoch_runs_exactly_len_epoch_steps(tmp_path):
     assert load_checkpoint(run / "checkpoint-epoch2.pth")["global_step"] == 60
 
 
-@pytest.mark.slow
 def test_one_pass_epoch_counts_optimizer_steps(tmp_path):
     train.main(["-c", str(write_config(tmp_path, epochs=1)), "--bs", "100"])
     run, = run_folders(tmp_path / "saved")

@@ -76,7 +76,6 @@ def test_a_subclassed_step_trains_exactly_like_the_default_and_logs_its_parts(tm
     assert "  entropy " in table and "  nll " in table
 
 
-@pytest.mark.slow
 def test_a_dict_batch_without_a_target_the_step_knows_is_one_line_and_writes_nothing(tmp_path):
     pytest.importorskip("examples", reason="made without the examples leaf")
     from tests.conftest import run_main
@@ -181,6 +180,7 @@ class CountsSteps(Trainer):
         self.step = 0
 
 
+@pytest.mark.slow
 def test_an_attribute_hiding_a_trainer_method_is_one_line_before_anything_is_written(
         tmp_path, register):
     register(CountsSteps)
@@ -188,6 +188,43 @@ def test_an_attribute_hiding_a_trainer_method_is_one_line_before_anything_is_wri
         train.main(["-c", write(tmp_path, {"trainer.type": "CountsSteps"})])
     assert str(error.value) == ("trainer.type: CountsSteps sets self.step, which hides the "
                                 "trainer's step(); give the attribute another name")
+    assert not (tmp_path / "saved").exists()
+
+
+class FlattensTheImages(Trainer):
+    """A user's step with a bug: the model gets flat rows, not images."""
+
+    def training_step(self, batch):
+        images, labels = batch
+        output = self.model(images.flatten(1))  # the bug
+        return {"loss": F.nll_loss(output, labels), "output": output, "target": labels}
+
+
+@pytest.mark.slow
+def test_an_error_in_a_users_step_names_where_it_broke_and_the_steps_line(tmp_path, register):
+    register(FlattensTheImages)
+    with pytest.raises(UserError) as error:
+        train.main(["-c", write(tmp_path, {"trainer.type": "FlattensTheImages"})])
+    message = str(error.value)
+    assert message.startswith("the first batch does not go through model, loss and metrics: ")
+    assert "(at model/model.py:" in message and ", from tests/test_training_step.py:" in message
+    assert not (tmp_path / "saved").exists()
+
+
+class KeepsItsBest(Trainer):
+    """A user's subclass that keeps a number under the name of one of the loop's parts."""
+
+    def training_step(self, batch):
+        self.best = 0.9
+        return super().training_step(batch)
+
+
+@pytest.mark.slow
+def test_an_attribute_replacing_a_part_of_the_loop_is_one_line(tmp_path, register):
+    register(KeepsItsBest)
+    with pytest.raises(UserError, match=r"^trainer\.type: KeepsItsBest sets self\.best, which "
+                                        r"is the trainer's own BestTracker"):
+        train.main(["-c", write(tmp_path, {"trainer.type": "KeepsItsBest"})])
     assert not (tmp_path / "saved").exists()
 
 
@@ -390,7 +427,6 @@ def test_stepping_a_wrong_or_twice_named_optimizer_is_one_line_before_the_run_fo
                     "-o", "trainer.type=TwiceStepped"])
 
 
-@pytest.mark.slow
 def test_one_named_optimizer_trains_with_the_default_step(tmp_path):
     config = small_config(tmp_path / "saved", epochs=1)
     del config["optimizer"], config["lr_scheduler"]

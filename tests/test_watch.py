@@ -18,7 +18,6 @@ def all_hooks(model: torch.nn.Module) -> int:
     return modules + sum(len(p._backward_hooks or {}) for p in model.parameters())
 
 
-@pytest.mark.slow
 def test_watch_writes_its_values_at_log_steps_and_leaves_no_hook(tmp_path, monkeypatch):
     import trainer.trainer as trainer_module
 

@@ -6,6 +6,7 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so it load
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -80,7 +81,7 @@ def _failed_record(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             record = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
         return f"unreadable archive: {error}"
     return f"record {record} fails its checksum" if record is not None else None
 

@@ -14,6 +14,9 @@ def run_cli(main: Callable[[], object]) -> None:
     a `BuildError` shows the user's traceback under a line naming the config block, exit code 1."""
     try:
         main()
+    except BrokenPipeError:  # `train.py --print-config | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(0)
     except UserError as error:
         for line in error.problems or [type(error).__name__]:
             print(f"{process_prefix()}error: {line}", file=sys.stderr)
@@ -54,6 +57,15 @@ def _first_line(error: BaseException) -> str:
     line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", line).split(". This is")[0]
 
+
+
+def leaf_note(package: str) -> str:
+    """What an option's help adds when the optional package it needs is not in this project."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        return ""
+    return f" (needs the {package}/ package: python new_project.py DEST --with {package})"
 
 
 def optional_leaf(module: str, option: str):

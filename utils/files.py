@@ -64,6 +64,14 @@ def _object(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict:
     return result
 
 
+def refuse_link(path: str | os.PathLike) -> None:
+    """A `UserError` when `path` is a symbolic link: a file the template appends to in a run
+    folder (a log) is never written through one, whatever it points at."""
+    if os.path.islink(path):
+        raise UserError(f"{path}: is a symbolic link; the template does not write through it "
+                        f"into {os.readlink(path)} (remove the link)")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write a file so that a crash at any instant leaves either the old file or the new one.
 

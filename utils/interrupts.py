@@ -47,13 +47,14 @@ class StopSignals:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._depth = 0
-        self._parent: int | None = None  # torchrun's agent, while active under torchrun
+        # torchrun's agent while active under torchrun (`poll` notices it gone), else None
+        self.parent: int | None = None
 
     def poll(self) -> int | None:
         """The first stop signal that came in, or SIGTERM for a lost torchrun agent."""
-        if self.received is None and self._parent is not None and \
-                os.getppid() != self._parent:
-            self._parent = None
+        if self.received is None and self.parent is not None and \
+                os.getppid() != self.parent:
+            self.parent = None
             self.received = signal.SIGTERM
             os.write(2, f"\n{process_prefix()}torchrun's agent is gone: finishing the current "
                         f"step and saving a checkpoint.\n".encode())
@@ -68,9 +69,11 @@ class StopSignals:
         if self._depth > 1:
             return self
         self.received = None  # a trainer may train again after a stop (a notebook, a sweep)
-        self._parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+        self.parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) is signal.SIG_IGN:  # nohup: SIGHUP stays ignored
+                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -81,7 +84,7 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-        self._parent = None
+        self.parent = None
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is None:

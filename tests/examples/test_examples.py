@@ -125,7 +125,6 @@ def _parsed(*argv):
     return config
 
 
-@pytest.mark.slow
 def test_the_gan_steps_each_optimizer_once_per_step_also_accumulating(tmp_path):
     train.main(["-c", str(example_config(tmp_path, "gan", grad_accum_steps=2)), "--run-id", "r"])
     checkpoint = load_checkpoint(tmp_path / "saved/models/Digits_GAN/r/checkpoint-epoch2.pth")

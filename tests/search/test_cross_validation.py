@@ -2,6 +2,7 @@
 summary whose mean and std are those of the folds."""
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,21 @@ def test_train_py_folds_trains_k_runs_and_reports_their_mean_and_std(config_file
         assert summary["std"][key] == pytest.approx(statistics.stdev(values), abs=1e-12)
 
 
+@pytest.mark.slow
+def test_a_repeated_k_fold_run_keeps_both_summaries_each_with_its_own_folds(config_file, tmp_path,
+                                                                            caplog):
+    argv = ["-c", str(config_file), "--folds", "2", "--epochs", "1", "--run-id", "cv",
+            "-o", "trainer.len_epoch=2"]
+    train.main(argv)
+    assert "is taken by an earlier run" not in caplog.text  # a fold's own id is not a clash
+    train.main(argv)
+    models = tmp_path / "saved/models/Digits_CNN"
+    first = json.loads((models / "cv-folds.json").read_text())
+    second = json.loads((models / "cv-folds_1.json").read_text())
+    assert [Path(fold["run"]).name for fold in first["folds"]] == ["cv-fold1", "cv-fold2"]
+    assert [Path(fold["run"]).name for fold in second["folds"]] == ["cv-fold1_1", "cv-fold2_1"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--folds", "1"], "--folds: expected K >= 2 runs, got 1"),
     (["--folds", "2", "-o", "data_loader.args.batch_size=0"],
@@ -73,7 +89,6 @@ def test_bad_folds_are_one_line_before_anything_is_written(config_file, tmp_path
     assert not (tmp_path / "saved").exists()
 
 
-@pytest.mark.slow
 def test_a_stop_signal_in_a_folds_last_epoch_stops_the_folds_after_it(config_file, tmp_path):
     """The signal comes as fold 1 ends its last epoch (its run is complete): fold 2 and 3 are
     not started, and the exit code says it was stopped."""
@@ -94,7 +109,6 @@ def test_a_stop_signal_in_a_folds_last_epoch_stops_the_folds_after_it(config_fil
     assert folders == ["cv-fold1"]  # complete; no summary of one fold
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("example", ["dict_batches", "vae"])
 def test_folds_of_a_users_own_task_dict_batches_and_a_subclassed_step(tmp_path, example):
     """The dict-batch classifier (no trainer code) and the VAE (its own training_step, loss

@@ -126,7 +126,11 @@ def test_a_sweep_of_two_workers_prunes_stops_on_sigterm_goes_on_and_its_best_con
     assert [trial.number for trial in trials] == list(range(5))  # none lost, none twice
     states = {trial.number: trial.state.name for trial in trials}
     assert set(states.values()) <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states.values()
-    assert states[2] == "PRUNED"  # the tiny rate's, once a good trial completed
+    # the tiny rate's. Not a matter of timing (unlike 3's and 4's fate): trial 2 starts only
+    # once trial 0 or 1 has finished (a stopping sweep starts nothing), and the first to finish
+    # completes (nothing is pruned before a trial completed), so a good trial's epochs are in
+    # the study before trial 2 reports its first
+    assert states[2] == "PRUNED"
     for trial in trials:
         run = folder / "models/Digits_CNN" / f"trial-{trial.number:04d}"
         sessions = json.loads((run / "manifest.json").read_text())["sessions"]
@@ -202,3 +206,45 @@ def test_a_trials_process_is_known_by_its_pid_and_start_time():
         child.kill()
         child.wait()
     assert not process_alive(child.pid, started) and not process_alive(None)
+
+
+def test_a_second_study_of_the_same_name_in_another_storage_is_refused_in_one_line(tmp_path):
+    """The sweep folder is one study's: a second one (same --study, another --storage) would
+    overwrite its trial files and take its runs for its own."""
+    from search.study import load_definition, storage_identity
+
+    folder = tmp_path / "sweeps" / "s11"
+    folder.mkdir(parents=True)
+    first = {"config": {}, "space": {}, "storage": storage_identity(f"sqlite:///{folder}/study.db")}
+    load_definition(folder, first)
+    saved = (folder / "sweep.json").read_text()
+    other = {**first, "storage": storage_identity(f"sqlite:///{tmp_path}/other.db")}
+    with pytest.raises(UserError, match=rf"^{folder}: this sweep folder belongs to study 's11' "
+                                        rf"in sqlite:///{folder}/study\.db, not in "
+                                        rf"sqlite:///{tmp_path}/other\.db"):
+        load_definition(folder, other)
+    assert (folder / "sweep.json").read_text() == saved
+    assert load_definition(folder, first) == json.loads(saved)  # the same study goes on
+
+
+def test_the_storage_a_sweep_keeps_has_no_password():
+    from search.study import storage_identity
+
+    assert storage_identity("postgresql+psycopg2://ann:secret@db.lan/studies") == \
+        "postgresql+psycopg2://ann@db.lan/studies"
+
+
+def test_a_trial_resumes_only_a_run_folder_its_own_study_trained(tmp_path):
+    from runs.manifest import add_session
+    from search.study import Sweep
+
+    folder = tmp_path / "sweeps" / "s11"
+    sweep_of = Sweep(folder, {"config": {"name": "Digits_CNN"}}, "sqlite://", "s11", {},
+                     lambda values: {})
+    run = sweep_of.run_folder("trial-0000")
+    run.mkdir(parents=True)
+    own = {"study": "s11", "number": 0, "sweep": str(folder)}
+    add_session(run, tmp_path / "log", {"command": ["train.py"], "trial": {**own, "study": "s1"}})
+    assert not sweep_of._is_own_trial(run, 0)  # another study's trial 0: not resumed
+    add_session(run, tmp_path / "log", {"command": ["train.py"], "trial": own})
+    assert sweep_of._is_own_trial(run, 0) and not sweep_of._is_own_trial(run, 1)

@@ -35,6 +35,7 @@ def state_of(spec) -> optuna.trial.FrozenTrial:
     return study.get_trials()[spec["number"]]
 
 
+@pytest.mark.slow
 def test_the_outcome_is_the_mean_of_the_runs_or_pruned(tmp_path):
     spec = a_trial(tmp_path)
     StudyTrial(spec).finish([{"best": 0.5, "stop_reason": None},
