@@ -163,8 +163,14 @@ def report(folder: Path, storage: str | None) -> int:
     from search.trial import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from search.study import sqlite_file
+
     definition = read_json(folder / "sweep.json")
     url = storage or f"sqlite:///{folder.resolve() / 'study.db'}"
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():  # opening it would create it
+        raise UserError(f"{database}: no such study database"
+                        f"{' (--storage)' if storage else ''}; nothing was created")
     study_name = folder.name
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url))

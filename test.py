@@ -147,6 +147,12 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
 
     trainer = build_trainer(config, training=False)
     load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
+    broken = [name for name, tensor in checkpoint["state_dict"].items()
+              if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:  # a report of such a model would be numbers of nothing
+        raise UserError(f"{config.resume}: its weights hold NaN or infinite values ({broken[0]}"
+                        f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}); there "
+                        f"is nothing to evaluate: test an earlier checkpoint")
     trainer.epoch, trainer.global_step = checkpoint["epoch"], checkpoint.get("global_step", 0)
     data_loader = trainer.data_loader
     trainer.check_first_batch()

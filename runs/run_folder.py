@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from config.command_line import Resume
-from runs.manifest import bound_log_dir, made_here
+from runs.manifest import bound_log_dir, made_here, read_manifest
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, UserError
 
@@ -152,8 +152,9 @@ def resume_command(path: str | os.PathLike) -> str:
 
 def keep_edited_config(folder: Path, stored: dict) -> Path | None:
     """Before a continued run rewrites `folder`'s config.json: when the file differs from the
-    config the checkpoint stored (`stored`) — edited by hand — move it aside
-    (`config.json.edited-<time>`, never overwritten silently) and return where it went."""
+    config the checkpoint stored (`stored`) and from every config a session of the run wrote
+    (a resume killed before its first checkpoint wrote its own) — edited by hand — move it
+    aside (`config.json.edited-<time>`, never overwritten silently) and return where it went."""
     path = folder / "config.json"
     try:
         current = json.loads(path.read_text(encoding="utf-8"))
@@ -161,7 +162,9 @@ def keep_edited_config(folder: Path, stored: dict) -> Path | None:
         return None
     except (OSError, ValueError):
         current = None  # unreadable: an edit too
-    if current == stored:
+    sessions = (read_manifest(folder) or {}).get("sessions") or []
+    written = [session.get("config") for session in sessions if isinstance(session, dict)]
+    if current == stored or current in written:
         return None
     aside = path.with_name(f"config.json.edited-{datetime.now():%Y%m%d-%H%M%S}")
     os.replace(path, aside)

@@ -9,6 +9,7 @@ give them, read from a JSON file:
 log space) or `step`; `choice` takes a list of any JSON values (a whole scheduler block too).
 """
 import json
+import math
 from typing import Any
 
 from config.key_paths import apply_modifications
@@ -24,6 +25,10 @@ def space_problems(space: Any, config: dict) -> list[str]:
                 "{\"optimizer.args.lr\": {\"float\": [0.0001, 0.1], \"log\": true}}"]
     problems = []
     for path, spec in space.items():
+        if path.split(".")[:2] == ["trainer", "save_dir"] or path == "trainer":
+            problems.append(f"{path}: a sweep decides where its trials are saved (its own "
+                            f"folder); it cannot be searched")
+            continue
         problem = _spec_problem(spec)
         if problem:
             problems.append(f"{path}: {problem}")
@@ -60,6 +65,8 @@ def _range_problem(kind: str, spec: dict) -> str | None:
         return f"{kind}: expected [low, high] of {'integers' if kind == 'int' else 'numbers'}, " \
                f"got {json.dumps(bounds)}"
     low, high = bounds
+    if not all(math.isfinite(bound) for bound in bounds):  # JSON's Infinity, NaN
+        return f"{kind}: bounds must be finite numbers, got {json.dumps(bounds)}"
     if not low < high:
         return f"{kind}: low {low} must be below high {high}"
     if not isinstance(log, bool):

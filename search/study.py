@@ -302,13 +302,21 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite storage URL (`sqlite:///study.db`), else None."""
+    scheme, _, rest = url.partition("://")
+    if not scheme.startswith("sqlite") or not rest.lstrip("/"):
+        return None
+    return Path(rest[1:] if rest.startswith("/") else rest)
+
+
 def storage_identity(url: str) -> str:
     """The storage a study lives in, as `sweep.json` keeps it: the URL without a password
     (`postgresql://user@host/db`), a SQLite path resolved."""
     scheme, _, rest = url.partition("://")
-    if scheme.startswith("sqlite"):
-        path = rest[1:] if rest.startswith("/") else rest
-        return f"{scheme}:///{Path(path).resolve()}" if path else url
+    path = sqlite_file(url)
+    if path is not None:
+        return f"{scheme}:///{path.resolve()}"
     credentials, at, place = rest.rpartition("@")
     return f"{scheme}://{credentials.split(':')[0]}{at}{place}" if at else url
 

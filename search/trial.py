@@ -47,8 +47,12 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"--storage {url.split('://')[0]}://...: cannot open the study's "
-                        f"database ({type(error).__name__}: {reason})") from None
+        scheme, _, rest = url.partition("://")
+        # a SQLite file is named (no password in it); another URL only by its scheme
+        where = f"{rest[1:] if rest.startswith('/') else rest}" if scheme.startswith("sqlite") \
+            else f"--storage {scheme}://..."
+        raise UserError(f"{where}: cannot open the study's database ({type(error).__name__}: "
+                        f"{reason})") from None
 
 
 def trial_handle(study, storage, number: int):

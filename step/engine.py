@@ -265,7 +265,8 @@ class NanGuard:
         raise TrainingDiverged(
             f"the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} (global "
             f"step {bad_step}); stopped without saving, so the newest checkpoint is the last "
-            f"good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
+            f"good one. Look for NaN in the data, lower the learning rate, or set "
+            f"trainer.nan_policy to \"skip\".")
 
 
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:

@@ -134,6 +134,10 @@ def test_messages_say_what_kind_of_bad_file_it_is(tmp_path):
 
 @pytest.mark.parametrize("key, value, message", [
     ("global_step", -3, "global_step must be a count"),
+    ("epoch", 10 ** 30, "epoch must be a count"),
+    pytest.param("state_dict", {"w": torch.ones(3).to_sparse()},
+                 "state_dict must be names to (dense) tensors",
+                 marks=pytest.mark.filterwarnings("ignore:Validating sparse")),  # torch's own
     ("monitor_best", float("nan"), "monitor_best must be a number (not NaN)"),
     ("best_log", {"val_loss": "low"}, "best_log must be names to numbers"),
     ("best_epoch", "two", "best_epoch must be a count or null"),

@@ -233,7 +233,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert code == 1 and "Traceback" not in err
     assert err.strip() == ("error: the loss became NaN or infinite at epoch 2, step 9 (global "
                            "step 30); stopped without saving, so the newest checkpoint is the last "
-                           "good one. Lower the learning rate, or set trainer.nan_policy to \"skip\".")
+                           "good one. Look for NaN in the data, lower the learning rate, or set "
+                           "trainer.nan_policy to \"skip\".")
     assert sorted(p.name for p in run_folder(tmp_path, "nan").glob("*.pth")) == [
         "checkpoint-epoch1.pth", "model_best.pth"]
 

@@ -159,3 +159,21 @@ def test_compare_checks_every_checkpoint_before_evaluating_any(tmp_path, capsys)
         f"{ROOT / 'data'}: a folder with no loadable checkpoint-epochN.pth or "
         f"checkpoint-interrupted.pth in it", f"{missing}: no such checkpoint file"]
     assert not (tmp_path / "cmp.json").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_nan_weights_is_one_line_and_no_report(tmp_path):
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.errors import UserError
+
+    config = small_config(tmp_path / "saved", epochs=1)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    train.main(["-c", str(tmp_path / "c.json")])
+    run, = run_folders(tmp_path / "saved")
+    state = load_checkpoint(run / "checkpoint-epoch1.pth")
+    state["state_dict"]["fc2.bias"][0] = float("nan")
+    save_checkpoint(state, run / "checkpoint-epoch1.pth")
+    with pytest.raises(UserError, match=r"checkpoint-epoch1\.pth: its weights hold NaN or "
+                                        r"infinite values \(fc2\.bias\)"):
+        test_script.main(["-r", str(run / "checkpoint-epoch1.pth")])
+    assert not (run / "checkpoint-epoch1.test.json").exists()

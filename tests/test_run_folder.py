@@ -189,3 +189,21 @@ def test_a_manifest_that_names_no_folder_is_foreign_so_a_copy_of_an_old_run_bran
     (run / "config.json").write_text("{}")
     (run / "manifest.json").write_text(json.dumps({"sessions": [{"command": ["train.py"]}]}))
     assert not made_here(run)
+
+
+def test_a_config_a_killed_resume_wrote_is_not_taken_for_a_hand_edit(tmp_path):
+    """A resume killed (SIGKILL) after writing config.json with its --lr, before its first
+    checkpoint: the next resume must not call that file edited by hand."""
+    from runs.manifest import add_session
+    from runs.run_folder import keep_edited_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = {"optimizer": {"args": {"lr": 0.001}}}
+    killed_resume = {"optimizer": {"args": {"lr": 0.01}}}
+    (run / "config.json").write_text(json.dumps(killed_resume))
+    add_session(run, tmp_path / "log", {"command": ["train.py"], "config": killed_resume})
+    assert keep_edited_config(run, stored) is None
+    assert json.loads((run / "config.json").read_text()) == killed_resume
+    (run / "config.json").write_text(json.dumps({"optimizer": {"args": {"lr": 0.5}}}))  # by hand
+    assert keep_edited_config(run, stored).name.startswith("config.json.edited-")

@@ -160,3 +160,24 @@ def test_a_symlinked_log_file_is_refused_before_anything_is_written(tmp_path):
     assert victim.read_text() == "precious"
     assert (run / "manifest.json").read_text() == manifest  # no session for a start that failed
     assert not (run / "checkpoint-epoch2.pth").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_empty_run_folder(tmp_path, monkeypatch):
+    import errno
+
+    import runs.run_lock as run_lock
+    import train
+    from tests.conftest import small_config
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(run_lock.socket, "gethostname", full_disk)  # written into the lock file
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
+    with pytest.raises(UserError, match=r"\.writer\.lock: cannot write the run folder's lock "
+                                        r"file \(No space left on device\); nothing else was "
+                                        r"written$"):
+        train.main(["-c", str(config), "--run-id", "full"])
+    assert not (tmp_path / "saved" / "models" / "Digits_CNN" / "full").exists()
+    assert not (tmp_path / "saved" / "log" / "Digits_CNN" / "full").exists()

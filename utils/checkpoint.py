@@ -86,8 +86,8 @@ def _failed_record(path: Path) -> str | None:
     return f"record {record} fails its checksum" if record is not None else None
 
 
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _count(value) -> bool:  # a count a run can reach: not 10**30 epochs
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 53
 
 
 def _number(value) -> bool:  # a best value: finite, or the ±inf of "nothing yet"
@@ -113,8 +113,8 @@ _SCHEMA = {
     "best_epoch": (lambda v: v is None or _count(v), "a count or null"),
     "monitor_best": (_number, "a number (not NaN)"), "best_log": (_scores, "names to numbers"),
     "state_dict": (lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
-        "names to tensors"),
+        isinstance(k, str) and isinstance(t, torch.Tensor) and t.layout == torch.strided
+        for k, t in v.items()), "names to (dense) tensors"),
     "config": (lambda v: isinstance(v, dict), "a dict"),
     "optimizer": (_optional(dict), "a state dict or null"),
     "lr_scheduler": (_optional(dict), "a state dict or null"),

@@ -64,3 +64,15 @@ def test_samples_are_within_the_space_and_blocks_come_back_as_json():
         seen.append(json.dumps(values["lr_scheduler"]))
         study.tell(trial, 0.0)
     assert len(set(seen)) == 2
+
+
+def test_an_infinite_bound_and_the_save_dir_are_refused_in_one_line_each():
+    from search.search_space import space_problems
+
+    config = {"optimizer": {"type": "Adam", "args": {"lr": 0.001}},
+              "trainer": {"save_dir": "saved/", "epochs": 1}}
+    assert space_problems({"optimizer.args.lr": {"float": [0.0, float("inf")]},
+                           "trainer.save_dir": {"choice": ["a", "b"]}}, config) == [
+        "optimizer.args.lr: float: bounds must be finite numbers, got [0.0, Infinity]",
+        "trainer.save_dir: a sweep decides where its trials are saved (its own folder); it "
+        "cannot be searched"]

@@ -248,3 +248,12 @@ def test_a_trial_resumes_only_a_run_folder_its_own_study_trained(tmp_path):
     assert not sweep_of._is_own_trial(run, 0)  # another study's trial 0: not resumed
     add_session(run, tmp_path / "log", {"command": ["train.py"], "trial": own})
     assert sweep_of._is_own_trial(run, 0) and not sweep_of._is_own_trial(run, 1)
+
+
+def test_a_report_on_a_storage_that_does_not_exist_creates_nothing(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"monitor": "min val_loss", "space": {}}))
+    missing = tmp_path / "nonexistent.db"
+    with pytest.raises(UserError, match=rf"^{missing}: no such study database \(--storage\); "
+                                        rf"nothing was created$"):
+        sweep.main(["--report", str(tmp_path), "--storage", f"sqlite:///{missing}"])
+    assert not missing.exists()

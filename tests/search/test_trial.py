@@ -145,3 +145,12 @@ def test_a_k_fold_trial_is_pruned_at_an_earlier_folds_last_epoch(tmp_path):
     assert list(trial.intermediate_values) == [1]
     runs = tmp_path / "saved/models/Digits_CNN"
     assert sorted(path.name for path in runs.iterdir()) == ["cv-fold1"]
+
+
+def test_a_damaged_sqlite_study_is_named_by_its_file_not_blamed_on_storage(tmp_path):
+    from search.trial import open_storage
+
+    database = tmp_path / "study.db"
+    database.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(UserError, match=rf"^{database}: cannot open the study's database"):
+        open_storage(f"sqlite:///{database}")
