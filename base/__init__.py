@@ -1,8 +1,7 @@
-"""What the user subclasses: BaseModel, BaseDataLoader, Callback; the loop: base.base_trainer.BaseTrainer."""
+"""What the user subclasses: BaseModel, BaseDataLoader, BaseTrainer (the loop), Callback."""
 from base.base_data_loader import BaseDataLoader
 from base.base_model import BaseModel
+from base.base_trainer import BaseTrainer
 from base.callbacks import Callback
 
-# BaseTrainer is imported from base.base_trainer: it builds on the step machinery (step/), which
-# itself uses base.base_data_loader, so importing it here would make the two import each other.
-__all__ = ["BaseDataLoader", "BaseModel", "Callback"]
+__all__ = ["BaseDataLoader", "BaseModel", "BaseTrainer", "Callback"]

@@ -6,7 +6,7 @@ from torchmetrics.regression import MeanSquaredError
 
 from model.metric import accuracy
 from step.batches import StepOutput
-from step.metrics import EpochMetrics, MetricTracker
+from step.metrics import EpochMetrics
 
 
 def rmse_of_batch(output, target):
@@ -92,22 +92,3 @@ def test_training_and_validation_keep_separate_metric_states():
     run(train, [(torch.ones(2), torch.zeros(2))])
     run(valid, [(torch.zeros(2), torch.zeros(2))])
     assert train.result()["mse"] == 1.0 and valid.result()["mse"] == 0.0
-
-
-def test_metric_means_are_weighted_by_batch_size():
-    tracker = MetricTracker("loss", "accuracy")
-    tracker.update("accuracy", torch.tensor(1.0), n=128)   # a batch of 128, all right
-    tracker.update("accuracy", torch.tensor(0.0), n=1)     # a batch of 1, wrong
-    tracker.update("loss", 2.0, n=3)
-    assert tracker.result() == {"loss": 2.0, "accuracy": pytest.approx(128 / 129, abs=1e-12)}
-    assert tracker.count("accuracy") == 129
-    tracker.reset()
-    assert tracker.result() == {}
-
-
-def test_metric_tracker_accumulates_many_batches_exactly():
-    tracker = MetricTracker("loss")
-    values = torch.rand(10_000)
-    for value in values:
-        tracker.update("loss", value, n=7)
-    assert tracker.avg("loss") == pytest.approx(values.double().mean().item(), rel=1e-12)

@@ -5,9 +5,30 @@ import numpy as np
 import pytest
 import torch
 
+from step.metrics import MetricTracker
+from step.positions import inf_loop
 from utils.errors import ConfigError, UserError
 from utils.seeding import get_rng_state, seed_everything, set_rng_state
 from utils.util import atomic_write, prepare_device, read_json, write_json
+
+
+def test_metric_means_are_weighted_by_batch_size():
+    tracker = MetricTracker("loss", "accuracy")
+    tracker.update("accuracy", torch.tensor(1.0), n=128)   # a batch of 128, all right
+    tracker.update("accuracy", torch.tensor(0.0), n=1)     # a batch of 1, wrong
+    tracker.update("loss", 2.0, n=3)
+    assert tracker.result() == {"loss": 2.0, "accuracy": pytest.approx(128 / 129, abs=1e-12)}
+    assert tracker.count("accuracy") == 129
+    tracker.reset()
+    assert tracker.result() == {}
+
+
+def test_metric_tracker_accumulates_many_batches_exactly():
+    tracker = MetricTracker("loss")
+    values = torch.rand(10_000)
+    for value in values:
+        tracker.update("loss", value, n=7)
+    assert tracker.avg("loss") == pytest.approx(values.double().mean().item(), rel=1e-12)
 
 
 def test_read_json_reports_file_line_and_column(tmp_path):
@@ -36,6 +57,11 @@ def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         atomic_write(path, broken_writer)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_inf_loop_restarts_the_iterable():
+    loop = inf_loop([1, 2])
+    assert [next(loop) for _ in range(5)] == [1, 2, 1, 2, 1]
 
 
 def test_prepare_device_falls_back_to_cpu_with_a_warning(caplog, monkeypatch):
