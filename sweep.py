@@ -163,7 +163,7 @@ def report(folder: Path, storage: str | None) -> int:
     from search.trial import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from search.study import sqlite_file
+    from search.trial import sqlite_file
 
     definition = read_json(folder / "sweep.json")
     url = storage or f"sqlite:///{folder.resolve() / 'study.db'}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from base.settings import Monitor
 from search.search_space import sample
-from search.trial import make_pruner, open_storage, trial_handle
+from search.trial import make_pruner, open_storage, sqlite_file, trial_handle
 from utils.errors import UserError
 from utils.files import read_json, write_json
 from utils.seeding import derive_seed
@@ -300,14 +300,6 @@ def _last_error(log: Path) -> str:
         return "no output"
     errors = [line for line in lines if _ERROR_LINE.match(line)]
     return (errors or lines or ["no output"])[-1]
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite storage URL (`sqlite:///study.db`), else None."""
-    scheme, _, rest = url.partition("://")
-    if not scheme.startswith("sqlite") or not rest.lstrip("/"):
-        return None
-    return Path(rest[1:] if rest.startswith("/") else rest)
 
 
 def storage_identity(url: str) -> str:

@@ -6,6 +6,7 @@ tells the study its outcome at the end: the best monitored value (the mean over 
 pruned. Under torchrun only rank 0 talks to the study. Optuna is imported only here.
 """
 import json
+from pathlib import Path
 
 from base.callbacks import Callback
 from utils import distributed
@@ -37,6 +38,14 @@ def make_pruner(name: str, prune_after: int):
     return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite storage URL (`sqlite:///study.db`), else None."""
+    scheme, _, rest = url.partition("://")
+    if not scheme.startswith("sqlite") or not rest.lstrip("/"):
+        return None
+    return Path(rest[1:] if rest.startswith("/") else rest)
+
+
 def open_storage(url: str):
     """Optuna's database storage at `url`; SQLite waits for a busy database instead of failing
     (several trial processes write to one file)."""
@@ -47,10 +56,9 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        scheme, _, rest = url.partition("://")
         # a SQLite file is named (no password in it); another URL only by its scheme
-        where = f"{rest[1:] if rest.startswith('/') else rest}" if scheme.startswith("sqlite") \
-            else f"--storage {scheme}://..."
+        database = sqlite_file(url)
+        where = str(database) if database is not None else f"--storage {url.split('://')[0]}://..."
         raise UserError(f"{where}: cannot open the study's database ({type(error).__name__}: "
                         f"{reason})") from None
 
