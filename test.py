@@ -64,7 +64,7 @@ def test_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, Con
 def compare(args: argparse.Namespace) -> list[dict]:
     """`--compare`: each checkpoint's test results in one table, then as JSON in `--json`; a
     `-r` checkpoint is the first compared."""
-    comparison_lines = optional_leaf("search.comparison", "--compare").comparison_lines
+    comparison = optional_leaf("search.comparison", "--compare")
     from utils.files import write_json
 
     configs, problems = [], []
@@ -74,14 +74,15 @@ def compare(args: argparse.Namespace) -> list[dict]:
             configs.append(test_configs(args, path)[1])
         except UserError as error:
             problems += error.problems
-    if problems:
-        raise UserError(*problems)
+    problem = None if problems else comparison.test_data_problem(configs)
+    if problems or problem:
+        raise UserError(*problems, *([problem] if problem else []))
     results = []
     for test_config in configs:
         values, epoch, _ = evaluate_checkpoint(test_config)
         results.append({"checkpoint": str(test_config.resume), "epoch": epoch,
                         "results": values})
-    print("\n".join(comparison_lines(results)), flush=True)  # before the write: never lost
+    print("\n".join(comparison.comparison_lines(results)), flush=True)  # before the write: never lost
     write_json(results, args.json)
     print(f"Comparison written to {args.json}")
     return results

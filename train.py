@@ -77,8 +77,12 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
     args = parse_command_line(parser, OPTIONS, argv)
     from runs.run_folder import resolve_resume  # imports torch: after --help
 
-    resume = resolve_resume(args.resume, args.config is not None) if args.resume else None
-    config = ConfigParser.from_args(args, OPTIONS, resume)
+    if args.resume and args.resume.endswith(".json"):  # a k-fold run's record: go on with it
+        config = optional_leaf("search.cross_validation", "-r <k-fold record>").folds_config(
+            args, OPTIONS)
+    else:
+        resume = resolve_resume(args.resume, args.config is not None) if args.resume else None
+        config = ConfigParser.from_args(args, OPTIONS, resume)
     if args.folds is not None:
         fold_config = optional_leaf("search.cross_validation", "--folds").fold_config
         fold_config(config, 1).validate(blocks())  # a fold's config, with everything else

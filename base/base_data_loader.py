@@ -89,6 +89,10 @@ def validation_split_problem(validation_split: Any, n_samples: int | None = None
         return f"expected a fraction in [0, 1), got {validation_split}"
     if n_samples is not None and n_samples - _n_valid(n_samples, validation_split) < 1:
         return f"{validation_split} leaves no training data (the data set has {n_samples} samples)"
+    if n_samples is not None and validation_split > 0 and _n_valid(n_samples, validation_split) < 1:
+        return (f"{validation_split} of {n_samples} sample{'s' if n_samples != 1 else ''} is no "
+                f"validation sample at all; give a sample count (e.g. 1) or a larger fraction, "
+                f"or 0 for no validation")
     return None
 
 

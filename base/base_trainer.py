@@ -244,6 +244,8 @@ class BaseTrainer(ABC):
                                 [key for key in self.expected_log_keys()
                                  if not key.startswith("val_")])
         try:
+            for callback in self.callbacks:
+                callback.on_train_start(self)
             with self._training(), self.stop_signals:
                 self._train_epochs(self.settings.epochs)
             self.report.hparams(self.config.config, self.best, self.last_epoch, self.last_log,

@@ -6,6 +6,11 @@ class Callback:
     method given the trainer: extra logging, a test's injected signal. The defaults do
     nothing."""
 
+    def on_train_start(self, trainer) -> None:
+        """Once the run folder is open and its lock held, before the first epoch trains (a
+        resumed run: before the rest of its epoch); not called when there is nothing to
+        train."""
+
     def on_step_start(self, trainer) -> None:
         """Before each training optimizer step (`trainer.global_step` steps done)."""
 

@@ -50,7 +50,8 @@ def add_standard_args(parser: argparse.ArgumentParser, evaluating: bool = False)
     parser.add_argument("-r", "--resume", default=None,
                         help="checkpoint to evaluate (or run folder: its model_best.pth)"
                         if evaluating else
-                        "checkpoint (or run folder: its newest checkpoint) to resume from")
+                        "checkpoint (or run folder: its newest checkpoint) to resume from; "
+                        "or a k-fold run's <run id>-folds.json to go on with its folds")
     parser.add_argument("-d", "--device", default=None,
                         help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",

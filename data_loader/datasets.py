@@ -31,8 +31,14 @@ def load_digits(data_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
         raise UserError(f"{path}: not a readable digits file ({error})") from None
     if table.ndim != 2 or table.shape[1] != 65:
         raise UserError(f"{path}: expected 65 columns (64 pixels and a label), got {table.shape}")
+    column = table[:, 64]
+    bad = np.flatnonzero((column != np.round(column)) | (column < 0) | (column > 9))
+    if bad.size:  # a class label, not a value to truncate (3.7 would silently become 3)
+        raise UserError(f"{path}: row {bad[0] + 1}: the label (column 65) must be a digit 0-9, "
+                        f"got {column[bad[0]]:g}" + (f" ({bad.size} such rows)" if bad.size > 1
+                                                     else ""))
     images = torch.from_numpy(table[:, :64] / 16.0).reshape(-1, 1, 8, 8)
-    labels = torch.from_numpy(table[:, 64].astype(np.int64))
+    labels = torch.from_numpy(column.astype(np.int64))
     return images, labels
 
 

@@ -90,14 +90,13 @@ class CheckpointSaver:
     def _what_is_intact(self) -> str:
         """After a failed write: which checkpoint still holds the run, and how to go on."""
         folder = self.folder()
-        resume = resume_command(folder)
-        intact = self.last_saved or (self.protect if self.protect is not None and
-                                     self.protect.parent == folder else None)
-        if intact is not None:
-            return (f"the previous checkpoint {intact.name} is intact; free space (or fix the "
-                    f"folder) and resume with: {resume}")
-        return f"no checkpoint of this run was written; free space (or fix the folder) and " \
-               f"start again, or resume an earlier checkpoint of the run with: {resume}"
+        intact = self.last_saved or self.protect  # this run's newest, or the one it resumed
+        if intact is None:
+            return "no checkpoint of this run was written; free space (or fix the folder) and " \
+                   "start it again"
+        resume = resume_command(folder if intact.parent == folder else intact)
+        return (f"the previous checkpoint {intact.name} is intact; free space (or fix the "
+                f"folder) and resume with: {resume}")
 
     @property
     def best_path(self) -> Path:

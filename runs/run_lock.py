@@ -28,14 +28,21 @@ class RunLock:
     """The writer's lock on `folder`; `acquire` before writing anything there, and keep the
     object until the writing is done (the lock lives as long as its open file)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, name: str = LOCK_NAME, busy: str | None = None):
+        """`name`: the lock file's name in `folder`; another name locks something else there
+        (a k-fold run's record beside its folds' run folders), and leaves temp files alone.
+        `busy`: the line when another process holds it (`{holder}` in it names that one)."""
         self.folder = Path(folder)
+        self.name = name
+        self.busy = busy or (f"{self.folder}: another process is writing this run folder "
+                             f"({{holder}}); wait for it to end, or resume from a copy of the "
+                             f"checkpoint into a new run")
         self._file = None
 
     def acquire(self) -> list[Path]:
         """Take the lock or raise a `UserError` naming its holder. Then the temp files a
         killed writer of this run left are provably dead: they are removed and returned."""
-        path = self.folder / LOCK_NAME
+        path = self.folder / self.name
         try:  # not truncated before it is ours; a link is never followed (nor written through)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             file = os.fdopen(fd, "a+", encoding="utf-8")
@@ -50,9 +57,7 @@ class RunLock:
             file.seek(0)
             holder = file.read().strip() or "a process that has not said which"
             file.close()
-            raise UserError(f"{self.folder}: another process is writing this run folder "
-                            f"({holder}); wait for it to end, or resume from a copy of the "
-                            f"checkpoint into a new run")
+            raise UserError(self.busy.format(holder=holder))
         try:
             file.seek(0)
             file.truncate()
@@ -63,7 +68,7 @@ class RunLock:
             raise UserError(f"{path}: cannot write the run folder's lock file "
                             f"({error.strerror}); nothing else was written") from None
         self._file = file
-        return remove_partial_writes(self.folder)
+        return remove_partial_writes(self.folder) if self.name == LOCK_NAME else []
 
     def _lock(self, file) -> bool:
         """Whether this process now holds the lock (True where flock does not exist)."""

@@ -22,6 +22,7 @@ from search.search_space import sample
 from search.trial import make_pruner, open_storage, sqlite_file, trial_handle
 from utils.errors import UserError
 from utils.files import read_json, write_json
+from utils.interrupts import StopWithParent
 from utils.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,10 +128,6 @@ class Sweep:
             study = self.study()
             trials = study.get_trials(deepcopy=False)
             waiting = [trial for trial in trials if self._resumable(trial)]
-            if waiting and self.definition.get("folds"):  # its folds cannot resume
-                self._fail(study, waiting[0].number, "interrupted k-fold cross-validation (its "
-                           "folds do not resume; the sweep goes on with new trials)")
-                continue
             if waiting:
                 self._start(study, waiting[0].number, resume=True)
                 continue
@@ -174,14 +171,17 @@ class Sweep:
                            "number": number, "sweep": str(self.folder),
                            "pruner": self.options["pruner"],
                            "prune_after": self.options["prune_after"]})
-        run_folder = self.run_folder(name)
-        if resume and run_folder.is_dir() and not self._is_own_trial(run_folder, number):
+        # what resumes the trial: its run folder, or with k-fold the folds' record
+        run_folder = self.run_folder(f"{name}-fold1" if self.definition.get("folds") else name)
+        target = run_folder.parent / f"{name}-folds.json" if self.definition.get("folds") \
+            else run_folder
+        if resume and target.exists() and not self._is_own_trial(run_folder, number):
             print(f"{name}: {run_folder} is not this study's trial {number} (its manifest says "
                   f"otherwise); the trial starts again", flush=True)
             resume = False
-        resume = resume and run_folder.is_dir()
+        resume = resume and target.exists()
         if resume:
-            arguments = ["-r", str(run_folder)]
+            arguments = ["-r", str(target)]
         else:
             arguments = ["-c", str(self.folder / "trials" / f"{name}.json"), "--run-id", name]
             if self.definition.get("folds"):
@@ -195,7 +195,7 @@ class Sweep:
             process = subprocess.Popen([*launcher, str(ROOT / "train.py"), *arguments,
                                         "--trial", spec], stdout=log, stderr=subprocess.STDOUT,
                                        cwd=os.getcwd(), env=environment,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=StopWithParent())
         self._claim(study, number, process.pid, environment.get("OMP_NUM_THREADS"))
         self.running[number] = process
         if self.stopping:  # the signal came while it was being started

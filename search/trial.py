@@ -52,6 +52,9 @@ def open_storage(url: str):
     import optuna
 
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    database = sqlite_file(url)
+    if database is not None:
+        refuse_foreign_sqlite(database)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
@@ -61,6 +64,30 @@ def open_storage(url: str):
         where = str(database) if database is not None else f"--storage {url.split('://')[0]}://..."
         raise UserError(f"{where}: cannot open the study's database ({type(error).__name__}: "
                         f"{reason})") from None
+
+
+def refuse_foreign_sqlite(database: Path) -> None:
+    """A SQLite file that holds tables, none of them Optuna's, is someone else's database:
+    Optuna would add its tables to it. One line instead (a damaged file is Optuna's to find)."""
+    import sqlite3
+
+    if not database.is_file() or database.stat().st_size == 0:
+        return
+    connection = None
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        tables = [row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.Error:
+        return
+    finally:
+        if connection is not None:
+            connection.close()
+    if tables and "studies" not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UserError(f"{database}: a SQLite database that is not an Optuna study's (its "
+                        f"tables: {shown}); nothing was added to it. Give the study a file of its "
+                        f"own with --storage")
 
 
 def trial_handle(study, storage, number: int):
@@ -106,22 +133,13 @@ class StudyTrial(Callback):
             trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({metric} "
                                  f"{log[metric]:.6g})")
 
-    def finish(self, results: list[dict], resume=None) -> None:
+    def finish(self, results: list[dict]) -> None:
         """Tell the study the trial's outcome from its runs' results (`run_result`): pruned,
-        or the mean of their best values. A trial resumed at its end (stopped after its last
-        epoch, before it could tell) has its checkpoint's outcome."""
-        if self.study is None:
+        or the mean of their best values."""
+        if self.study is None or not results:
             return
         import optuna
 
-        if not results and resume is not None:
-            from utils.checkpoint import load_checkpoint
-
-            checkpoint = load_checkpoint(resume)
-            results = [{"best": checkpoint["monitor_best"],
-                        "stop_reason": checkpoint.get("stop_reason")}]
-        if not results:
-            return
         if any((result["stop_reason"] or "").startswith(PRUNED_REASON) for result in results):
             self.study.tell(self.spec["number"], state=optuna.trial.TrialState.PRUNED)
         else:

@@ -36,6 +36,19 @@ def test_split_leaving_no_training_data_is_an_error():
         split_indices(3, 3, seed=0)
 
 
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_a_fraction_that_holds_out_no_sample_is_named_not_left_to_the_monitor(n):
+    """A one- or two-sample data set with the default 0.1: no validation sample at all, which
+    before surfaced only as "'val_loss' is not a logged value"."""
+    with pytest.raises(ValueError) as raised:
+        split_indices(n, 0.1, seed=0)
+    assert str(raised.value) == (
+        f"data_loader.args.validation_split: 0.1 of {n} sample{'s' if n > 1 else ''} is no "
+        f"validation sample at all; give a sample count (e.g. 1) or a larger fraction, or 0 for "
+        f"no validation")
+    assert split_indices(10, 0.1, seed=0)[1] and not split_indices(n, 0.0, seed=0)[1]
+
+
 def test_validation_loader_holds_the_held_out_samples():
     loader = make_loader()
     valid = loader.split_validation()

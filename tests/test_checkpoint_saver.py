@@ -86,6 +86,26 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_that_is_intact(tmp_path, 
     assert raised.value.no_room
 
 
+def test_a_failed_first_save_of_a_branched_resume_points_at_the_checkpoint_it_came_from(
+        tmp_path, monkeypatch):
+    """A resume that branched into a new folder and could not save there: the hint resumes the
+    checkpoint it started from, not the new folder (which holds none)."""
+    import runs.checkpoint_saver as module
+
+    origin = tmp_path / "old run" / "checkpoint-epoch3.pth"
+    saver = CheckpointSaver(lambda: tmp_path / "new run", protect=origin)
+    (tmp_path / "new run").mkdir()
+
+    def full(content, path):
+        raise WriteError(f"no space left on device while writing {path}", no_room=True)
+    monkeypatch.setattr(module, "save_checkpoint", full)
+    with pytest.raises(WriteError) as raised:
+        saver.save_epoch(4, state(4))
+    assert raised.value.problems[0].endswith(
+        f"the previous checkpoint checkpoint-epoch3.pth is intact; free space (or fix the "
+        f"folder) and resume with: python train.py -r '{origin}'")
+
+
 @pytest.mark.slow
 def test_a_file_size_limit_during_the_first_save_is_one_line_and_leaves_no_temp_file(tmp_path):
     """The real train.py under RLIMIT_FSIZE: the config and manifest fit, a checkpoint does not
@@ -102,7 +122,7 @@ def test_a_file_size_limit_during_the_first_save_is_one_line_and_leaves_no_temp_
     run = tmp_path / "saved/models/Digits_CNN/r"
     assert result.returncode == 2 and result.stderr.strip() == (
         f"error: file size limit exceeded while writing {run}/checkpoint-epoch1.pth; no "
-        f"checkpoint of this run was written; free space (or fix the folder) and start again, "
-        f"or resume an earlier checkpoint of the run with: python train.py -r {run}")
+        f"checkpoint of this run was written; free space (or fix the folder) and start it "
+        f"again")  # not a resume of a folder that holds no checkpoint
     assert sorted(path.name for path in run.iterdir()) == [".writer.lock", "config.json",
                                                           "manifest.json"]

@@ -62,6 +62,20 @@ def test_a_one_sample_digits_file_loads_and_its_empty_test_split_is_named(tmp_pa
         DigitsDataLoader(str(tmp_path), batch_size=8, training=False)  # 20% of 1 sample
 
 
+@pytest.mark.parametrize("labels, message", [
+    (["3.7", "1"], "row 1: the label (column 65) must be a digit 0-9, got 3.7"),
+    (["1", "12", "-1"], "row 2: the label (column 65) must be a digit 0-9, got 12 (2 such rows)"),
+])
+def test_a_label_that_is_not_a_digit_is_named_not_truncated(tmp_path, labels, message):
+    import gzip
+
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as file:
+        file.writelines(",".join(["3"] * 64 + [label]) + "\n" for label in labels)
+    with pytest.raises(UserError) as raised:
+        load_digits(tmp_path)
+    assert str(raised.value) == f"{tmp_path / 'digits.csv.gz'}: {message}"
+
+
 def write_idx(path, array: np.ndarray, magic_type: int = 0x08) -> None:
     """An IDX file as MNIST ships it: magic, big-endian sizes, then unsigned bytes."""
     header = struct.pack(">BBBB", 0, 0, magic_type, array.ndim)

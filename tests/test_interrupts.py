@@ -287,3 +287,34 @@ def test_a_signal_ignored_when_the_run_starts_stays_ignored_nohup():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_started_with_stop_with_parent_gets_sigterm_when_its_parent_is_killed(tmp_path):
+    """A sweep killed with SIGKILL: its trial (started with `StopWithParent`) gets SIGTERM
+    and saves, instead of training on alone. Here a parent that is SIGKILLed and a child
+    that notes the signal it got."""
+    import time
+
+    noted = tmp_path / "signal.txt"
+    child = (f"import signal, time\n"
+             f"def note(signum, frame):\n"
+             f"    open({str(noted)!r}, 'w').write(str(signum)); raise SystemExit(0)\n"
+             f"signal.signal(signal.SIGTERM, note)\n"
+             f"print('ready', flush=True); time.sleep(60)\n")
+    parent = (f"import subprocess, sys, time\n"
+              f"from utils.interrupts import StopWithParent\n"
+              f"subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True,\n"
+              f"                 preexec_fn=StopWithParent())\n"
+              f"print('started', flush=True); time.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    # both write to this pipe: the child says "ready" once its handler is in place
+    assert {process.stdout.readline().strip() for _ in range(2)} == {"started", "ready"}
+    process.kill()
+    process.wait()
+    for _ in range(100):
+        if noted.exists() and noted.read_text():
+            break
+        time.sleep(0.1)
+    assert noted.read_text() == str(int(signal.SIGTERM))

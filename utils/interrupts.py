@@ -106,6 +106,31 @@ def ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+class StopWithParent:
+    """A `preexec_fn` for a child process that must not outlive the process starting it (a
+    sweep's trial: a sweep killed with SIGKILL cannot pass a signal on). On Linux the kernel
+    sends the child SIGTERM when its parent ends — it then saves and stops as on any SIGTERM
+    (torchrun passes it on to its workers); elsewhere it does nothing. A parent already gone
+    while the child starts counts the same."""
+
+    def __init__(self):
+        self.parent = os.getpid()  # taken in the parent, before the fork
+
+    def __call__(self) -> None:
+        import ctypes
+        import sys
+
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != self.parent:  # it ended before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 

@@ -91,7 +91,7 @@ def test_bad_folds_are_one_line_before_anything_is_written(config_file, tmp_path
 
 def test_a_stop_signal_in_a_folds_last_epoch_stops_the_folds_after_it(config_file, tmp_path):
     """The signal comes as fold 1 ends its last epoch (its run is complete): fold 2 and 3 are
-    not started, and the exit code says it was stopped."""
+    not started, the exit code says it was stopped, and the record says how to go on."""
     import signal
 
     from trainer.trainer import Callback
@@ -104,9 +104,77 @@ def test_a_stop_signal_in_a_folds_last_epoch_stops_the_folds_after_it(config_fil
     with pytest.raises(TrainingInterrupted) as raised:
         train.main(["-c", str(config_file), "--folds", "3", "--epochs", "1", "--run-id", "cv"],
                    callbacks=[SignalAtTheEnd()])
+    models = tmp_path / "saved/models/Digits_CNN"
     assert raised.value.exit_code == 143 and "after fold 1 of 3" in str(raised.value)
-    folders = sorted(path.name for path in (tmp_path / "saved/models/Digits_CNN").iterdir())
-    assert folders == ["cv-fold1"]  # complete; no summary of one fold
+    assert f"python train.py -r {models / 'cv-folds.json'}" in str(raised.value)
+    assert sorted(path.name for path in models.iterdir()) == \
+        [".cv-folds.json.lock", "cv-fold1", "cv-folds.json"]  # the record and its lock
+    record = json.loads((models / "cv-folds.json").read_text())
+    assert record["status"] == "running" and record["training"] is None
+    assert [Path(result["run"]).name for result in record["folds"]] == ["cv-fold1"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_k_fold_run_goes_on_from_its_record_as_if_never_stopped(config_file,
+                                                                               tmp_path):
+    """SIGTERM in the middle of fold 2 of 3: `-r cv-folds.json` resumes fold 2 from its
+    checkpoint, trains fold 3 and writes the summary — the same numbers as a k-fold run that
+    was never stopped; a second `-r` of the complete record trains nothing."""
+    import signal
+
+    from trainer.trainer import Callback
+    from utils.interrupts import TrainingInterrupted
+
+    class SignalInFold2(Callback):
+        def on_step_end(self, trainer):
+            if trainer.config["data_loader"]["args"]["validation_split"]["fold"] == 2 and \
+                    trainer.global_step == 3:
+                trainer.stop_signals.received = signal.SIGTERM
+
+    argv = ["-c", str(config_file), "--folds", "3", "--epochs", "2", "-o",
+            "trainer.len_epoch=2"]
+    train.main([*argv, "--run-id", "whole"])
+    with pytest.raises(TrainingInterrupted) as raised:
+        train.main([*argv, "--run-id", "cv"], callbacks=[SignalInFold2()])
+    models = tmp_path / "saved/models/Digits_CNN"
+    assert "(fold 2 from its checkpoint, then fold 3 and the summary): python train.py " \
+        f"-r {models / 'cv-folds.json'}" in str(raised.value)
+    record = json.loads((models / "cv-folds.json").read_text())
+    assert record["training"] == str(models / "cv-fold2") and len(record["folds"]) == 1
+    train.main(["-r", str(models / "cv-folds.json")])
+    whole = json.loads((models / "whole-folds.json").read_text())
+    resumed = json.loads((models / "cv-folds.json").read_text())
+    assert resumed["status"] == "complete" and resumed["training"] is None
+    assert [Path(result["run"]).name for result in resumed["folds"]] == \
+        ["cv-fold1", "cv-fold2", "cv-fold3"]
+    assert resumed["mean"] == whole["mean"] and resumed["std"] == whole["std"]
+    assert sorted(path.name for path in models.glob("cv*")) == \
+        ["cv-fold1", "cv-fold2", "cv-fold3", "cv-folds.json"]
+    for fold in (1, 2, 3):
+        assert torch.equal(
+            load_checkpoint(models / f"cv-fold{fold}/checkpoint-epoch2.pth")["state_dict"][
+                "fc2.weight"],
+            load_checkpoint(models / f"whole-fold{fold}/checkpoint-epoch2.pth")["state_dict"][
+                "fc2.weight"])
+    train.main(["-r", str(models / "cv-folds.json")])  # complete: nothing to train
+    assert json.loads((models / "cv-folds.json").read_text()) == resumed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "5"], "--epochs would make its folds differ"),
+    (["-o", "seed=3"], "-o would make its folds differ"),
+    (["--folds", "4"], "--folds 4: "),
+])
+def test_going_on_with_a_k_fold_run_as_it_started_or_one_line(tmp_path, argv, message):
+    record = tmp_path / "cv-folds.json"
+    record.write_text(json.dumps({"status": "running", "run_id": "cv", "k": 3,
+                                  "monitor": "", "folds": [], "training": None,
+                                  "config": {}}))
+    with pytest.raises(UserError, match=message):
+        train.main(["-r", str(record), *argv])
+    record.write_text("{}")
+    with pytest.raises(UserError, match="not a k-fold run's record"):
+        train.main(["-r", str(record)])
 
 
 @pytest.mark.parametrize("example", ["dict_batches", "vae"])
@@ -128,3 +196,25 @@ def test_folds_of_a_users_own_task_dict_batches_and_a_subclassed_step(tmp_path, 
             statistics.fmean(checkpoint["best_log"][key] for checkpoint in best), abs=1e-12)
     if example == "vae":
         assert {"recon", "kl", "val_recon", "val_kl"} <= set(summary["mean"])
+
+
+def test_a_k_fold_run_that_another_process_goes_on_with_is_one_line(tmp_path):
+    """Two `-r cv-folds.json` at once (or one while the k-fold run itself still trains): the
+    second is refused under the record's lock before it reads or writes anything."""
+    from runs.run_lock import RunLock
+
+    record = tmp_path / "cv-folds.json"
+    record.write_text(json.dumps({"status": "running", "run_id": "cv", "k": 2, "monitor": "",
+                                  "folds": [], "training": None, "config": {}}))
+    holder = RunLock(tmp_path, ".cv-folds.json.lock")
+    holder.acquire()
+    try:
+        with pytest.raises(UserError, match=rf"^{record}: another process is going on with this "
+                                            rf"k-fold run \(pid \d+ on .*\); wait for it to end$"):
+            from search.cross_validation import FoldsRecord
+
+            config = type("Config", (), {"run_id": "cv", "config": {}, "cli_args": type(
+                "Args", (), {"folds": 2, "folds_record": str(record)})()})()
+            FoldsRecord.of_run(config)
+    finally:
+        holder.release()

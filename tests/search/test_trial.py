@@ -4,6 +4,7 @@ import json
 import optuna
 import pytest
 
+from search.cross_validation import checkpoint_result
 from search.trial import PRUNED_REASON, StudyTrial, open_storage, parse_trial
 from tests.test_checkpoint import minimal_checkpoint
 from utils.checkpoint import save_checkpoint
@@ -59,7 +60,7 @@ def test_a_trial_resumed_at_its_end_tells_its_checkpoints_outcome(tmp_path, stop
     path = tmp_path / "checkpoint-epoch3.pth"
     save_checkpoint({**minimal_checkpoint(DigitsModel()), "epoch": 3, "monitor_best": 0.125,
                      "stop_reason": stop_reason}, path)
-    StudyTrial(spec).finish([], resume=path)
+    StudyTrial(spec).finish([checkpoint_result(path)])
     trial = state_of(spec)
     assert trial.state == state
     assert state != optuna.trial.TrialState.COMPLETE or trial.value == 0.125
@@ -144,7 +145,8 @@ def test_a_k_fold_trial_is_pruned_at_an_earlier_folds_last_epoch(tmp_path):
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]
     runs = tmp_path / "saved/models/Digits_CNN"
-    assert sorted(path.name for path in runs.iterdir()) == ["cv-fold1"]
+    assert sorted(path.name for path in runs.glob("cv*")) == ["cv-fold1", "cv-folds.json"]
+    assert json.loads((runs / "cv-folds.json").read_text())["status"] == "pruned"
 
 
 def test_a_damaged_sqlite_study_is_named_by_its_file_not_blamed_on_storage(tmp_path):
@@ -154,3 +156,68 @@ def test_a_damaged_sqlite_study_is_named_by_its_file_not_blamed_on_storage(tmp_p
     database.write_bytes(b"this is not a database" * 100)
     with pytest.raises(UserError, match=rf"^{database}: cannot open the study's database"):
         open_storage(f"sqlite:///{database}")
+
+
+@pytest.mark.slow
+def test_an_interrupted_k_fold_trial_goes_on_from_its_folds_record(tmp_path, monkeypatch):
+    """A k-fold trial stopped in fold 2: the sweep resumes it with `-r <trial>-folds.json`
+    (not a failed trial, as before), which finishes fold 2 and tells the study the mean."""
+    import signal
+    import subprocess
+
+    import train
+    from search.study import Sweep
+    from tests.conftest import small_config
+    from trainer.trainer import Callback
+    from utils.interrupts import TrainingInterrupted
+
+    class SignalInFold2(Callback):
+        def on_step_end(self, trainer):
+            if trainer.config["data_loader"]["args"]["validation_split"]["fold"] == 2:
+                trainer.stop_signals.received = signal.SIGTERM
+
+    spec = {**a_trial(tmp_path), "pruner": "none"}
+    (tmp_path / "config.json").write_text(json.dumps(small_config(tmp_path / "saved", epochs=1)))
+    with pytest.raises(TrainingInterrupted):
+        train.main(["-c", str(tmp_path / "config.json"), "--folds", "2", "--run-id",
+                    "trial-0000", "--trial", json.dumps(spec)], callbacks=[SignalInFold2()])
+    assert state_of(spec).state == optuna.trial.TrialState.RUNNING
+    runs = tmp_path / "saved/models/Digits_CNN"
+    record = runs / "trial-0000-folds.json"
+
+    started = []
+    (tmp_path / "trials").mkdir()
+    sweep_of = Sweep(tmp_path, {"config": {"name": "Digits_CNN"}, "folds": 2}, spec["storage"],
+                     "s", {"pruner": "none", "prune_after": 0, "jobs": 1}, lambda values: {})
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command)
+                      or type("Process", (), {"pid": 1, "poll": lambda self: None})())
+        patch.setattr(sweep_of, "run_folder", lambda name: runs / name)
+        patch.setattr(sweep_of, "_is_own_trial", lambda folder, number: True)
+        patch.setattr(sweep_of, "_claim", lambda *args: None)
+        patch.setattr(sweep_of, "_params_text", lambda *args: "")
+        sweep_of._start(None, 0, resume=True)
+    assert started[0][started[0].index("-r") + 1] == str(record)
+
+    train.main(["-r", str(record), "--trial", json.dumps(spec)])
+    summary = json.loads(record.read_text())
+    assert summary["status"] == "complete"
+    trial = state_of(spec)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == pytest.approx(summary["mean"]["val_loss"])
+
+
+def test_a_sqlite_file_of_someone_elses_gets_no_optuna_tables(tmp_path):
+    import sqlite3
+
+    database = tmp_path / "inventory.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE parts (id INTEGER, name TEXT)")
+    connection.close()
+    before = database.read_bytes()
+    with pytest.raises(UserError, match=rf"^{database}: a SQLite database that is not an Optuna "
+                                        rf"study's \(its tables: parts\); nothing was added"):
+        open_storage(f"sqlite:///{database}")
+    assert database.read_bytes() == before
+    spec = a_trial(tmp_path)  # a study's own file opens again
+    assert open_storage(spec["storage"]) is not None
