@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
 from base.folds import class_labels, fold_indices, fold_problem, is_fold
+from base.in_memory import CollateWholeBatches, batched, gather, on_device_problem, placed
 from base.samplers import EpochSampler, SeededBatchSampler
 from utils import distributed
 from utils.errors import ConfigError, UserError
@@ -27,15 +28,36 @@ class SeededDataLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, *,
                  batch_seed: int, drop_last: bool = False, per_pass: bool = True, rank: int = 0,
-                 world_size: int = 1, even: bool = True, **kwargs):
+                 world_size: int = 1, even: bool = True, on_device: bool = False, **kwargs):
         batches = SeededBatchSampler(sampler, batch_size, drop_last, batch_seed, per_pass, rank,
                                      world_size, even)
         super().__init__(dataset, batch_sampler=batches, **kwargs)
+        self.on_device = on_device
+        self._placed: list[torch.Tensor] | None = None  # with on_device: the tensors, placed
 
     @property
     def epoch_sampler(self) -> EpochSampler:
         """The sampler whose permutation the batches are cut from (its position: `set_epoch`)."""
         return self.batch_sampler.sampler
+
+    def place(self, device: torch.device) -> None:
+        """With `on_device`: move the data set's tensors to `device` once (the builder calls it
+        with the training device); the batches are sliced there from then on."""
+        if self.on_device:
+            self._placed = placed(self.dataset, device)
+
+    def __iter__(self):
+        if self._placed is None:
+            return super().__iter__()
+        return self._sliced_batches()
+
+    def _sliced_batches(self):
+        """The batches of `batch_sampler`, in its order, sliced from the placed tensors."""
+        transform = getattr(self.dataset, "batch_transform", None)
+        device = self._placed[0].device
+        for indices in self.batch_sampler:
+            yield gather(self._placed, torch.tensor(indices, dtype=torch.long, device=device),
+                         transform)
 
 
 def batch_size_of(loader: DataLoader) -> int | None:
@@ -135,7 +157,8 @@ class BaseDataLoader(SeededDataLoader):
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool,
                  validation_split: float | int | dict, num_workers: int,
-                 collate_fn: Callable = default_collate, seed: int = 0, **loader_kwargs):
+                 collate_fn: Callable = default_collate, seed: int = 0, on_device: bool = False,
+                 **loader_kwargs):
         self.validation_split = validation_split
         self.shuffle = shuffle
         self.seed = seed
@@ -143,6 +166,9 @@ class BaseDataLoader(SeededDataLoader):
             raise UserError(f"data_loader: the data set ({type(dataset).__name__}) has no "
                             f"samples; check data_loader.args (data_dir, and which split "
                             f"`training` selects: false is the test split)")
+        problem = on_device_problem(dataset, collate_fn) if on_device else None
+        if problem:
+            raise UserError(f"data_loader.args.on_device: {problem}")
         labels = class_labels(dataset) if is_fold(validation_split) else None
         train_indices, valid_indices = split_indices(len(dataset), validation_split, seed, labels)
         self.n_samples = len(train_indices)
@@ -153,8 +179,11 @@ class BaseDataLoader(SeededDataLoader):
         # async copies to the GPU; persistent_workers stays off unless asked for: on the CPU
         # it measured slower per epoch (bench/data_loading.py, docs/performance.md)
         loader_kwargs.setdefault("pin_memory", torch.cuda.is_available())
-        self._init_kwargs = {"dataset": dataset, "batch_size": batch_size,
-                             "collate_fn": collate_fn, "num_workers": num_workers, **loader_kwargs}
+        # in-memory tensors: a whole batch per fetch (base/in_memory.py)
+        self._init_kwargs = {"dataset": batched(dataset), "batch_size": batch_size,
+                             "collate_fn": CollateWholeBatches(collate_fn),
+                             "num_workers": num_workers, "on_device": on_device,
+                             **loader_kwargs}
         # the generator only seeds workers here (the sampler shuffles); keeps the global RNG out
         super().__init__(sampler=EpochSampler(train_indices, shuffle, seed),
                          generator=torch.Generator().manual_seed(derive_seed(seed)),

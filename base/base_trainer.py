@@ -104,7 +104,8 @@ class BaseTrainer(ABC):
         self.monitor = settings.parsed_monitor
         self.best = BestTracker(self.monitor)
         self.checkpoints = CheckpointSaver(lambda: self.checkpoint_dir, settings.save_period,
-                                           settings.keep_last, config.resume, self.logger)
+                                           settings.keep_last, config.resume, self.logger,
+                                           background=True)
         # what a person sees: the log, TensorBoard (a writer opened by train()), progress bars
         self.report = TrainingReport(self.logger, settings, self.monitor)
         self.train_metrics = EpochMetrics(self.metric_fns, device)
@@ -248,12 +249,23 @@ class BaseTrainer(ABC):
                 callback.on_train_start(self)
             with self._training(), self.stop_signals:
                 self._train_epochs(self.settings.epochs)
+                self.checkpoints.finish()  # the last checkpoint is on disk before the end
             self.report.hparams(self.config.config, self.best, self.last_epoch, self.last_log,
                                 self.global_step)
         finally:
             self.report.close_writer()
+            self._let_the_write_end()
         self.report.end(first_epoch, self.last_epoch, time.monotonic() - started, self.best,
                         self.checkpoints)
+
+    def _let_the_write_end(self) -> None:
+        """On the way out of an error: the checkpoint being written is completed (the
+        previous one stays intact either way); its own failure only logged, not raised over
+        the error that ended training."""
+        try:
+            self.checkpoints.wait()
+        except Exception as error:  # noqa: BLE001 (why: the first error is the one to report)
+            self.logger.error("Also: %s", error)
 
     def _train_epochs(self, epochs: int) -> None:
         for epoch in range(self.start_epoch, epochs + 1):
@@ -276,10 +288,9 @@ class BaseTrainer(ABC):
                 callback.on_epoch_end(self, epoch, log)
             self.stop_reason = distributed.from_main(self.stop_reason)  # rank 0's decision
             stop = self.stop_reason is not None
-            saved = self.checkpoints.save_epoch(epoch, lambda done=epoch: self.state(done)) \
-                if self.checkpoints.is_due(epoch, epochs, stop) else None
-            if improved:
-                self.checkpoints.save_best(saved, lambda done=epoch: self.state(done))
+            # written beside the next epoch's training (runs/checkpoint_saver.py)
+            saved = self.checkpoints.save(epoch, lambda done=epoch: self.state(done),
+                                          self.checkpoints.is_due(epoch, epochs, stop), improved)
             if stop:
                 self.logger.info("Stopped after epoch %d: %s.", epoch, self.stop_reason)
                 return
@@ -293,6 +304,7 @@ class BaseTrainer(ABC):
         """Save where training stands (`epoch` complete, `step` steps into the next), say how to
         resume, and raise `TrainingInterrupted`: the one place a stop signal ends a run."""
         path = saved or self.checkpoints.save_interrupted(lambda: self.state(epoch, step))
+        self.checkpoints.finish()  # written before the process ends
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
         message = (f"Stopped by {signal_name(signum)} at {where} (global step "
                    f"{self.global_step}). Resume with: {resume_command(path)}")

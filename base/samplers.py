@@ -64,6 +64,12 @@ class SeededBatch(list):
     seed_key: tuple[int, ...] = ()  # the seed is derive_seed(*seed_key), computed in the worker
 
     def __iter__(self):
+        self.seed_worker()
+        return super().__iter__()
+
+    def seed_worker(self) -> None:
+        """In a worker, seed its generators for this batch (iterating the batch does it; a data
+        set's `__getitems__` that does not iterate calls it)."""
         if self.seed_key and get_worker_info() is not None:
             seed = derive_seed(*self.seed_key)
             random.seed(seed)
@@ -71,7 +77,6 @@ class SeededBatch(list):
             # the CPU generator alone: torch.manual_seed also seeds every accelerator's, for
             # nothing in a worker, and costs more
             torch.default_generator.manual_seed(seed)
-        return super().__iter__()
 
 
 class SeededBatchSampler(Sampler[list[int]]):

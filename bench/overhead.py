@@ -1,7 +1,7 @@
 """The template's Trainer against a bare hand-written loop doing the same work.
 
-    python bench/overhead.py [--repeats 3] [--mnist-samples 60000] [--mnist-epochs 1]
-                             [--digits-epochs 10] [--no-memory]
+    python bench/overhead.py [--repeats 5] [--workloads digits mnist resnet18 [mnist10x]]
+                             [--whole-process] [--fixed-costs] [--no-memory]
 
 Both sides train the same model from the same initial weights on the same training samples with
 the same optimizer, loss and batch size, validate on the same held-out samples (loss and
@@ -9,15 +9,27 @@ accuracy) and save the weights and the optimizer state once an epoch. The templa
 user gets from a config:
 TensorBoard on, metrics (accuracy, top_k_acc) on, a checkpoint written atomically every epoch,
 model_best, logging every `log_step` steps. The bare side is the loop a person would write:
-zero_grad / forward / loss / backward / step, an eval pass, torch.save of model and
-optimizer (no fsync, no RNG states, no train metrics, no TensorBoard).
+a plain DataLoader (a sample at a time, `default_collate`), zero_grad / forward / loss /
+backward / step, an eval pass, torch.save of model and optimizer (no fsync, no RNG states, no
+train metrics, no TensorBoard).
 
 Times: in one process, the two sides alternate, median of `--repeats`. Peak memory: each side
-once in a fresh child process (peak RSS on the CPU, peak allocated on CUDA). Workloads:
-MNIST-sized synthetic tensors (60,000 x 1 x 28 x 28, LeNet) and the default digits config.
+once in a fresh child process (peak RSS on the CPU, peak allocated on CUDA). Workloads: the
+default digits config; MNIST-sized synthetic tensors (60,000 x 1 x 28 x 28, LeNet) and ten times
+as many (`mnist10x`, 1.9 GB); a ResNet-18 on 32 x 32 colour images (synthetic). On CUDA each
+workload is also run the way the device is fastest (`on_device`, bf16 autocast) beside the
+default template side.
+
+`--whole-process`: `python train.py -c config.json --epochs 40` against `python
+bench/bare_loop.py --epochs 40` as whole processes (start, imports, checks, training), alternating.
+`--fixed-costs`: what the template adds per optimizer step (us; the digits, batch 8, one epoch)
+and per epoch (ms; `--fixed-epochs` 40 of one step each: validation, checkpoint, TensorBoard,
+logs).
 """
 import argparse
 import copy
+import functools
+import itertools
 import json
 import logging
 import resource
@@ -51,12 +63,28 @@ def workload(name: str, args) -> tuple[dict, TensorDataset]:
     if name == "digits":
         config["trainer"]["epochs"] = args.digits_epochs
         return config, digits_dataset(ROOT / "data", training=True)
-    config["arch"] = {"type": "LeNet", "args": {}}
-    config["trainer"]["epochs"] = args.mnist_epochs
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(args.mnist_samples, 1, 28, 28, generator=generator)
-    labels = torch.randint(0, 10, (args.mnist_samples,), generator=generator)
+    if name == "resnet18":
+        config["arch"] = {"type": "TorchvisionClassifier",
+                          "args": {"name": "resnet18", "num_classes": 10}}
+        config["loss"] = "cross_entropy"
+        config["trainer"]["epochs"] = 1
+        images = torch.rand(args.resnet_samples, 3, 32, 32, generator=generator)
+    else:
+        config["arch"] = {"type": "LeNet", "args": {}}
+        config["trainer"]["epochs"] = args.mnist_epochs
+        samples = args.mnist_samples * (10 if name == "mnist10x" else 1)
+        images = torch.rand(samples, 1, 28, 28, generator=generator)
+    labels = torch.randint(0, 10, (len(images),), generator=generator)
     return config, TensorDataset(images, labels)
+
+
+def device_path(config: dict) -> dict:
+    """The config the way a GPU is fastest: the data on the device, bf16 autocast."""
+    config = copy.deepcopy(config)
+    config["data_loader"]["args"]["on_device"] = True
+    config["trainer"]["amp"] = "bf16"
+    return config
 
 
 def template_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
@@ -79,14 +107,16 @@ def template_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
     return time.perf_counter() - start
 
 
-def bare_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
-    """Seconds for the same work written by hand."""
+def bare_run(config: dict, dataset: TensorDataset, save_dir: str,
+             steps_per_epoch: int | None = None) -> float:
+    """Seconds for the same work written by hand (`steps_per_epoch`: as `trainer.len_epoch`)."""
     import model.model as module_arch
 
     seed_everything(config["seed"])
     model = getattr(module_arch, config["arch"]["type"])(**config["arch"]["args"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
+    criterion = getattr(F, config["loss"])
     optimizer = torch.optim.Adam(model.parameters(), **config["optimizer"]["args"])
     loader_args = config["data_loader"]["args"]
     train_idx, valid_idx = split_indices(len(dataset), loader_args["validation_split"],
@@ -98,10 +128,10 @@ def bare_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
     start = time.perf_counter()
     for epoch in range(config["trainer"]["epochs"]):
         model.train()
-        for data, target in train_loader:
+        for data, target in itertools.islice(train_loader, steps_per_epoch):
             data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.nll_loss(model(data), target)
+            loss = criterion(model(data), target)
             loss.backward()
             optimizer.step()
         model.eval()
@@ -111,7 +141,7 @@ def bare_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
             for data, target in valid_loader:
                 data, target = data.to(device), target.to(device)
                 output = model(data)
-                loss_sum += F.nll_loss(output, target, reduction="sum")
+                loss_sum += criterion(output, target, reduction="sum")
                 correct += (output.argmax(1) == target).sum()
                 total += target.size(0)
         print(f"epoch {epoch + 1}: val_loss {float(loss_sum) / total:.4f} "
@@ -119,6 +149,20 @@ def bare_run(config: dict, dataset: TensorDataset, save_dir: str) -> float:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
                    Path(save_dir) / f"epoch{epoch + 1}.pth")  # what resuming needs
     return time.perf_counter() - start
+
+
+def alternating(runs: dict, repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """The median seconds of each of `runs` (name: a function of a fresh folder), the runs
+    alternating, after one round that warms up and is not counted (in-process runs: the first
+    run of a process pays for lazy initialisation)."""
+    times = {name: [] for name in runs}
+    with tempfile.TemporaryDirectory() as save_dir:
+        for repeat in range(repeats + warm_up):
+            for name, run in runs.items():
+                seconds = run(tempfile.mkdtemp(dir=save_dir))
+                if repeat or not warm_up:
+                    times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def child_peak_memory(name: str, side: str, argv: list[str]) -> float:
@@ -138,13 +182,85 @@ def run_child(name: str, side: str, args) -> None:
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def workloads(args, child_argv: list[str]) -> None:
+    """Each workload in one process: the template against the bare loop."""
+    for name in args.workloads:
+        config, dataset = workload(name, args)
+        runs = {"template": functools.partial(template_run, config, dataset),
+                "bare": functools.partial(bare_run, config, dataset)}
+        if torch.cuda.is_available():
+            runs["device path"] = functools.partial(template_run, device_path(config), dataset)
+        median = alternating(runs, args.repeats)
+        n_train = len(dataset) - len(split_indices(len(dataset), config["data_loader"]["args"][
+            "validation_split"], config["seed"])[1])
+        line = (f"{name}: {n_train} training samples x {config['trainer']['epochs']} epochs, "
+                f"template {median['template']:.3f} s, bare {median['bare']:.3f} s, time ratio "
+                f"{median['template'] / median['bare']:.3f}")
+        if "device path" in median:
+            line += (f"; device path (on_device, bf16) {median['device path']:.3f} s, ratio "
+                     f"{median['device path'] / median['bare']:.3f}")
+        if not args.no_memory:
+            template_mb, bare_mb = (child_peak_memory(name, side, child_argv)
+                                    for side in ("template", "bare"))
+            line += (f"; peak memory template {template_mb:.0f} MiB, bare {bare_mb:.0f} MiB, "
+                     f"ratio {template_mb / bare_mb:.3f}")
+        print(line, flush=True)
+
+
+def whole_process(args) -> None:
+    """`train.py` on the default config against `bench/bare_loop.py`, as whole processes."""
+    def timed(command: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
+        return time.perf_counter() - start
+
+    epochs = str(args.whole_epochs)
+    median = alternating({
+        "template": lambda folder: timed([sys.executable, "train.py", "-c", "config.json",
+                                          "--epochs", epochs, "-o",
+                                          f"trainer.save_dir={folder}"]),
+        "bare": lambda folder: timed([sys.executable, "bench/bare_loop.py", "--epochs", epochs,
+                                      "--save-dir", folder])}, args.repeats, warm_up=False)
+    print(f"whole process, default config, {epochs} epochs: train.py {median['template']:.2f} s, "
+          f"bare loop {median['bare']:.2f} s, time ratio "
+          f"{median['template'] / median['bare']:.3f}", flush=True)
+
+
+def fixed_costs(args) -> None:
+    """What the template adds per optimizer step and per epoch, on the digits."""
+    config, dataset = workload("digits", args)
+    steps = copy.deepcopy(config)  # one epoch of many small steps
+    steps["data_loader"]["args"]["batch_size"] = 8
+    steps["trainer"]["epochs"] = 1
+    n_steps = -(-len(split_indices(len(dataset), 0.1, config["seed"])[0]) // 8)
+    median = alternating({"template": lambda folder: template_run(steps, dataset, folder),
+                          "bare": lambda folder: bare_run(steps, dataset, folder)},
+                         args.repeats)
+    per_step = (median["template"] - median["bare"]) / n_steps
+    epochs = copy.deepcopy(config)  # many epochs of one step each
+    epochs["trainer"].update(epochs=args.fixed_epochs, len_epoch=1)
+    median = alternating({"template": lambda folder: template_run(epochs, dataset, folder),
+                          "bare": lambda folder: bare_run(epochs, dataset, folder, 1)},
+                         args.repeats)
+    per_epoch = (median["template"] - median["bare"]) / args.fixed_epochs - per_step
+    print(f"fixed costs (digits): {per_step * 1e6:.0f} us per optimizer step "
+          f"({n_steps} steps of batch 8), {per_epoch * 1e3:.1f} ms per epoch (validation, "
+          f"checkpoint, TensorBoard, log) over the bare loop's", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mnist-samples", type=int, default=60000)
     parser.add_argument("--mnist-epochs", type=int, default=1)
     parser.add_argument("--digits-epochs", type=int, default=10)
-    parser.add_argument("--workloads", nargs="+", default=["mnist", "digits"])
+    parser.add_argument("--resnet-samples", type=int, default=512)
+    parser.add_argument("--whole-epochs", type=int, default=40)
+    parser.add_argument("--fixed-epochs", type=int, default=40)
+    parser.add_argument("--workloads", nargs="*", default=["digits", "mnist", "resnet18"],
+                        choices=["digits", "mnist", "mnist10x", "resnet18"])
+    parser.add_argument("--whole-process", action="store_true")
+    parser.add_argument("--fixed-costs", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
@@ -156,27 +272,11 @@ def main() -> None:
         f"CPU ({torch.get_num_threads()} threads)"
     print(f"torch {torch.__version__} on {device}; median of {args.repeats} alternating repeats")
     child_argv = [a for a in sys.argv[1:] if a != "--no-memory"]
-    for name in args.workloads:
-        config, dataset = workload(name, args)
-        times = {"template": [], "bare": []}
-        with tempfile.TemporaryDirectory() as save_dir:
-            for repeat in range(args.repeats + 1):  # round 0 warms up, not counted
-                for side, run in (("template", template_run), ("bare", bare_run)):
-                    seconds = run(config, dataset, tempfile.mkdtemp(dir=save_dir))
-                    if repeat:
-                        times[side].append(seconds)
-        template_s, bare_s = (statistics.median(times[side]) for side in ("template", "bare"))
-        n_train = len(dataset) - len(split_indices(len(dataset), config["data_loader"]["args"][
-            "validation_split"], config["seed"])[1])
-        line = (f"{name}: {n_train} training samples x {config['trainer']['epochs']} epochs, "
-                f"template {template_s:.3f} s, bare {bare_s:.3f} s, time ratio "
-                f"{template_s / bare_s:.3f}")
-        if not args.no_memory:
-            template_mb, bare_mb = (child_peak_memory(name, side, child_argv)
-                                    for side in ("template", "bare"))
-            line += (f"; peak memory template {template_mb:.0f} MiB, bare {bare_mb:.0f} MiB, "
-                     f"ratio {template_mb / bare_mb:.3f}")
-        print(line, flush=True)
+    if args.whole_process:
+        whole_process(args)
+    if args.fixed_costs:
+        fixed_costs(args)
+    workloads(args, child_argv)
     print("reproduce: python bench/overhead.py " + " ".join(sys.argv[1:]))
 
 

@@ -78,6 +78,9 @@ def build_trainer(config, modules: UserModules, device=None, training: bool = Tr
         device, device_ids = prepare_device(config.get("n_gpu", 1) if training else
                                             min(config.get("n_gpu", 1), 1))
     model = model.to(device)  # in place: the parameters stay the same objects
+    for loader in (data_loader, valid_data_loader):  # data_loader.args.on_device
+        if hasattr(loader, "place"):
+            loader.place(device)
     if len(device_ids) > 1:  # one process, several GPUs
         model = torch.nn.DataParallel(model, device_ids=device_ids)
 

@@ -14,10 +14,11 @@ class DigitsDataLoader(BaseDataLoader):
     def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True,
                  validation_split: float | int | dict = 0.0, num_workers: int = 0,
                  training: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, on_device: bool = False):
         self.data_dir = data_dir
         dataset = digits_dataset(data_dir, training)
-        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed)
+        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed,
+                         on_device=on_device)
 
 
 class MnistDataLoader(BaseDataLoader):

@@ -44,7 +44,8 @@ class CsvDataLoader(BaseDataLoader):
 
     def __init__(self, data_dir: str, file: str, features: list[str], target: str,
                  batch_size: int, shuffle: bool = True, validation_split: float | int | dict = 0.0,
-                 num_workers: int = 0, training: bool = True, seed: int = 0):
+                 num_workers: int = 0, training: bool = True, seed: int = 0,
+                 on_device: bool = False):
         table = read_csv(Path(data_dir) / file, [*features, target], "data_loader.args")
         inputs, targets = torch.from_numpy(table[:, :-1]), torch.from_numpy(table[:, -1])
         permutation = torch.randperm(len(table), generator=torch.Generator().manual_seed(
@@ -55,7 +56,8 @@ class CsvDataLoader(BaseDataLoader):
         mean, std = inputs[train_rows].mean(0), inputs[train_rows].std(0).clamp_min(1e-8)
         rows = train_rows if training else test_rows
         dataset = TensorDataset((inputs[rows] - mean) / std, targets[rows])  # (N, F), (N,)
-        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed)
+        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, seed=seed,
+                         on_device=on_device)
 
 
 class TabularRegressor(BaseModel):

@@ -7,8 +7,11 @@ once a later epoch file exists; with `keep_last` only the newest epoch files.
 Under torchrun every process calls it (a checkpoint gathers from all of them); rank 0 writes.
 """
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from runs.run_folder import (
     BEST_NAME,
@@ -26,66 +29,117 @@ State = Callable[[], dict]  # builds the checkpoint's content when (and only whe
 
 class CheckpointSaver:
     """Writes a run's checkpoints into `folder()` (read at each write: the run folder is named
-    when the run starts); `protect`: a checkpoint pruning must keep (the one resumed from)."""
+    when the run starts); `protect`: a checkpoint pruning must keep (the one resumed from).
+
+    With `background` an epoch's checkpoint is written beside training: its state is copied
+    (host memory) at the save point, and a thread writes it — temp file, fsync, rename, as
+    always — while the next epoch trains. At most one write is in flight (the next save waits
+    for it); `finish` waits for it at the end of training and at a stop, and a write that
+    failed is its one-line `WriteError` there or at the next save, the previous checkpoint
+    intact.
+    """
 
     def __init__(self, folder: Callable[[], Path], save_period: int = 1,
                  keep_last: int | None = None, protect: Path | None = None,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None, background: bool = False):
         self.folder = folder
         self.save_period = save_period
         self.keep_last = keep_last
         self.protect = protect
         self.logger = logger or logging.getLogger("trainer")
+        self.background = background
         self.last_saved: Path | None = None  # the newest epoch checkpoint written
+        self._writing: threading.Thread | None = None  # the write in flight (rank 0)
+        self._failure: BaseException | None = None  # how it failed
 
     def is_due(self, epoch: int, last_epoch: int, stopping: bool) -> bool:
         """Whether `epoch` gets its `checkpoint-epochN.pth`."""
         return epoch % self.save_period == 0 or epoch == last_epoch or stopping
 
-    def write(self, state: State, path: Path) -> None:
-        """Write the checkpoint `state()` builds to `path` (rank 0; every process builds it)."""
+    def save(self, epoch: int, state: State, epoch_file: bool = True,
+             best: bool = False) -> Path | None:
+        """Epoch `epoch`'s files: `checkpoint-epochN.pth` (with `epoch_file`), after which the
+        interrupted checkpoint it supersedes and, with `keep_last`, the oldest epoch files go;
+        and with `best` `model_best.pth`, a hard link to the epoch file when there is one (the
+        same bytes, no second write), else a file of its own. The epoch file's path, or None.
+        Every process calls it (the state gathers from all of them); rank 0 writes."""
+        if not (epoch_file or best):
+            return None
+        path = self.folder() / f"checkpoint-epoch{epoch}.pth" if epoch_file else None
+        self.finish()  # one write in flight at most; an earlier failure is raised here
         content = state()
-        # the others wait for the write: a process that stopped early would make torchrun
-        # stop rank 0 in the middle of it
-        with distributed.all_or_none("saving a checkpoint"):
-            if distributed.is_main():
-                try:
-                    save_checkpoint(content, path)
-                except WriteError as error:
-                    raise WriteError(f"{error}; {self._what_is_intact()}",
-                                     no_room=error.no_room) from None
-                self.logger.info("Saving checkpoint: %s ...", path)
+        if distributed.is_main():
+            for name in ([path] if path else []) + ([self.best_path] if best else []):
+                self.logger.info("Saving checkpoint: %s ...", name)
+        if not self.background:  # every process waits for rank 0's write, as in `finish`
+            with distributed.all_or_none("saving a checkpoint"):
+                if distributed.is_main():
+                    self._write_files(content, path, best)
+        elif distributed.is_main():
+            content = host_copy(content)  # training goes on changing the live tensors
+            self._writing = threading.Thread(target=self._write_in_background,
+                                             args=(content, path, best), name="checkpoint")
+            self._writing.start()
+        if path is not None and not distributed.is_main():
+            self.last_saved = path
+        return path
 
     def save_epoch(self, epoch: int, state: State) -> Path:
-        """`checkpoint-epochN.pth`; then the interrupted checkpoint it supersedes and, with
-        `keep_last`, the oldest epoch checkpoints go."""
-        folder = self.folder()
-        path = folder / f"checkpoint-epoch{epoch}.pth"
-        self.write(state, path)
-        self.last_saved = path
-        if not distributed.is_main():
-            return path
-        (folder / INTERRUPTED_NAME).unlink(missing_ok=True)
-        if self.keep_last:
-            for old in prune_checkpoints(folder, self.keep_last, protect=self.protect):
-                self.logger.debug("Removed %s (trainer.keep_last: %d)", old.name, self.keep_last)
-        return path
-
-    def save_best(self, saved: Path | None, state: State) -> None:
-        """`model_best.pth`: a hard link to this epoch's checkpoint `saved` when there is one
-        (the same bytes; no second write), else its own file."""
-        path = self.best_path
-        linked = distributed.is_main() and saved is not None and atomic_link(saved, path)
-        if distributed.from_main(linked):
-            self.logger.info("Saving checkpoint: %s ...", path)
-            return
-        self.write(state, path)
+        """`checkpoint-epochN.pth` alone (`save`)."""
+        return self.save(epoch, state)
 
     def save_interrupted(self, state: State) -> Path:
-        """`checkpoint-interrupted.pth`: a run stopped by a signal between epoch files."""
+        """`checkpoint-interrupted.pth`: a run stopped by a signal between epoch files; written
+        before it returns."""
+        self.finish()
         path = self.folder() / INTERRUPTED_NAME
-        self.write(state, path)
+        content = state()
+        with distributed.all_or_none("saving a checkpoint"):
+            if distributed.is_main():
+                self._write(content, path)
+                self.logger.info("Saving checkpoint: %s ...", path)
         return path
+
+    def finish(self) -> None:
+        """Wait for the write in flight; its failure is a `WriteError` on every process (they
+        wait with rank 0: a process that ended early would make torchrun stop it mid-write)."""
+        with distributed.all_or_none("saving a checkpoint"):
+            self.wait()
+
+    def wait(self) -> None:
+        """This process's write in flight, done; raises how it failed (once)."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _write_in_background(self, content: dict, path: Path | None, best: bool) -> None:
+        try:
+            self._write_files(content, path, best)
+        except BaseException as error:  # noqa: BLE001 (why: raised in the training thread by wait())
+            self._failure = error
+
+    def _write_files(self, content: dict, path: Path | None, best: bool) -> None:
+        folder = self.folder()
+        if path is not None:
+            self._write(content, path)
+            self.last_saved = path
+            (folder / INTERRUPTED_NAME).unlink(missing_ok=True)
+            if self.keep_last:
+                for old in prune_checkpoints(folder, self.keep_last, protect=self.protect):
+                    self.logger.debug("Removed %s (trainer.keep_last: %d)", old.name,
+                                      self.keep_last)
+        if best and (path is None or not atomic_link(path, self.best_path)):
+            self._write(content, self.best_path)
+
+    def _write(self, content: dict, path: Path) -> None:
+        try:
+            save_checkpoint(content, path)
+        except WriteError as error:
+            raise WriteError(f"{error}; {self._what_is_intact()}", no_room=error.no_room) \
+                from None
 
     def _what_is_intact(self) -> str:
         """After a failed write: which checkpoint still holds the run, and how to go on."""
@@ -101,3 +155,15 @@ class CheckpointSaver:
     @property
     def best_path(self) -> Path:
         return self.folder() / BEST_NAME
+
+
+def host_copy(content):
+    """`content` with every tensor copied into host memory and every list and dict rebuilt:
+    what was there at the save point, whatever training changes in place after it."""
+    if isinstance(content, torch.Tensor):
+        return content.detach().to("cpu", copy=True)
+    if isinstance(content, dict):
+        return {key: host_copy(value) for key, value in content.items()}
+    if isinstance(content, (list, tuple)):
+        return type(content)(host_copy(value) for value in content)
+    return content

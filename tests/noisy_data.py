@@ -23,3 +23,24 @@ class NoisyTensorDataset(torch.utils.data.TensorDataset):
 
 NoisyDigitsDataLoader.__module__ = "data_loader.data_loaders"  # a config may name it
 module_data.NoisyDigitsDataLoader = NoisyDigitsDataLoader
+
+
+class NoisyBatchesDigitsDataLoader(module_data.DigitsDataLoader):
+    """The digits with noise drawn for whole batches: an `InMemoryDataset` whose
+    `batch_transform` runs where the batches are made (on the device with `on_device`)."""
+
+    def __init__(self, *args, **kwargs):
+        from base.in_memory import InMemoryDataset
+
+        super().__init__(*args, **kwargs)
+        self.dataset.__class__ = InMemoryDataset
+        self.dataset.batch_transform = add_noise
+
+
+def add_noise(batch: list) -> list:
+    images, *rest = batch
+    return [images + 0.1 * torch.randn_like(images), *rest]
+
+
+NoisyBatchesDigitsDataLoader.__module__ = "data_loader.data_loaders"
+module_data.NoisyBatchesDigitsDataLoader = NoisyBatchesDigitsDataLoader

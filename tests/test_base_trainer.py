@@ -43,10 +43,10 @@ def saved_epochs(trainer, name):
 def test_model_best_is_written_on_every_improving_epoch_whatever_save_period(tmp_path):
     trainer = make(tmp_path, [5, 4, 3, 3.5, 2, 9], epochs=6, save_period=4, monitor="min val_loss")
     best_epochs = []
-    original = trainer.checkpoints.write
-    trainer.checkpoints.write = lambda state, path: (
-        best_epochs.append(state()["epoch"]) if path.name == "model_best.pth" else None,
-        original(state, path))
+    original = trainer.checkpoints._write
+    trainer.checkpoints._write = lambda content, path: (
+        best_epochs.append(content["epoch"]) if path.name == "model_best.pth" else None,
+        original(content, path))
     trainer.train()
     assert best_epochs == [1, 2, 3, 5]
     assert saved_epochs(trainer, "model_best.pth") == 5

@@ -49,22 +49,25 @@ def test_an_epoch_file_supersedes_the_interrupted_one(tmp_path):
     assert names(tmp_path) == ["checkpoint-epoch3.pth"]
 
 
-def test_the_best_is_a_link_to_the_epoch_file_or_a_file_of_its_own(tmp_path):
-    saver = CheckpointSaver(lambda: tmp_path)
-    saved = saver.save_epoch(1, state(1))
-    saver.save_best(saved, state(1))
+@pytest.mark.parametrize("background", [False, True])
+def test_the_best_is_a_link_to_the_epoch_file_or_a_file_of_its_own(tmp_path, background):
+    saver = CheckpointSaver(lambda: tmp_path, background=background)
+    saved = saver.save(1, state(1), epoch_file=True, best=True)
+    saver.finish()
     assert os.path.samefile(saved, saver.best_path)
-    saver.save_best(None, state(2))  # an improving epoch without an epoch file
+    assert saver.save(2, state(2), epoch_file=False, best=True) is None  # no epoch file
+    saver.finish()
     assert not os.path.samefile(saved, saver.best_path)
     assert load_checkpoint(saver.best_path)["epoch"] == 2 and load_checkpoint(saved)["epoch"] == 1
 
 
-def test_the_state_is_built_only_when_a_file_is_written(tmp_path):
+def test_the_state_is_built_once_and_only_when_a_file_is_written(tmp_path):
     built = []
     saver = CheckpointSaver(lambda: tmp_path)
-    saved = saver.save_epoch(1, state(1))
-    saver.save_best(saved, lambda: built.append(1) or state(1)())
-    assert built == []  # linked: nothing to build
+    assert saver.save(1, lambda: built.append(1) or state(1)(), False, False) is None
+    assert built == []  # nothing due: nothing built
+    saver.save(1, lambda: built.append(1) or state(1)(), epoch_file=True, best=True)
+    assert built == [1]  # the best is linked to the epoch file: built once
 
 
 def test_a_full_disk_is_one_line_naming_the_checkpoint_that_is_intact(tmp_path, monkeypatch):
@@ -126,3 +129,84 @@ def test_a_file_size_limit_during_the_first_save_is_one_line_and_leaves_no_temp_
         f"again")  # not a resume of a folder that holds no checkpoint
     assert sorted(path.name for path in run.iterdir()) == [".writer.lock", "config.json",
                                                           "manifest.json"]
+
+
+def test_a_background_write_holds_the_state_of_the_save_point(tmp_path):
+    """Training changes the weights in place right after the save: the file still holds them
+    as they were when it was saved."""
+    import torch
+
+    weights = torch.zeros(1000)
+    saver = CheckpointSaver(lambda: tmp_path, background=True)
+    saver.save(1, lambda: {**state(1)(), "state_dict": {"w": weights}})
+    weights += 1  # the next epoch trains while the thread writes
+    saver.finish()
+    assert torch.equal(load_checkpoint(tmp_path / "checkpoint-epoch1.pth")["state_dict"]["w"],
+                       torch.zeros(1000))
+
+
+def test_a_failed_background_write_is_one_line_at_the_next_save_and_loses_nothing(
+        tmp_path, monkeypatch):
+    import runs.checkpoint_saver as module
+
+    saver = CheckpointSaver(lambda: tmp_path, background=True)
+    saver.save(1, state(1))
+    saver.finish()
+    real = module.save_checkpoint
+
+    def full(content, path):
+        if "epoch2" in str(path):
+            raise WriteError(f"no space left on device while writing {path}", no_room=True)
+        real(content, path)
+    monkeypatch.setattr(module, "save_checkpoint", full)
+    saver.save(2, state(2))  # fails in the thread: training goes on
+    with pytest.raises(WriteError) as raised:
+        saver.save(3, state(3))  # told here, before anything else is written
+    assert raised.value.problems == [
+        f"no space left on device while writing {tmp_path}/checkpoint-epoch2.pth; the previous "
+        f"checkpoint checkpoint-epoch1.pth is intact; free space (or fix the folder) and resume "
+        f"with: python train.py -r {tmp_path}"]
+    assert names(tmp_path) == ["checkpoint-epoch1.pth"]
+    assert saver.last_saved == tmp_path / "checkpoint-epoch1.pth"
+    saver.finish()  # told once
+
+
+@pytest.mark.slow
+def test_a_background_write_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """SIGKILL while the thread writes epoch 2: epoch 1 loads, no epoch 2 file, and the only
+    other thing left is the write's temp file (the next lock holder removes it)."""
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+import runs.checkpoint_saver as module
+from runs.checkpoint_saver import CheckpointSaver
+from utils.checkpoint import FORMAT_VERSION
+from utils.files import atomic_write
+
+folder = Path({str(tmp_path)!r})
+state = lambda epoch: lambda: {{"format_version": FORMAT_VERSION, "arch": "M", "epoch": epoch,
+                               "state_dict": {{}}, "config": {{}}}}
+saver = CheckpointSaver(lambda: folder, background=True)
+saver.save(1, state(1))
+saver.finish()
+
+def slow(content, path):
+    def write(file):
+        file.write(b"PK" * 1000)
+        file.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+    atomic_write(path, write)
+module.save_checkpoint = slow
+saver.save(2, state(2))
+time.sleep(60)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait()
+    assert load_checkpoint(tmp_path / "checkpoint-epoch1.pth")["epoch"] == 1
+    left = names(tmp_path)
+    assert "checkpoint-epoch2.pth" not in left and len(left) == 2
+    assert left[0].startswith(".checkpoint-epoch2.pth.") and left[0].endswith(".tmp")

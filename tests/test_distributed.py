@@ -149,7 +149,10 @@ def max_difference(a: dict, b: dict) -> float:
 def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     # 1295 training samples: the last global batch of 64 has 15, split 8 + 7 between processes
     run_main("train.py", "-c", str(ddp_config(tmp_path, 64)), "--run-id", "single")
-    result = torchrun("-c", str(ddp_config(tmp_path, 32)), "--run-id", "ddp")
+    # the two processes slice their batches from memory (data_loader.args.on_device; the
+    # DataLoader path under torchrun: the accumulation-and-workers test)
+    result = torchrun("-c", str(ddp_config(tmp_path, 32)), "--run-id", "ddp", "-o",
+                      "data_loader.args.on_device=true")
     single, ddp = tmp_path / "saved/models/Digits_CNN/single", tmp_path / "saved/models/Digits_CNN/ddp"
     assert [p.name for p in run_folders(tmp_path / "saved")] == ["ddp", "single"]
 
