@@ -57,7 +57,7 @@ class InMemoryDataset(TensorDataset):
 def gather(tensors: Sequence[torch.Tensor], index: torch.Tensor,
            transform: Callable | None = None) -> list[torch.Tensor]:
     """The batch `index` selects from `tensors`, transformed."""
-    batch = [tensor[index] for tensor in tensors]
+    batch = [tensor.index_select(0, index) for tensor in tensors]
     return transform(batch) if transform is not None else batch
 
 

@@ -10,6 +10,7 @@ scheduler each epoch (what resuming needs; no fsync). No metrics on the training
 TensorBoard, no model_best, no checks.
 """
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -47,15 +48,25 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **config["lr_scheduler"]["args"])
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in range(1, args.epochs + 1):
+    train_epochs(model, F.nll_loss, optimizer, train_loader, valid_loader, args.epochs, save_dir,
+                 device, scheduler)
+
+
+def train_epochs(model, criterion, optimizer, train_loader, valid_loader, epochs: int,
+                 save_dir: Path, device: torch.device, scheduler=None,
+                 steps_per_epoch: int | None = None) -> None:
+    """The hand-written loop: train, validate (loss and accuracy), save; `steps_per_epoch`:
+    as `trainer.len_epoch`."""
+    for epoch in range(1, epochs + 1):
         model.train()
-        for data, target in train_loader:
+        for data, target in itertools.islice(train_loader, steps_per_epoch):
             data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.nll_loss(model(data), target)
+            loss = criterion(model(data), target)
             loss.backward()
             optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         model.eval()
         correct = total = 0
         loss_sum = torch.zeros((), device=device)
@@ -63,14 +74,15 @@ def main() -> None:
             for data, target in valid_loader:
                 data, target = data.to(device), target.to(device)
                 output = model(data)
-                loss_sum += F.nll_loss(output, target, reduction="sum")
+                loss_sum += criterion(output, target, reduction="sum")
                 correct += int((output.argmax(1) == target).sum())
                 total += target.size(0)
         print(f"epoch {epoch}: val_loss {float(loss_sum) / total:.6f} "
-              f"val_accuracy {correct / total:.6f}", flush=True)
+              f"val_accuracy {correct / total:.6f}", file=sys.stderr, flush=True)
         torch.save({"epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   save_dir / f"checkpoint-epoch{epoch}.pth")
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   save_dir / f"checkpoint-epoch{epoch}.pth")  # what resuming needs
 
 
 if __name__ == "__main__":

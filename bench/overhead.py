@@ -29,7 +29,6 @@ logs).
 import argparse
 import copy
 import functools
-import itertools
 import json
 import logging
 import resource
@@ -49,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 from base.base_data_loader import split_indices  # noqa: E402
+from bench.bare_loop import train_epochs  # noqa: E402
 from data_loader.datasets import digits_dataset  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
@@ -126,28 +126,9 @@ def bare_run(config: dict, dataset: TensorDataset, save_dir: str,
                               pin_memory=device.type == "cuda")
     valid_loader = DataLoader(dataset, batch_size, sampler=valid_idx)
     start = time.perf_counter()
-    for epoch in range(config["trainer"]["epochs"]):
-        model.train()
-        for data, target in itertools.islice(train_loader, steps_per_epoch):
-            data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(data), target)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        correct = total = 0
-        loss_sum = torch.zeros((), device=device)
-        with torch.no_grad():
-            for data, target in valid_loader:
-                data, target = data.to(device), target.to(device)
-                output = model(data)
-                loss_sum += criterion(output, target, reduction="sum")
-                correct += (output.argmax(1) == target).sum()
-                total += target.size(0)
-        print(f"epoch {epoch + 1}: val_loss {float(loss_sum) / total:.4f} "
-              f"val_accuracy {float(correct) / total:.4f}", file=sys.stderr)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                   Path(save_dir) / f"epoch{epoch + 1}.pth")  # what resuming needs
+    train_epochs(model, criterion, optimizer, train_loader, valid_loader,
+                 config["trainer"]["epochs"], Path(save_dir), device,
+                 steps_per_epoch=steps_per_epoch)
     return time.perf_counter() - start
 
 

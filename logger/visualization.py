@@ -8,6 +8,26 @@ from pathlib import Path
 IMAGE_GRID_SIZE = 16
 
 
+def summary_writer() -> type:
+    """torch's `SummaryWriter` class, imported on first use (slow). TensorBoard's file layer
+    imports boto3 and fsspec when they are installed, for `s3://` and remote log folders; a run's
+    log folder is local, so they are kept out of this import (0.14 s of a run's start where boto3
+    is installed) and importable as usual afterwards."""
+    import sys
+
+    if "torch.utils.tensorboard" in sys.modules:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter
+    hidden = [name for name in ("boto3", "botocore", "fsspec") if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None: "not installed", for this import only
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+    return SummaryWriter
+
+
 class TensorboardWriter:
     """Scalars, images, histograms and hparams to TensorBoard when `enabled`; every call is a
     no-op otherwise (check `active` before computing something only TensorBoard needs).
@@ -27,10 +47,7 @@ class TensorboardWriter:
     def open(self, purge_step: int | None = None) -> None:
         """Start writing; `purge_step` drops points at or after it left by an interrupted run."""
         if self.enabled and self._writer is None:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # slow import: only when used
-            )
-            self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
+            self._writer = summary_writer()(str(self.log_dir), purge_step=purge_step)
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:
         """Each `tag: value` as its own scalar curve at `step`."""

@@ -121,3 +121,26 @@ def test_image_grid_refuses_batches_that_are_not_images(tmp_path):
     writer.close()
     image, = read_events(tmp_path).Images("x")
     assert (image.width, image.height) == (4 * 10 + 2, 4 * 10 + 2)  # 16 images, 4 a row, padded
+
+
+@pytest.mark.slow
+def test_tensorboards_import_keeps_boto3_and_fsspec_out_and_importable_after():
+    """The writer's import hides boto3 and fsspec from TensorBoard's file layer (a slow start
+    where they are installed) and leaves no trace: they import as usual afterwards."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import sys\n"
+              "from logger.visualization import summary_writer\n"
+              "summary_writer()\n"
+              "print(sorted(n for n in ('boto3', 'botocore', 'fsspec') if n in sys.modules))\n"
+              "import importlib.util\n"
+              "for name in ('boto3', 'fsspec'):\n"
+              "    if importlib.util.find_spec(name):\n"
+              "        __import__(name)\n"
+              "print('imported')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.split("\n")[:2] == ["[]", "imported"], result.stderr
