@@ -68,7 +68,7 @@ def workload(name: str, args) -> tuple[dict, TensorDataset]:
         config["arch"] = {"type": "TorchvisionClassifier",
                           "args": {"name": "resnet18", "num_classes": 10}}
         config["loss"] = "cross_entropy"
-        config["trainer"]["epochs"] = 1
+        config["trainer"]["epochs"] = args.resnet_epochs
         images = torch.rand(args.resnet_samples, 3, 32, 32, generator=generator)
     else:
         config["arch"] = {"type": "LeNet", "args": {}}
@@ -208,25 +208,40 @@ def whole_process(args) -> None:
 
 
 def fixed_costs(args) -> None:
-    """What the template adds per optimizer step and per epoch, on the digits."""
+    """What the template adds per optimizer step and per epoch, on the digits: each from two
+    runs that differ only in the number of steps (or epochs), so what a run pays once (opening
+    TensorBoard, the summary at the end) cancels out."""
     config, dataset = workload("digits", args)
-    steps = copy.deepcopy(config)  # one epoch of many small steps
+
+    def added(runs: dict[str, tuple[dict, int | None]], counts: tuple[int, int]) -> float:
+        """(template - bare) seconds per unit between the long and the short run."""
+        timed = {}
+        for name, (run_config, steps) in runs.items():
+            timed[name] = functools.partial(template_run, run_config, dataset) \
+                if name.startswith("template") else \
+                functools.partial(bare_run, run_config, dataset, steps_per_epoch=steps)
+        median = alternating(timed, args.repeats)
+        long, short = counts
+        return ((median["template long"] - median["template short"])
+                - (median["bare long"] - median["bare short"])) / (long - short)
+
+    steps = copy.deepcopy(config)  # one epoch of batch 8: all its steps, or the first 20
     steps["data_loader"]["args"]["batch_size"] = 8
     steps["trainer"]["epochs"] = 1
+    few = copy.deepcopy(steps)
+    few["trainer"]["len_epoch"] = 20
     n_steps = -(-len(split_indices(len(dataset), 0.1, config["seed"])[0]) // 8)
-    median = alternating({"template": lambda folder: template_run(steps, dataset, folder),
-                          "bare": lambda folder: bare_run(steps, dataset, folder)},
-                         args.repeats)
-    per_step = (median["template"] - median["bare"]) / n_steps
-    epochs = copy.deepcopy(config)  # many epochs of one step each
-    epochs["trainer"].update(epochs=args.fixed_epochs, len_epoch=1)
-    median = alternating({"template": lambda folder: template_run(epochs, dataset, folder),
-                          "bare": lambda folder: bare_run(epochs, dataset, folder, 1)},
-                         args.repeats)
-    per_epoch = (median["template"] - median["bare"]) / args.fixed_epochs - per_step
-    print(f"fixed costs (digits): {per_step * 1e6:.0f} us per optimizer step "
-          f"({n_steps} steps of batch 8), {per_epoch * 1e3:.1f} ms per epoch (validation, "
-          f"checkpoint, TensorBoard, log) over the bare loop's", flush=True)
+    per_step = added({"template long": (steps, None), "bare long": (steps, None),
+                      "template short": (few, None), "bare short": (few, 20)}, (n_steps, 20))
+    many, fewer = copy.deepcopy(config), copy.deepcopy(config)  # epochs of one step each
+    many["trainer"].update(epochs=args.fixed_epochs, len_epoch=1)
+    fewer["trainer"].update(epochs=max(1, args.fixed_epochs // 4), len_epoch=1)
+    per_epoch = added({"template long": (many, None), "bare long": (many, 1),
+                       "template short": (fewer, None), "bare short": (fewer, 1)},
+                      (args.fixed_epochs, max(1, args.fixed_epochs // 4))) - per_step
+    print(f"fixed costs (digits): {per_step * 1e6:.0f} us per optimizer step (batch 8), "
+          f"{per_epoch * 1e3:.1f} ms per epoch (validation, checkpoint, TensorBoard, log) over "
+          f"the bare loop's", flush=True)
 
 
 def main() -> None:
@@ -236,6 +251,7 @@ def main() -> None:
     parser.add_argument("--mnist-epochs", type=int, default=1)
     parser.add_argument("--digits-epochs", type=int, default=10)
     parser.add_argument("--resnet-samples", type=int, default=512)
+    parser.add_argument("--resnet-epochs", type=int, default=3)
     parser.add_argument("--whole-epochs", type=int, default=40)
     parser.add_argument("--fixed-epochs", type=int, default=40)
     parser.add_argument("--workloads", nargs="*", default=["digits", "mnist", "resnet18"],

@@ -8,12 +8,14 @@ from tests.conftest import run_script
 @pytest.mark.slow
 def test_overhead_benchmark_runs_every_part():
     result = run_script("bench/overhead.py", "--repeats", "1", "--mnist-samples", "640",
-                        "--digits-epochs", "1", "--resnet-samples", "32", "--whole-process",
+                        "--digits-epochs", "1", "--resnet-samples", "32", "--resnet-epochs", "1",
+                        "--whole-process",
                         "--whole-epochs", "1", "--fixed-costs", "--fixed-epochs", "2",
                         "--no-memory")
     lines = result.stdout.splitlines()
     assert lines[1].startswith("whole process, default config, 1 epochs: train.py ")
     assert lines[2].startswith("fixed costs (digits): ") and "us per optimizer step" in lines[2]
+    assert "ms per epoch" in lines[2]
     assert lines[3].startswith("digits: ") and "time ratio" in lines[3]
     assert lines[4].startswith("mnist: 576 training samples x 1 epochs")
     assert lines[5].startswith("resnet18: 29 training samples x 1 epochs")
