@@ -43,7 +43,7 @@ class SeededDataLoader(DataLoader):
     def place(self, device: torch.device) -> None:
         """With `on_device`: move the data set's tensors to `device` once (the builder calls it
         with the training device); the batches are sliced there from then on."""
-        if self.on_device:
+        if self.on_device:  # the validation loader shares the data set: moved once
             self._placed = placed(self.dataset, device)
 
     def __iter__(self):
@@ -162,6 +162,7 @@ class BaseDataLoader(SeededDataLoader):
         self.validation_split = validation_split
         self.shuffle = shuffle
         self.seed = seed
+        collate_fn = collate_fn or default_collate  # None: DataLoader's default, as in torch
         if len(dataset) == 0:  # not validation_split's fault
             raise UserError(f"data_loader: the data set ({type(dataset).__name__}) has no "
                             f"samples; check data_loader.args (data_dir, and which split "

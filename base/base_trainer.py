@@ -105,7 +105,7 @@ class BaseTrainer(ABC):
         self.best = BestTracker(self.monitor)
         self.checkpoints = CheckpointSaver(lambda: self.checkpoint_dir, settings.save_period,
                                            settings.keep_last, config.resume, self.logger,
-                                           background=True)
+                                           background=True, resumed=not config.fine_tune)
         # what a person sees: the log, TensorBoard (a writer opened by train()), progress bars
         self.report = TrainingReport(self.logger, settings, self.monitor)
         self.train_metrics = EpochMetrics(self.metric_fns, device)

@@ -66,7 +66,10 @@ def batched(dataset):
     with torch's own `__getitem__` as an `InMemoryDataset` over the same tensors; any other data
     set as it is (one with `__getitems__` is already fetched so)."""
     if type(dataset) is TensorDataset:
-        return InMemoryDataset(*dataset.tensors)
+        fetched = InMemoryDataset(*dataset.tensors)
+        fetched.__dict__.update({key: value for key, value in vars(dataset).items()
+                                 if key != "tensors"})  # `classes` and the like stay
+        return fetched
     return dataset
 
 
@@ -103,8 +106,12 @@ def on_device_problem(dataset, collate_fn: Callable) -> str | None:
 
 
 def placed(dataset: TensorDataset, device: torch.device) -> list[torch.Tensor]:
-    """`dataset`'s tensors on `device`, moved once; a `UserError` naming the option when they
-    do not fit in the device's free memory (with room left for the model)."""
+    """`dataset`'s tensors on `device`, moved once (the training and validation loaders share
+    them); a `UserError` naming the option when they do not fit in the device's free memory
+    (with room left for the model)."""
+    earlier = getattr(dataset, "_placed", None)  # (device, tensors)
+    if earlier is not None and earlier[0] == device:
+        return earlier[1]
     size = sum(tensor.numel() * tensor.element_size() for tensor in dataset.tensors)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -112,4 +119,5 @@ def placed(dataset: TensorDataset, device: torch.device) -> list[torch.Tensor]:
             raise UserError(f"data_loader.args.on_device: the data set ({size / 2**30:.2f} GiB) "
                             f"does not fit in {device}'s free memory ({free / 2**30:.2f} GiB, "
                             f"leaving a fifth for the model); set it false")
-    return [tensor.to(device) for tensor in dataset.tensors]
+    dataset._placed = (device, [tensor.to(device) for tensor in dataset.tensors])
+    return dataset._placed[1]

@@ -6,6 +6,7 @@ once a later epoch file exists; with `keep_last` only the newest epoch files.
 
 Under torchrun every process calls it (a checkpoint gathers from all of them); rank 0 writes.
 """
+import copy
 import logging
 import threading
 from collections.abc import Callable
@@ -41,11 +42,14 @@ class CheckpointSaver:
 
     def __init__(self, folder: Callable[[], Path], save_period: int = 1,
                  keep_last: int | None = None, protect: Path | None = None,
-                 logger: logging.Logger | None = None, background: bool = False):
+                 logger: logging.Logger | None = None, background: bool = False,
+                 resumed: bool = True):
         self.folder = folder
         self.save_period = save_period
         self.keep_last = keep_last
         self.protect = protect
+        # `protect` is this run's own earlier state (a resume), not a fine-tuning's weights
+        self.resumable = protect if resumed else None
         self.logger = logger or logging.getLogger("trainer")
         self.background = background
         self.last_saved: Path | None = None  # the newest epoch checkpoint written
@@ -75,11 +79,14 @@ class CheckpointSaver:
             with distributed.all_or_none("saving a checkpoint"):
                 if distributed.is_main():
                     self._write_files(content, path, best)
-        elif distributed.is_main():
-            content = host_copy(content)  # training goes on changing the live tensors
-            self._writing = threading.Thread(target=self._write_in_background,
-                                             args=(content, path, best), name="checkpoint")
-            self._writing.start()
+        else:
+            with distributed.all_or_none("saving a checkpoint"):  # the copy may fail (memory)
+                if distributed.is_main():
+                    content = host_copy(content)  # training goes on changing the live tensors
+                    self._writing = threading.Thread(target=self._write_in_background,
+                                                     args=(content, path, best),
+                                                     name="checkpoint")
+                    self._writing.start()
         if path is not None and not distributed.is_main():
             self.last_saved = path
         return path
@@ -144,7 +151,7 @@ class CheckpointSaver:
     def _what_is_intact(self) -> str:
         """After a failed write: which checkpoint still holds the run, and how to go on."""
         folder = self.folder()
-        intact = self.last_saved or self.protect  # this run's newest, or the one it resumed
+        intact = self.last_saved or self.resumable  # this run's newest, or the one it resumed
         if intact is None:
             return "no checkpoint of this run was written; free space (or fix the folder) and " \
                    "start it again"
@@ -157,13 +164,27 @@ class CheckpointSaver:
         return self.folder() / BEST_NAME
 
 
-def host_copy(content):
+def host_copy(content, copied: dict | None = None):
     """`content` with every tensor copied into host memory and every list and dict rebuilt:
-    what was there at the save point, whatever training changes in place after it."""
+    what was there at the save point, whatever training changes in place after it. Containers
+    keep their type (a state dict's `OrderedDict` and its `_metadata`), and a tensor met twice
+    (tied weights) is copied once."""
+    copied = {} if copied is None else copied
     if isinstance(content, torch.Tensor):
-        return content.detach().to("cpu", copy=True)
+        # the same memory seen twice (a state dict gives tied weights as two tensor objects)
+        key = (content.device, content.untyped_storage().data_ptr(), content.storage_offset(),
+               tuple(content.shape), content.stride(), content.dtype)
+        if key not in copied:
+            copied[key] = content.detach().to("cpu", copy=True)
+        return copied[key]
     if isinstance(content, dict):
-        return {key: host_copy(value) for key, value in content.items()}
+        result = copy.copy(content)  # its type and attributes (_metadata)
+        for key, value in content.items():
+            result[key] = host_copy(value, copied)
+        return result
     if isinstance(content, (list, tuple)):
-        return type(content)(host_copy(value) for value in content)
+        values = [host_copy(value, copied) for value in content]
+        if isinstance(content, list):
+            return type(content)(values)
+        return type(content)(*values) if hasattr(content, "_fields") else type(content)(values)
     return content

@@ -1,4 +1,6 @@
 """test.py --compare: several checkpoints' test results as one table."""
+from pathlib import Path
+
 from logger.progress import format_value
 from logger.test_report import aligned_table
 
@@ -9,7 +11,8 @@ def test_data_problem(configs: list) -> str | None:
     folder (the digits beside the diabetes table would be one table of unrelated numbers)."""
     def data_of(config) -> str:
         section = config["data_loader"]
-        return f"{section.get('type')} on {(section.get('args') or {}).get('data_dir', '?')}"
+        folder = (section.get("args") or {}).get("data_dir")
+        return f"{section.get('type')} on {Path(folder).resolve() if folder else '?'}"
 
     kinds = {}
     for config in configs:

@@ -76,7 +76,9 @@ def _train_folds(config, train_one: Callable, trial, record: "FoldsRecord") -> l
             trial.next_fold(index, folds)
         run_config = record.resumed_fold(config, index + 1) or fold_config(config, index + 1)
         try:
-            trainer = train_one(run_config, [*([trial] if trial is not None else []), record])
+            # a resumed fold that had stopped early (or was pruned) is finished: not trained on
+            trainer = None if ended_early(run_config.resume) else \
+                train_one(run_config, [*([trial] if trial is not None else []), record])
         except TrainingInterrupted as stop:
             raise record.interrupted(stop, index + 1) from None
         if trainer is None:  # a resumed fold that had finished: its checkpoint's result
@@ -118,6 +120,12 @@ def run_result(trainer) -> dict:
             "epochs": trainer.last_epoch, "stop_reason": trainer.stop_reason}
 
 
+def ended_early(path: Path | None) -> bool:
+    """Whether the checkpoint a run resumes from is where it stopped before its last epoch
+    (early stop, the pruner): that run is finished."""
+    return path is not None and bool(load_checkpoint(path, mmap=True).get("stop_reason"))
+
+
 def checkpoint_result(path: Path) -> dict:
     """`run_result` of a run that had finished, from its newest checkpoint `path` (resumed
     with nothing left to train)."""
@@ -156,10 +164,10 @@ def fold_table(summary: dict) -> list[str]:
 def report_folds(record: "FoldsRecord", summary: dict, written: bool = False) -> None:
     """The folds' table on the console, and the summary in the k-fold run's record (unless
     `written` there already)."""
+    if not written:
+        record.complete_with(summary)  # every process: a failure there stops them all
     if not distributed.is_main():
         return
-    if not written:
-        record.complete_with(summary)
     logging.getLogger("train").info(
         "%d-fold cross-validation (%s at each fold's best epoch):\n%s\nSummary: %s",
         len(summary["folds"]), summary["monitor"], "\n".join(fold_table(summary)), record.path)
@@ -188,9 +196,10 @@ class FoldsRecord(Callback):
         content = {"status": "running", "run_id": config.run_id, "k": config.cli_args.folds,
                    "monitor": "", "folds": [], "training": None, "config": config.config}
         record = cls(Path(given) if given else None, content)
-        if given and distributed.is_main():
-            record._take_lock()
-            record.content = read_record(record.path)  # decided under the lock
+        with distributed.all_or_none("opening the k-fold record"):
+            if given and distributed.is_main():
+                record._take_lock()
+                record.content = read_record(record.path)  # decided under the lock
         record.content = distributed.from_main(record.content)
         return record
 
@@ -259,13 +268,15 @@ class FoldsRecord(Callback):
             self._lock = None
 
     def _write(self) -> None:
-        if not distributed.is_main():
-            return
-        if self.path is None:  # the first fold's folder is open: the record starts
-            folder = Path(self.content["training"]).parent
-            self.path = _free_summary_path(folder, self.content["run_id"])
-            self._take_lock()
-        write_json(self.content, self.path)
+        """Rank 0 writes; every process calls it (a failure there stops them all)."""
+        with distributed.all_or_none("writing the k-fold record"):
+            if not distributed.is_main():
+                return
+            if self.path is None:  # the first fold's folder is open: the record starts
+                folder = Path(self.content["training"]).parent
+                self.path = _free_summary_path(folder, self.content["run_id"])
+                self._take_lock()
+            write_json(self.content, self.path)
 
     def _take_lock(self) -> None:
         from runs.run_lock import RunLock
@@ -300,9 +311,9 @@ def folds_config(args, options) -> "ConfigParser":  # noqa: F821 (parse_config: 
     from parse_config import ConfigParser
 
     given = [flag for flag, value in [("-c", args.config), ("--run-id", args.run_id),
-                                      ("-o", args.override),
+                                      ("-o", args.override or None),
                                       *((option.flags[0], getattr(args, option_dest(option.flags)))
-                                        for option in options)] if value]
+                                        for option in options)] if value is not None]
     if given:
         raise UserError(f"-r {args.resume}: goes on with a k-fold run as it started; "
                         f"{', '.join(given)} would make its folds differ (start a new k-fold "

@@ -210,3 +210,35 @@ time.sleep(60)
     left = names(tmp_path)
     assert "checkpoint-epoch2.pth" not in left and len(left) == 2
     assert left[0].startswith(".checkpoint-epoch2.pth.") and left[0].endswith(".tmp")
+
+
+def test_a_failed_first_save_of_a_fine_tuning_does_not_offer_to_resume_the_pretrained_run(
+        tmp_path, monkeypatch):
+    import runs.checkpoint_saver as module
+
+    pretrained = tmp_path / "pretrained" / "model_best.pth"
+    saver = CheckpointSaver(lambda: tmp_path / "new run", protect=pretrained, resumed=False)
+    (tmp_path / "new run").mkdir()
+    monkeypatch.setattr(module, "save_checkpoint", lambda content, path: (_ for _ in ()).throw(
+        WriteError(f"no space left on device while writing {path}", no_room=True)))
+    with pytest.raises(WriteError) as raised:
+        saver.save_epoch(1, state(1))
+    assert raised.value.problems[0].endswith(
+        "no checkpoint of this run was written; free space (or fix the folder) and start it "
+        "again")
+
+
+def test_the_state_copy_keeps_a_state_dicts_type_its_metadata_and_tied_weights():
+    import torch
+
+    from runs.checkpoint_saver import host_copy
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[1].weight = model[0].weight  # tied
+    state = model.state_dict()
+    copied = host_copy({"state_dict": state, "pair": (1, state["0.bias"])})
+    assert type(copied["state_dict"]) is type(state)
+    assert copied["state_dict"]._metadata == state._metadata
+    assert copied["state_dict"]["0.weight"] is copied["state_dict"]["1.weight"]
+    assert copied["state_dict"]["0.weight"] is not state["0.weight"]
+    assert torch.equal(copied["pair"][1], state["0.bias"]) and copied["pair"][0] == 1

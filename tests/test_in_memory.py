@@ -225,3 +225,20 @@ def test_a_run_on_device_with_batch_augmentation_resumes_exactly(tmp_path):
     whole, cut = (load_checkpoint(runs / name / "checkpoint-epoch2.pth")["state_dict"]
                   for name in ("whole", "cut"))
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
+
+
+def test_a_tensor_datasets_own_attributes_and_a_none_collate_fn_stay_as_in_torch():
+    dataset = TensorDataset(torch.rand(20, 2), torch.arange(20) % 2)
+    dataset.classes = ["cat", "dog"]  # test.py names the classes with these
+    loader = loader_of(dataset, collate_fn=None)  # DataLoader's default, as in torch
+    assert loader.dataset.classes == ["cat", "dog"]
+    assert same(batches(loader, 1), batches(loader_of(PerSample(*dataset.tensors)), 1))
+
+
+def test_on_device_moves_the_data_once_for_training_and_validation():
+    loader = loader_of(TensorDataset(torch.rand(40, 2), torch.arange(40)), on_device=True)
+    valid = loader.split_validation()
+    device = torch.device("cpu")
+    loader.place(device)
+    valid.place(device)
+    assert all(a is b for a, b in zip(loader._placed, valid._placed))

@@ -114,19 +114,21 @@ class StopWithParent:
     while the child starts counts the same."""
 
     def __init__(self):
-        self.parent = os.getpid()  # taken in the parent, before the fork
-
-    def __call__(self) -> None:
         import ctypes
         import sys
 
-        if not sys.platform.startswith("linux"):
+        self.parent = os.getpid()  # taken in the parent, before the fork
+        self._prctl = None  # looked up here: between fork and exec the child only calls it
+        if sys.platform.startswith("linux"):
+            try:
+                self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                pass
+
+    def __call__(self) -> None:
+        if self._prctl is None:
             return
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+        self._prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
         if os.getppid() != self.parent:  # it ended before the request was made
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -163,6 +163,7 @@ def test_an_interrupted_k_fold_run_goes_on_from_its_record_as_if_never_stopped(c
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "5"], "--epochs would make its folds differ"),
     (["-o", "seed=3"], "-o would make its folds differ"),
+    (["--seed", "0"], "--seed would make its folds differ"),
     (["--folds", "4"], "--folds 4: "),
 ])
 def test_going_on_with_a_k_fold_run_as_it_started_or_one_line(tmp_path, argv, message):
@@ -218,3 +219,28 @@ def test_a_k_fold_run_that_another_process_goes_on_with_is_one_line(tmp_path):
             FoldsRecord.of_run(config)
     finally:
         holder.release()
+
+
+@pytest.mark.slow
+def test_a_fold_that_had_stopped_early_is_not_trained_on_when_the_k_fold_run_goes_on(
+        config_file, tmp_path):
+    """Fold 2 stopped early at epoch 2 of 3, and the process died before the record said so:
+    going on reads its result from the checkpoint instead of training epoch 3."""
+    from utils.checkpoint import save_checkpoint
+
+    train.main(["-c", str(config_file), "--folds", "2", "--run-id", "cv", "-o",
+                "trainer.len_epoch=2"])
+    models = tmp_path / "saved/models/Digits_CNN"
+    record = json.loads((models / "cv-folds.json").read_text())
+    (models / "cv-fold2/checkpoint-epoch3.pth").unlink()
+    stopped = load_checkpoint(models / "cv-fold2/checkpoint-epoch2.pth")
+    stopped["stop_reason"] = "early stop: val_loss did not improve for 1 epochs"
+    save_checkpoint(stopped, models / "cv-fold2/checkpoint-epoch2.pth")
+    record.update(status="running", folds=record["folds"][:1],
+                  training=str(models / "cv-fold2"))
+    (models / "cv-folds.json").write_text(json.dumps(record))
+    train.main(["-r", str(models / "cv-folds.json")])
+    assert not (models / "cv-fold2/checkpoint-epoch3.pth").exists()
+    summary = json.loads((models / "cv-folds.json").read_text())
+    assert summary["status"] == "complete" and summary["folds"][1]["epochs"] == 2
+    assert summary["folds"][1]["stop_reason"].startswith("early stop")
