@@ -16,10 +16,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from config.blocks import call_factory, resolve_block
+from config.blocks import call_factory, is_composed_schedule, resolve_block
 from config.checks import Block, find_problems
 from config.command_line import CustomArgs, Resume, option_dest
-from config.key_paths import apply_modifications, parse_overrides
+from config.key_paths import apply_modifications, get_by_path, parse_overrides
 from config.names import callable_name, resolve_type
 from config.sections import MAX_NAME, is_plain_name
 from config.signatures import check_options
@@ -135,6 +135,34 @@ class ConfigParser:
         """
         factory, config_args = self.resolve_block(name, module, args, kwargs)
         return call_factory(self._config, name, factory, args, config_args, kwargs)
+
+    def init_scheduler(self, name: str, module: ModuleType, optimizer) -> Any:
+        """The learning-rate scheduler block `name` of `optimizer`; a composed one
+        (`SequentialLR`, `ChainedScheduler`) with its `args.schedulers`, a list of scheduler
+        blocks, built first on the same optimizer. A `ConfigError` lists every nested block's
+        problems, each at its key path (`lr_scheduler.args.schedulers.1.args.T_max`)."""
+        block = get_by_path(self._config, name)
+        if not is_composed_schedule(block):
+            return self.init_obj(name, module, optimizer)
+        nested = (block.get("args") or {}).get("schedulers")
+        if not isinstance(nested, list) or not nested:
+            raise ConfigError(f"{name}.args.schedulers: expected a list of scheduler blocks "
+                              f"({block['type']} runs them in turn), e.g. [{{\"type\": "
+                              f"\"LinearLR\", \"args\": {{\"start_factor\": 0.1, "
+                              f"\"total_iters\": 5}}}}, {{\"type\": \"CosineAnnealingLR\", "
+                              f"\"args\": {{\"T_max\": 45}}}}]")
+        schedulers, problems = [], []
+        for index in range(len(nested)):
+            try:
+                schedulers.append(self.init_scheduler(f"{name}.args.schedulers.{index}", module,
+                                                      optimizer))
+            except ConfigError as error:
+                problems += error.problems
+        if problems:
+            raise ConfigError(*problems)
+        outer = self.with_modification({})  # the block without its nested ones, built on them
+        del get_by_path(outer._config, f"{name}.args")["schedulers"]
+        return outer.init_obj(name, module, optimizer=optimizer, schedulers=schedulers)
 
     def init_ftn(self, name: str, module: ModuleType, *args, **kwargs) -> Callable:
         """`functools.partial(module.<type>, *args, **config_args, **kwargs)` for block `name`.

@@ -281,7 +281,8 @@ class BaseTrainer(ABC):
             self.last_log, self.last_epoch = log, epoch
             self.report.epoch(epoch, epochs, log, improved, time.monotonic() - started,
                               self.global_step, unwrap_model(self.model))
-            if 0 < self.settings.early_stop <= self.best.not_improved_count:
+            # the patience runs out: a stop, unless the run ends with this epoch anyway
+            if 0 < self.settings.early_stop <= self.best.not_improved_count and epoch < epochs:
                 self.request_stop(f"early stop: {self.monitor.metric} did not improve for "
                                   f"{self.settings.early_stop} epochs")
             for callback in self.callbacks:
@@ -376,7 +377,8 @@ class BaseTrainer(ABC):
         self.engine.nan_guard.start_epoch()
         first_step = self.epoch_step
         with progress_bar(self.report.bars, self.len_epoch,
-                          f"epoch {epoch}/{self.settings.epochs}", initial=self.epoch_step) as bar:
+                          f"epoch {epoch}/{self.settings.epochs}{self.report.steps_of}",
+                          initial=self.epoch_step) as bar:
             self._train_steps(epoch, bar)
         self.report.end_steps()
         self.engine.nan_guard.check(epoch, self.epoch_step, self.global_step)

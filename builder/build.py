@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from config.checks import Block
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import BuildError, CheckpointError, ConfigError, UserError
 
 # What `build_trainer` passes to the trainer class besides `trainer.args`.
 TRAINER_GIVEN = ("model", "criterion", "metric_fns", "optimizer", "config", "device",
@@ -90,10 +90,16 @@ def build_trainer(config, modules: UserModules, device=None, training: bool = Tr
     optimizer, lr_scheduler = build_optimizers(config, parameters) if training else (None, None)
     trainer_class, options = config.trainer_class(modules.trainer, modules.trainer.Trainer,
                                                   TRAINER_GIVEN)
-    trainer = trainer_class(model=model, criterion=criterion, metric_fns=metrics,
-                            optimizer=optimizer, config=config, device=device,
-                            data_loader=data_loader, valid_data_loader=valid_data_loader,
-                            lr_scheduler=lr_scheduler, **options)
+    try:
+        trainer = trainer_class(model=model, criterion=criterion, metric_fns=metrics,
+                                optimizer=optimizer, config=config, device=device,
+                                data_loader=data_loader, valid_data_loader=valid_data_loader,
+                                lr_scheduler=lr_scheduler, **options)
+    except UserError:
+        raise
+    except Exception as error:  # the user's own constructor (a teacher's weights file, ...)
+        raise BuildError(f"trainer.type: building {trainer_class.__name__} raised "
+                         f"{type(error).__name__}; the traceback from its code:") from error
     trainer.model_notes = notes  # logged once the run's log file exists
     return trainer
 
@@ -105,15 +111,15 @@ def build_optimizers(config, parameters):
 
     if config.get("optimizers") is None:
         optimizer = config.init_obj("optimizer", torch.optim, parameters)
-        scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
+        scheduler = config.init_scheduler("lr_scheduler", torch.optim.lr_scheduler, optimizer) \
             if config.get("lr_scheduler") else None
         return optimizer, scheduler
     optimizers, schedulers = {}, {}
     for name, selected in parameters.items():
         optimizers[name] = config.init_obj(f"optimizers.{name}", torch.optim, selected)
         if config["optimizers"][name].get("lr_scheduler"):
-            schedulers[name] = config.init_obj(f"optimizers.{name}.lr_scheduler",
-                                               torch.optim.lr_scheduler, optimizers[name])
+            schedulers[name] = config.init_scheduler(f"optimizers.{name}.lr_scheduler",
+                                                     torch.optim.lr_scheduler, optimizers[name])
     return optimizers, schedulers
 
 

@@ -22,6 +22,16 @@ _LIBRARY_ARG_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError
 _BLOCK_KEYS = ("type", "args", "name")
 
 
+# Schedulers that run other schedulers, given as `args.schedulers`: a list of blocks.
+COMPOSED_SCHEDULES = ("SequentialLR", "ChainedScheduler")
+
+
+def is_composed_schedule(block: Any) -> bool:
+    """Whether a scheduler block runs nested scheduler blocks (`SequentialLR`, ...)."""
+    return isinstance(block, dict) and isinstance(block.get("type"), str) and \
+        block["type"].rsplit(".", 1)[-1] in COMPOSED_SCHEDULES
+
+
 def resolve_block(config: dict, name: str, module: ModuleType, args: tuple, kwargs: dict,
                   partial: bool = False, kind: type | str | None = None,
                   fallback: tuple[str, ...] = ()) -> tuple[Callable, dict]:

@@ -199,6 +199,8 @@ def _dry_run(config, block: Block, stand_ins: dict, key: str | None = None) -> A
         first = stand_ins[block.dry_run]
     else:
         return None  # the block it builds on has a problem of its own
+    if block.dry_run == "optimizer":  # a scheduler: composed ones build their nested blocks
+        return config.init_scheduler(key or block.key, module_of(block), first)
     return config.init_obj(key or block.key, module_of(block), first)
 
 

@@ -27,6 +27,13 @@ class TrainingReport:
         self.log_images = settings.log_images and self.is_main
         self.start_epoch()
 
+    @property
+    def steps_of(self) -> str:
+        """What the step counter counts, said when it is not batches: under gradient
+        accumulation an optimizer step is several batches."""
+        accum = self.settings.grad_accum_steps
+        return f" steps of {accum} batches" if accum > 1 else ""
+
     def open_writer(self, log_dir, global_step: int, train_keys: list[str]) -> None:
         """TensorBoard in `log_dir` (with `trainer.tensorboard`, rank 0): a resumed run at
         `global_step` drops the points an interrupted run logged after its checkpoint;
@@ -69,8 +76,8 @@ class TrainingReport:
         if bar is not None:
             bar.set_postfix_str(postfix, refresh=False)
         else:
-            self.logger.debug("Train epoch %d [%d/%d (%.0f%%)] %s", epoch, step, len_epoch,
-                              100.0 * step / len_epoch, postfix)
+            self.logger.debug("Train epoch %d [%d/%d%s (%.0f%%)] %s", epoch, step, len_epoch,
+                              self.steps_of, 100.0 * step / len_epoch, postfix)
         scalars = {"loss/train_step": loss_value, **rates,
                    **(watch.scalars() if watch.enabled else {})}
         if speed is not None:

@@ -6,6 +6,7 @@ import logging
 import torch
 from torch import nn
 
+from config.blocks import is_composed_schedule
 from utils import distributed
 from utils.errors import CheckpointError
 from utils.plain_data import describe, is_number, kind_problem
@@ -220,6 +221,11 @@ def restore_scheduler(name: str, scheduler, checkpoint: dict, config: dict,
                               f"is not a step count of this run (0 to {steps}): resuming would "
                               f"restart or skip the schedule")
     changed = changed_args_of(block, saved_block)
+    if changed and is_composed_schedule(block):  # its nested schedules would start over
+        raise CheckpointError(f"its {which} is a {block['type']} whose args changed since "
+                              f"({', '.join(changed)}); a composed schedule resumes only as it was "
+                              f"saved: undo the change, or start a new schedule with -c "
+                              f"(fine-tuning)")
     loaded = {key: state[key] for key in SCHEDULE_PROGRESS if key in state} if changed else state
     problem = kind_problem(scheduler.state_dict(), loaded, which)
     if problem:

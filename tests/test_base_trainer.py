@@ -70,6 +70,16 @@ def test_early_stop_after_exactly_n_epochs_without_improvement_and_saves_that_ep
     assert load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch5.pth")["not_improved_count"] == 3
 
 
+def test_patience_running_out_at_the_last_epoch_is_the_natural_end_not_an_early_stop(
+        tmp_path, caplog):
+    trainer = make(tmp_path, [3, 2, 2.5, 2.4, 2.2], epochs=5, monitor="min val_loss",
+                   early_stop=3)
+    trainer.train()
+    assert trainer.epochs_run == [1, 2, 3, 4, 5] and trainer.stop_reason is None
+    assert "Stopped after epoch" not in caplog.text
+    assert load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch5.pth")["stop_reason"] is None
+
+
 def test_early_stop_zero_never_stops(tmp_path):
     trainer = make(tmp_path, [1, 2, 3, 4], epochs=4, monitor="min val_loss", early_stop=0)
     trainer.train()

@@ -273,3 +273,75 @@ def test_a_folder_without_write_permission_is_one_line_and_no_empty_run_folder_i
         as_unprivileged(config.make_run_dirs)
     assert list((saved / "models/Digits_CNN").iterdir()) == []
     assert list((saved / "log/Digits_CNN").iterdir()) == []
+
+
+WARM_UP_THEN_COSINE = {"type": "SequentialLR", "interval": "step", "args": {
+    "schedulers": [{"type": "LinearLR", "args": {"start_factor": 0.1, "total_iters": 5}},
+                   {"type": "CosineAnnealingLR", "args": {"T_max": 20}}],
+    "milestones": [5]}}
+
+
+def schedule_of(block: dict, steps: int, lr: float = 0.5) -> list[float]:
+    """The learning rates `block` (built through the config) gives the first `steps` steps."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = ConfigParser({"lr_scheduler": block}).init_scheduler(
+        "lr_scheduler", torch.optim.lr_scheduler, optimizer)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_a_composed_schedule_builds_its_nested_blocks_on_the_same_optimizer():
+    """Warm-up then cosine, written as SequentialLR with nested blocks (torch alone would say
+    "SequentialLR at index 0 should have 'optimizer' as its attribute")."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    expected = torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=5),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=20)], milestones=[5])
+    reference = []
+    for _ in range(25):
+        reference.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        expected.step()
+    rates = schedule_of(WARM_UP_THEN_COSINE, 25)
+    assert rates == reference
+    assert rates[0] == pytest.approx(0.05) and max(rates) == pytest.approx(0.5)
+    chained = schedule_of({"type": "ChainedScheduler", "args": {"schedulers": [
+        {"type": "ConstantLR", "args": {"factor": 0.5, "total_iters": 2}},
+        {"type": "ExponentialLR", "args": {"gamma": 0.9}}]}}, 4)
+    assert chained == pytest.approx([0.25, 0.225, 0.405, 0.3645])
+
+
+def test_every_nested_schedule_problem_is_one_line_at_its_key_path():
+    block = json.loads(json.dumps(WARM_UP_THEN_COSINE))
+    block["args"]["schedulers"][0]["type"] = "LinerLR"
+    block["args"]["schedulers"][1]["args"] = {"T_maks": 20}
+    with pytest.raises(ConfigError) as raised:
+        schedule_of(block, 1)
+    assert raised.value.problems == [
+        "lr_scheduler.args.schedulers.0.type: 'LinerLR' is not in torch.optim.lr_scheduler "
+        "(did you mean 'LinearLR'?)",
+        "lr_scheduler.args.schedulers.1.args: unexpected argument 'T_maks' for "
+        "torch.optim.lr_scheduler.CosineAnnealingLR (did you mean 'T_max'?)"]
+    with pytest.raises(ConfigError, match=r"^lr_scheduler\.args\.schedulers: expected a list of "
+                                          r"scheduler blocks \(SequentialLR runs them in turn\)"):
+        schedule_of({"type": "SequentialLR", "args": {"milestones": [5]}}, 1)
+
+
+def test_a_composed_schedule_is_checked_with_the_whole_config(tmp_path):
+    """`validate` (train.py, before anything is built) reports the nested blocks' problems."""
+    import train
+
+    config = small_config(tmp_path / "saved")
+    config["lr_scheduler"] = json.loads(json.dumps(WARM_UP_THEN_COSINE))
+    config["lr_scheduler"]["args"]["schedulers"][0]["args"]["start_factor"] = 2  # above 1
+    with pytest.raises(ConfigError) as raised:
+        ConfigParser(config).validate(train.blocks())
+    assert [problem for problem in raised.value.problems if "schedulers" in problem] == [
+        "lr_scheduler.args.schedulers.0.args: Starting multiplicative factor expected to be "
+        "greater than 0 and less or equal to 1."]
+    config["lr_scheduler"]["args"]["schedulers"][0]["args"]["start_factor"] = 0.1
+    ConfigParser(config).validate(train.blocks())  # the right one passes

@@ -208,3 +208,14 @@ def test_the_learning_rate_shown_is_the_one_the_step_used(tmp_path):
     # steps 1, 11, 21 run after 0, 10, 20 scheduler steps: 1e-3 halved every 5
     assert rates == [(1, pytest.approx(1e-3)), (11, pytest.approx(2.5e-4)),
                      (21, pytest.approx(6.25e-5))]
+
+
+@pytest.mark.slow
+def test_under_accumulation_the_counter_says_it_counts_optimizer_steps(tmp_path, capsys):
+    """21 batches an epoch in steps of 2: the counter goes to 11 and says what it counts."""
+    train.main(["-c", write_config(tmp_path, epochs=1, log_step=10, progress_bar=False,
+                                   grad_accum_steps=2, len_epoch=None)])
+    steps = [line.split("]")[0] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("Train epoch 1 ")]
+    assert steps == ["Train epoch 1 [1/11 steps of 2 batches (9%)",
+                     "Train epoch 1 [11/11 steps of 2 batches (100%)"]

@@ -1,4 +1,5 @@
 """runs/resume.py: a checkpoint's optimizer and scheduler states in a run whose config changed."""
+import json
 import logging
 from pathlib import Path
 
@@ -305,3 +306,75 @@ def test_a_grad_scaler_state_of_another_make_is_refused():
     with pytest.raises(CheckpointError, match=r"grad scaler state does not fit \(scaler.scale "
                                               r"is a string, not a number\)"):
         restore_scaler(scaler, {**scaler.state_dict(), "scale": "x"})
+
+
+@pytest.mark.slow
+def test_warm_up_then_cosine_from_the_config_resumes_exactly_and_logs_its_curve(tmp_path):
+    """SequentialLR (linear warm-up, then cosine) stepped every optimizer step: stopped in the
+    middle of an epoch and resumed, the weights are the uninterrupted run's bit for bit, and
+    the learning rates TensorBoard shows are the schedule's, step by step."""
+    import signal
+
+    import train
+    from tests.conftest import run_folders, small_config
+    from tests.test_logger import read_scalars
+    from tests.test_parse_config import schedule_of
+    from trainer.trainer import Callback
+    from utils.interrupts import TrainingInterrupted
+
+    config = small_config(tmp_path / "saved", epochs=2, tensorboard=True, log_step=1,
+                          len_epoch=8)
+    config["optimizer"]["args"]["lr"] = 0.01
+    config["lr_scheduler"] = {"type": "SequentialLR", "interval": "step", "args": {
+        "schedulers": [{"type": "LinearLR", "args": {"start_factor": 0.1, "total_iters": 4}},
+                       {"type": "CosineAnnealingLR", "args": {"T_max": 12}}],
+        "milestones": [4]}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+
+    class StopAtStep(Callback):
+        def on_step_end(self, trainer):
+            if trainer.global_step == 11:  # epoch 2, step 3
+                trainer.stop_signals.received = signal.SIGTERM
+
+    train.main(["-c", str(tmp_path / "c.json"), "--run-id", "whole"])
+    with pytest.raises(TrainingInterrupted):
+        train.main(["-c", str(tmp_path / "c.json"), "--run-id", "cut"], callbacks=[StopAtStep()])
+    runs = tmp_path / "saved/models/Digits_CNN"
+    train.main(["-r", str(runs / "cut")])
+    whole, cut = (load_checkpoint(runs / name / "checkpoint-epoch2.pth") for name in ("whole",
+                                                                                    "cut"))
+    assert all(torch.equal(whole["state_dict"][key], cut["state_dict"][key])
+               for key in whole["state_dict"])
+    assert whole["lr_scheduler"] == cut["lr_scheduler"]
+    logged = read_scalars(tmp_path / "saved/log/Digits_CNN/whole")["learning_rate"]
+    schedule = {key: value for key, value in config["lr_scheduler"].items() if key != "interval"}
+    # at global step s (s steps done) TensorBoard shows the rate step s used
+    assert [step for step, _ in logged] == list(range(1, 17))
+    assert [value for _, value in logged] == pytest.approx(schedule_of(schedule, 16, lr=0.01),
+                                                           rel=1e-6)
+    assert len(run_folders(tmp_path / "saved")) == 2
+
+
+def test_a_composed_schedule_whose_args_changed_is_refused_in_one_line():
+    """Its nested schedules cannot continue from a saved step the way one schedule does."""
+    from parse_config import ConfigParser
+    from runs.resume import restore_scheduler
+    from utils.errors import CheckpointError
+
+    block = {"type": "SequentialLR", "args": {"schedulers": [
+        {"type": "LinearLR", "args": {"total_iters": 4}},
+        {"type": "CosineAnnealingLR", "args": {"T_max": 12}}], "milestones": [4]}}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = ConfigParser({"lr_scheduler": block}).init_scheduler(
+        "lr_scheduler", torch.optim.lr_scheduler, optimizer)
+    optimizer.step()
+    scheduler.step()
+    checkpoint = {"lr_scheduler": scheduler.state_dict(), "config": {"lr_scheduler": block}}
+    restore_scheduler("", scheduler, checkpoint, {"lr_scheduler": block}, logging.getLogger(), 1)
+    changed = json.loads(json.dumps(block))
+    changed["args"]["schedulers"][1]["args"]["T_max"] = 30
+    with pytest.raises(CheckpointError, match=r"^its lr_scheduler is a SequentialLR whose args "
+                                              r"changed since \(schedulers\); a composed schedule "
+                                              r"resumes only as it was saved"):
+        restore_scheduler("", scheduler, checkpoint, {"lr_scheduler": changed},
+                          logging.getLogger(), 1)

@@ -472,3 +472,27 @@ def test_torchmetrics_that_load_models_or_data_are_refused(tmp_path, metric, exp
         train.main(["-c", write(tmp_path, {"metrics": [{"type": metric}]}), "--print-config"])
     assert str(error.value).startswith(expected)
     assert "not allowed" in str(error.value) or "is not in" in str(error.value)
+
+
+class LoadsATeacher(Trainer):
+    """A user's constructor that loads a helper model's weights from `trainer.args`."""
+
+    def __init__(self, *args, teacher: str = "teacher.pth", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = torch.load(teacher, weights_only=True)
+
+
+def test_an_error_in_a_trainers_own_constructor_names_the_block_above_its_traceback(
+        tmp_path, register):
+    """Like every other block's: a line naming `trainer.type` and the class, then the user's
+    traceback (where the missing file is named)."""
+    from utils.errors import BuildError
+
+    register(LoadsATeacher)
+    missing = tmp_path / "teacher.pth"
+    with pytest.raises(BuildError, match=r"^trainer\.type: building LoadsATeacher raised "
+                                         r"FileNotFoundError; the traceback from its code:$") as raised:
+        train.main(["-c", write(tmp_path, {"trainer.type": "LoadsATeacher",
+                                           "trainer.args": {"teacher": str(missing)}})])
+    assert str(missing) in str(raised.value.__cause__)
+    assert not (tmp_path / "saved").exists()
