@@ -230,3 +230,30 @@ def no_network(monkeypatch):
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def straight_and_resumed(tmp_path: Path, config: dict, stop_after_step: int) -> tuple[dict, dict]:
+    """`config` trained straight (run "whole") and stopped by SIGTERM after optimizer step
+    `stop_after_step`, then resumed (run "cut"), in this process; their last epoch's
+    checkpoints, for a test that they agree."""
+    import signal
+
+    import train
+    from trainer.trainer import Callback
+    from utils.checkpoint import load_checkpoint
+    from utils.interrupts import TrainingInterrupted
+
+    class StopAtStep(Callback):
+        def on_step_end(self, trainer):
+            if trainer.global_step == stop_after_step:
+                trainer.stop_signals.received = signal.SIGTERM
+
+    path = tmp_path / "straight_and_resumed.json"
+    path.write_text(json.dumps(config))
+    train.main(["-c", str(path), "--run-id", "whole"])
+    with pytest.raises(TrainingInterrupted):
+        train.main(["-c", str(path), "--run-id", "cut"], callbacks=[StopAtStep()])
+    runs = Path(config["trainer"]["save_dir"]) / "models" / config["name"]
+    train.main(["-r", str(runs / "cut")])
+    last = f"checkpoint-epoch{config['trainer']['epochs']}.pth"
+    return load_checkpoint(runs / "whole" / last), load_checkpoint(runs / "cut" / last)

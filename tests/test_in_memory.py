@@ -197,33 +197,14 @@ def test_a_data_set_too_large_for_the_devices_free_memory_is_one_line(monkeypatc
 def test_a_run_on_device_with_batch_augmentation_resumes_exactly(tmp_path):
     """The digits with noise drawn per batch, served `on_device`: stopped mid-epoch and
     resumed, the weights are those of the run that was never stopped, bit for bit."""
-    import json
-    import signal
-
     import tests.noisy_data  # noqa: F401  (NoisyBatchesDigitsDataLoader)
-    import train
-    from tests.conftest import small_config
-    from trainer.trainer import Callback
-    from utils.checkpoint import load_checkpoint
-    from utils.interrupts import TrainingInterrupted
+    from tests.conftest import small_config, straight_and_resumed
 
     config = small_config(tmp_path / "saved", epochs=2)
     config["data_loader"]["type"] = "NoisyBatchesDigitsDataLoader"
     config["data_loader"]["args"]["on_device"] = True
-    (tmp_path / "c.json").write_text(json.dumps(config))
-
-    class StopAtStep(Callback):
-        def on_step_end(self, trainer):
-            if trainer.global_step == 14:
-                trainer.stop_signals.received = signal.SIGTERM
-
-    train.main(["-c", str(tmp_path / "c.json"), "--run-id", "whole"])
-    with pytest.raises(TrainingInterrupted):
-        train.main(["-c", str(tmp_path / "c.json"), "--run-id", "cut"], callbacks=[StopAtStep()])
-    runs = tmp_path / "saved/models/Digits_CNN"
-    train.main(["-r", str(runs / "cut")])
-    whole, cut = (load_checkpoint(runs / name / "checkpoint-epoch2.pth")["state_dict"]
-                  for name in ("whole", "cut"))
+    whole, cut = (checkpoint["state_dict"] for checkpoint in
+                  straight_and_resumed(tmp_path, config, 14))
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
 
 

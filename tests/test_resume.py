@@ -313,14 +313,9 @@ def test_warm_up_then_cosine_from_the_config_resumes_exactly_and_logs_its_curve(
     """SequentialLR (linear warm-up, then cosine) stepped every optimizer step: stopped in the
     middle of an epoch and resumed, the weights are the uninterrupted run's bit for bit, and
     the learning rates TensorBoard shows are the schedule's, step by step."""
-    import signal
-
-    import train
-    from tests.conftest import run_folders, small_config
+    from tests.conftest import run_folders, small_config, straight_and_resumed
     from tests.test_logger import read_scalars
     from tests.test_parse_config import schedule_of
-    from trainer.trainer import Callback
-    from utils.interrupts import TrainingInterrupted
 
     config = small_config(tmp_path / "saved", epochs=2, tensorboard=True, log_step=1,
                           len_epoch=8)
@@ -329,20 +324,7 @@ def test_warm_up_then_cosine_from_the_config_resumes_exactly_and_logs_its_curve(
         "schedulers": [{"type": "LinearLR", "args": {"start_factor": 0.1, "total_iters": 4}},
                        {"type": "CosineAnnealingLR", "args": {"T_max": 12}}],
         "milestones": [4]}}
-    (tmp_path / "c.json").write_text(json.dumps(config))
-
-    class StopAtStep(Callback):
-        def on_step_end(self, trainer):
-            if trainer.global_step == 11:  # epoch 2, step 3
-                trainer.stop_signals.received = signal.SIGTERM
-
-    train.main(["-c", str(tmp_path / "c.json"), "--run-id", "whole"])
-    with pytest.raises(TrainingInterrupted):
-        train.main(["-c", str(tmp_path / "c.json"), "--run-id", "cut"], callbacks=[StopAtStep()])
-    runs = tmp_path / "saved/models/Digits_CNN"
-    train.main(["-r", str(runs / "cut")])
-    whole, cut = (load_checkpoint(runs / name / "checkpoint-epoch2.pth") for name in ("whole",
-                                                                                    "cut"))
+    whole, cut = straight_and_resumed(tmp_path, config, 11)  # stopped in epoch 2, step 3
     assert all(torch.equal(whole["state_dict"][key], cut["state_dict"][key])
                for key in whole["state_dict"])
     assert whole["lr_scheduler"] == cut["lr_scheduler"]
