@@ -29,6 +29,10 @@ def space_problems(space: Any, config: dict) -> list[str]:
             problems.append(f"{path}: a sweep decides where its trials are saved (its own "
                             f"folder); it cannot be searched")
             continue
+        owner = _rate_owner(config, path)
+        if owner:
+            problems.append(f"{path}: is not used: {owner}; search that instead")
+            continue
         problem = _spec_problem(spec)
         if problem:
             problems.append(f"{path}: {problem}")
@@ -37,6 +41,24 @@ def space_problems(space: Any, config: dict) -> list[str]:
         apply_modifications(config, {path: candidates(spec)[0]}, found)
         problems += found
     return problems
+
+
+def _rate_owner(config: dict, path: str) -> str | None:
+    """Why the optimizer's learning rate at `path` (`optimizer.args.lr`,
+    `optimizers.NAME.args.lr`) does nothing in `config`: its scheduler sets the rate itself."""
+    from step.first_batch import RATE_FROM
+
+    parts = path.split(".")
+    if parts[-2:] != ["args", "lr"] or parts[0] not in ("optimizer", "optimizers"):
+        return None
+    block = config.get("lr_scheduler") if parts[0] == "optimizer" else \
+        ((config.get("optimizers") or {}).get(parts[1]) or {}).get("lr_scheduler")
+    kind = str((block or {}).get("type", "")).rsplit(".", 1)[-1] if isinstance(block, dict) \
+        else ""
+    if kind not in RATE_FROM:
+        return None
+    where = "lr_scheduler" if parts[0] == "optimizer" else f"optimizers.{parts[1]}.lr_scheduler"
+    return f"{kind} sets the learning rate from {where}.args.{RATE_FROM[kind]}"
 
 
 def _spec_problem(spec: Any) -> str | None:

@@ -30,22 +30,42 @@ def _image_warning(images) -> str:
             f"these are {shape}. No images are logged.")
 
 
+# Schedulers that set the learning rate themselves, and the argument they set it from.
+RATE_FROM = {"OneCycleLR": "max_lr", "CyclicLR": "base_lr"}
+
+
 def check_schedule_length(trainer) -> None:
     """A schedule with a fixed length (OneCycleLR's total_steps) must cover the run when it
-    steps per optimizer step (else it fails part-way, after hours); stepped per epoch it is
-    most likely a mistake."""
+    steps per optimizer step (else it fails part-way, after hours) and end with it (a longer
+    one stops before its end: a warning); stepped per epoch it is most likely a mistake. A
+    schedule that sets the rate itself makes the optimizer's `lr` unused: a warning."""
     settings = trainer.settings
     for name, scheduler in trainer.lr_schedulers.items():
+        path = f"optimizers.{name}.lr_scheduler" if name else "lr_scheduler"
+        own = RATE_FROM.get(type(scheduler).__name__)
+        optimizer_path = f"optimizers.{name}" if name else "optimizer"
+        lr = ((trainer.config.config.get("optimizers") or {}).get(name) if name else
+              trainer.config.config.get("optimizer") or {}).get("args", {}).get("lr")
+        if own is not None and lr is not None:
+            trainer.logger.warning(
+                "Warning: %s.args.lr (%s) is not used: %s sets the learning rate from "
+                "%s.args.%s; change (or search) that instead.", optimizer_path, lr,
+                type(scheduler).__name__, path, own)
         total = getattr(scheduler, "total_steps", None)
         if not isinstance(total, int):
             continue
-        path = f"optimizers.{name}.lr_scheduler" if name else "lr_scheduler"
         needed = settings.epochs * trainer.len_epoch
         if trainer.scheduler_intervals[name] == "step" and total < needed:
             raise ConfigError(
                 f"{path}.args.total_steps: the schedule has {total} steps but training runs "
                 f"{needed} ({settings.epochs} epochs x {trainer.len_epoch} optimizer "
                 f"steps); set total_steps to {needed}")
+        if trainer.scheduler_intervals[name] == "step" and total > needed:
+            trainer.logger.warning(
+                "Warning: %s.args.total_steps: the schedule has %d steps but training runs %d "
+                "(%d epochs x %d optimizer steps): it stops at step %d of its %d, before its "
+                "end; set total_steps to %d.", path, total, needed, settings.epochs,
+                trainer.len_epoch, needed, total, needed)
         if trainer.scheduler_intervals[name] == "epoch":
             trainer.logger.warning(
                 "Warning: %s.type %s has a fixed length (%d steps) and steps once per epoch "

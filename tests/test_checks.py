@@ -536,3 +536,21 @@ def test_blocks_may_be_names_and_leave_out_args(tmp_path, capsys):
     assert code == 2
     assert "data_loader.args: missing a required argument: 'data_dir'" in stderr
     assert "metrics.0: 'acuracy' is not in model.metric" in stderr and "junk.pth" in stderr
+
+
+def test_a_schedule_longer_than_the_run_or_setting_the_rate_itself_is_a_warning(tmp_path,
+                                                                                  caplog):
+    """OneCycleLR with 88 steps in a run of 63: it would stop before its end (under --folds a
+    fold's fewer steps make it so); and it sets the rate from max_lr, so optimizer.args.lr
+    (and --lr) change nothing: both said before training, with the numbers to write."""
+    from tests.conftest import build
+
+    trainer = build(tmp_path, {"lr_scheduler": {"type": "OneCycleLR", "interval": "step",
+                                                "args": {"max_lr": 0.01, "total_steps": 88}}})
+    trainer.check_first_batch()
+    assert ("Warning: lr_scheduler.args.total_steps: the schedule has 88 steps but training "
+            "runs 63 (3 epochs x 21 optimizer steps): it stops at step 63 of its 88, before its "
+            "end; set total_steps to 63.") in caplog.text
+    assert ("Warning: optimizer.args.lr (0.001) is not used: OneCycleLR sets the learning rate "
+            "from lr_scheduler.args.max_lr; change (or search) that instead.") in caplog.text
+

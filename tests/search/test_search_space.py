@@ -76,3 +76,17 @@ def test_an_infinite_bound_and_the_save_dir_are_refused_in_one_line_each():
         "optimizer.args.lr: float: bounds must be finite numbers, got [0.0, Infinity]",
         "trainer.save_dir: a sweep decides where its trials are saved (its own folder); it "
         "cannot be searched"]
+
+
+def test_a_search_over_a_rate_the_schedule_sets_is_refused():
+    from search.search_space import space_problems
+    from tests.conftest import small_config
+
+    config = small_config("saved")
+    config["lr_scheduler"] = {"type": "OneCycleLR", "interval": "step",
+                              "args": {"max_lr": 0.01, "total_steps": 63}}
+    assert space_problems({"optimizer.args.lr": {"float": [0.001, 0.1], "log": True}},
+                          config) == [
+        "optimizer.args.lr: is not used: OneCycleLR sets the learning rate from "
+        "lr_scheduler.args.max_lr; search that instead"]
+    assert space_problems({"lr_scheduler.args.max_lr": {"float": [0.001, 0.1]}}, config) == []
