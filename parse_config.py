@@ -203,7 +203,17 @@ class ConfigParser:
                 problems.append(f"{name}.{index}: the name {json.dumps(label)} is {taken}; give "
                                 f"this entry a \"name\" of its own, e.g. \"top5\"")
                 continue
+            reads = {key: entry.get(key) for key in ("output", "target")} \
+                if isinstance(entry, dict) else {}
+            wrong = [key for key, value in reads.items()
+                     if value is not None and (not isinstance(value, str) or not value)]
+            if wrong:
+                problems += [f"{name}.{index}.{key}: expected a key of the step's {key} (a "
+                             f"string), got {json.dumps(reads[key])}" for key in wrong]
+                continue
             function.__name__ = label
+            # the step's output and target keys it reads (None: the whole value)
+            function.reads = (reads.get("output"), reads.get("target") or reads.get("output"))
             functions.append(function)
             seen[label] = index
         if problems:

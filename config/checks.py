@@ -33,14 +33,17 @@ BLOCK_OPTIONS = {"lr_scheduler": {"interval": ("epoch", "step")},
                  "arch": {"init": None, "freeze": None, "weights": None},
                  "optimizer": {"param_groups": None},
                  "optimizers.*": {"params": None, "lr_scheduler": None},
-                 "optimizers.*.lr_scheduler": {"interval": ("epoch", "step")}}
+                 "optimizers.*.lr_scheduler": {"interval": ("epoch", "step")},
+                 # which of the step's outputs (and targets) a metric reads: keys of dicts
+                 "metrics.*": {"output": None, "target": None}}
 
 
 def block_options(key_path: str) -> dict:
     """The options block `key_path` may have besides type and args (`optimizers.generator`
     has those of `optimizers.*`)."""
     parts = key_path.split(".")
-    if len(parts) >= 2 and parts[0] == "optimizers":
+    if len(parts) >= 2 and parts[0] == "optimizers" or parts[:1] == ["metrics"] and \
+            len(parts) == 2:
         parts[1] = "*"
     return BLOCK_OPTIONS.get(".".join(parts), {})
 @dataclass(frozen=True)

@@ -28,6 +28,25 @@ def is_stateful(metric: Callable) -> bool:
     return module is not None and isinstance(metric, module.Metric)
 
 
+def read_by(keys: tuple, name: str, step: StepOutput) -> tuple:
+    """The output and target metric `name` reads by its block's `output` / `target` `keys`:
+    those entries of a dict output and target (two heads); a key None: the whole value."""
+    output_key, target_key = keys
+    return (_entry(step.output, output_key, name, "output"),
+            _entry(step.target, target_key, name, "target"))
+
+
+def _entry(value, key: str | None, name: str, what: str):
+    if key is None:
+        return value
+    if isinstance(value, dict) and key in value:
+        return value[key]
+    has = f"keys {', '.join(map(repr, value))}" if isinstance(value, dict) else \
+        f"a {type(value).__name__}, not a dict"
+    raise UserError(f"metrics: {name} reads the step's {what} {key!r}, but the step's {what} "
+                    f"has {has}")
+
+
 class EpochMetrics:
     """`loss`, the step's loss parts and the metrics of one epoch (or one evaluation)."""
 
@@ -40,6 +59,11 @@ class EpochMetrics:
         self.parts = list(parts) if parts is not None else None
         self.device = device
         self.names = [callable_name(fn) for fn in metric_fns]
+        # the output and target keys each metric reads (its block's); None: the whole values
+        self.reads = {}
+        for name, fn in zip(self.names, metric_fns):
+            keys = getattr(fn, "reads", (None, None))
+            self.reads[name] = keys if any(keys) else None
         self.functions = [(name, fn) for name, fn in zip(self.names, metric_fns)
                           if not is_stateful(fn)]
         # a copy of each: training, validation and test keep states of their own
@@ -70,10 +94,14 @@ class EpochMetrics:
         self.means.update("loss", step.loss, n)
         for name, value in step.parts.items():
             self.means.update(name, value, n)
+        whole = (step.output, step.target)
         for name, fn in self.functions:
-            self.means.update(name, fn(step.output, step.target), n)
-        for metric in self.stateful.values():
-            metric.update(step.output, step.target)
+            keys = self.reads[name]
+            self.means.update(name, fn(*(whole if keys is None else read_by(keys, name, step))),
+                              n)
+        for name, metric in self.stateful.items():
+            keys = self.reads[name]
+            metric.update(*(whole if keys is None else read_by(keys, name, step)))
 
     def all_reduce(self) -> None:
         """torchrun: the means over every process (the stateful metrics synchronise when

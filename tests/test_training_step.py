@@ -496,3 +496,48 @@ def test_an_error_in_a_trainers_own_constructor_names_the_block_above_its_traceb
                                            "trainer.args": {"teacher": str(missing)}})])
     assert str(missing) in str(raised.value.__cause__)
     assert not (tmp_path / "saved").exists()
+
+
+class TwoHeads(Trainer):
+    """A step with two outputs: the digit, and its parity (from the same log-probabilities)."""
+
+    def training_step(self, batch):
+        images, labels = batch
+        digit = self.model(images)
+        parity = torch.stack([digit[:, 0::2].logsumexp(1), digit[:, 1::2].logsumexp(1)], 1)
+        return {"loss": F.nll_loss(digit, labels),
+                "output": {"digit": digit, "parity": parity},
+                "target": {"digit": labels, "parity": labels % 2}}
+
+
+@pytest.mark.slow
+def test_metrics_read_the_output_and_target_their_block_names(tmp_path, register):
+    """`"output": "parity"` picks that head (and the target of the same key): the digit's
+    accuracy equals the default step's, bit for bit; the parity's is its own, and a torchmetrics
+    class reads its head the same way."""
+    register(TwoHeads)
+    metrics = [{"type": "accuracy", "name": "digit_acc", "output": "digit"},
+               {"type": "accuracy", "name": "parity_acc", "output": "parity"},
+               {"type": "torchmetrics.classification.MulticlassAccuracy", "name": "parity_tm",
+                "args": {"num_classes": 2, "average": "micro"}, "output": "parity",
+                "target": "parity"}]
+    pytest.importorskip("torchmetrics")
+    train.main(["-c", write(tmp_path, {"trainer.type": "TwoHeads", "metrics": metrics},
+                            epochs=1), "--run-id", "heads"])
+    train.main(["-c", write(tmp_path, epochs=1), "--run-id", "plain"])
+    runs = tmp_path / "saved/models/Digits_CNN"
+    heads = load_checkpoint(runs / "heads/checkpoint-epoch1.pth")["best_log"]
+    plain = load_checkpoint(runs / "plain/checkpoint-epoch1.pth")["best_log"]
+    assert heads["val_digit_acc"] == plain["val_accuracy"]
+    assert heads["val_parity_acc"] == pytest.approx(heads["val_parity_tm"], abs=1e-6)
+    assert heads["val_parity_acc"] != heads["val_digit_acc"]
+
+
+def test_a_metric_reading_an_output_the_step_does_not_have_is_one_line(tmp_path, register):
+    register(TwoHeads)
+    with pytest.raises(UserError) as raised:
+        train.main(["-c", write(tmp_path, {"trainer.type": "TwoHeads", "metrics": [
+            {"type": "accuracy", "name": "acc", "output": "digits"}]})])
+    assert str(raised.value) == ("metrics: acc reads the step's output 'digits', but the "
+                                 "step's output has keys 'digit', 'parity'")
+    assert not (tmp_path / "saved").exists()
