@@ -157,7 +157,9 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     trainer.epoch, trainer.global_step = checkpoint["epoch"], checkpoint.get("global_step", 0)
     data_loader = trainer.data_loader
     trainer.check_first_batch()
-    confusion = ConfusionMatrix()
+    # a step with dict outputs: the head the first metric naming one reads
+    reads = next((fn.reads for fn in trainer.metric_fns if any(getattr(fn, "reads", ()))), None)
+    confusion = ConfusionMatrix(reads)
     bars = bars_wanted((config.get("trainer") or {}).get("progress_bar", "auto"))
     with progress_bar(bars, len(data_loader), "test", unit="batch") as bar:
         results = trainer.evaluate(counted(data_loader, bar), confusion=confusion)
@@ -166,6 +168,11 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     matrix = confusion.matrix
     classes = class_report(matrix, getattr(data_loader.dataset, "classes", None)) \
         if matrix is not None else None
+    if classes is not None and reads is not None:
+        classes["output"] = reads[0]  # the report says which head it is of
+    if confusion.skipped:
+        print(f"No per-class report: {confusion.skipped} (a metric block's \"output\" names the "
+              f"head to report on).", flush=True)
     return results, checkpoint["epoch"], classes
 
 

@@ -43,6 +43,8 @@ def report_lines(checkpoint: Path, epoch: int, results: dict, classes: dict | No
         return lines + [f"  ({len(matrix)} classes: their accuracy and the confusion matrix are "
                         f"in the JSON report)"]
     name_width = max(5, *map(len, names))
+    if classes.get("output"):  # a step with several outputs: the head it is of
+        lines += ["", f"  Per class, of the output {classes['output']!r}:"]
     lines += ["", f"  {'class':<{name_width}}  {'accuracy':>8}  {'samples':>7}"]
     for name, row in zip(names, matrix):
         accuracy = classes["per_class_accuracy"][name]

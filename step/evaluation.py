@@ -14,13 +14,25 @@ class ConfusionMatrix:
     device: `update` never synchronises. Output that is not (N, C) class scores for (N,)
     integer targets makes it inapplicable (`matrix` is then None)."""
 
-    def __init__(self):
+    def __init__(self, keys: tuple | None = None):
+        """`keys`: the (output, target) keys of a step with dict outputs (two heads) whose
+        head the matrix counts; None: the whole output and target."""
         self.counts: Tensor | None = None  # (true class, predicted class)
         self.applicable = True
+        self.keys = keys
+        self.skipped: str | None = None  # why it does not apply, when the output is a container
 
     @torch.no_grad()
     def update(self, output: Tensor, target: Tensor) -> None:
         if not self.applicable:
+            return
+        if self.keys is not None and isinstance(output, dict) and isinstance(target, dict) and \
+                self.keys[0] in output and self.keys[1] in target:
+            output, target = output[self.keys[0]], target[self.keys[1]]
+        elif isinstance(output, (dict, list, tuple)):
+            self.skipped = f"the step's output is a {type(output).__name__}, not one (N, C) " \
+                           f"tensor of class scores"
+            self.applicable = False
             return
         scores = isinstance(output, Tensor) and output.dim() == 2 and output.size(1) >= 2
         labels = isinstance(target, Tensor) and target.dim() == 1 and \

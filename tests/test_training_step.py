@@ -541,3 +541,27 @@ def test_a_metric_reading_an_output_the_step_does_not_have_is_one_line(tmp_path,
     assert str(raised.value) == ("metrics: acc reads the step's output 'digits', but the "
                                  "step's output has keys 'digit', 'parity'")
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.slow
+def test_test_py_reports_classes_of_the_head_a_metric_names_or_says_why_not(tmp_path, register,
+                                                                            capsys):
+    import test as test_script
+
+    register(TwoHeads)
+    config = write(tmp_path, {"trainer.type": "TwoHeads", "metrics": [
+        {"type": "accuracy", "name": "parity_acc", "output": "parity"}]}, epochs=1)
+    train.main(["-c", config, "--run-id", "named"])
+    runs = tmp_path / "saved/models/Digits_CNN"
+    capsys.readouterr()
+    test_script.main(["-r", str(runs / "named")])
+    out = capsys.readouterr().out
+    assert "Per class, of the output 'parity':" in out
+    report = json.loads((runs / "named/model_best.test.json").read_text())
+    assert report["output"] == "parity" and len(report["confusion_matrix"]["counts"]) == 2
+    train.main(["-c", write(tmp_path, {"trainer.type": "TwoHeads", "metrics": []}, epochs=1),
+                "--run-id", "unnamed"])
+    capsys.readouterr()
+    test_script.main(["-r", str(runs / "unnamed")])
+    assert ("No per-class report: the step's output is a dict, not one (N, C) tensor of class "
+            "scores") in capsys.readouterr().out
