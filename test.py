@@ -137,6 +137,7 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     from logger.logger import setup_logging
     from logger.progress import bars_wanted, counted, progress_bar
     from logger.test_report import class_report
+    from runs.manifest import changed_helper_files
     from step.evaluation import ConfusionMatrix
     from utils.checkpoint import load_checkpoint
     from utils.weights import load_model_state, unwrap_model
@@ -154,6 +155,8 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
         raise UserError(f"{config.resume}: its weights hold NaN or infinite values ({broken[0]}"
                         f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}); there "
                         f"is nothing to evaluate: test an earlier checkpoint")
+    for line in changed_helper_files(config.resume.parent, trainer.helper_files):
+        print(line, flush=True)  # a teacher's weights that changed since training
     trainer.epoch, trainer.global_step = checkpoint["epoch"], checkpoint.get("global_step", 0)
     data_loader = trainer.data_loader
     trainer.check_first_batch()

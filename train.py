@@ -259,7 +259,7 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
     start the log file and say where training starts."""
     from base.base_data_loader import batch_size_of
     from logger.logger import setup_logging
-    from runs.manifest import add_session, session_record
+    from runs.manifest import add_session, changed_helper_files, session_record
     from runs.run_folder import keep_edited_config
     from runs.run_lock import RunLock
     from utils import distributed
@@ -291,9 +291,15 @@ def open_run(config: ConfigParser, trainer, argv: list[str]):
     record = session_record(argv, config.config, resumed_from)
     if trial is not None:
         record["trial"] = trial
+    changed = changed_helper_files(config.resume.parent, trainer.helper_files) \
+        if config.resume is not None and not config.fine_tune else []
+    if trainer.helper_files:
+        record["helper_files"] = trainer.helper_files
     add_session(config.save_dir, config.log_dir, record)
     logger = config.get_logger("train", config["trainer"].get("verbosity", 2))
     logger.info("Run folder: %s", config.save_dir)
+    for line in changed:
+        logger.warning(line)
     for leftover in leftovers:
         logger.info("Removed %s, left half-written by a killed run.", leftover.name)
     if edited is not None:

@@ -14,6 +14,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -134,6 +135,8 @@ class BaseTrainer(ABC):
         # (early stop, a callback's `request_stop`)
         self.callbacks: list = []
         self.stop_reason: str | None = None
+        # files the user's trainer depends on (`helper_file`), recorded in the manifest
+        self.helper_files: dict[str, dict] = {}
         self._refuse_unsupported()
         check_schedule_length(self)
 
@@ -311,6 +314,18 @@ class BaseTrainer(ABC):
                    f"{self.global_step}). Resume with: {resume_command(path)}")
         self.logger.warning(message)
         raise TrainingInterrupted(signum, message)
+
+    def helper_file(self, name: str, path) -> Path:
+        """A file the run depends on besides its config and checkpoints (a frozen teacher's
+        weights named in `trainer.args`): `path`, checked, and recorded in the run's manifest by
+        path and SHA-256, so that a resume or `test.py` finding another file says so."""
+        from runs.manifest import file_digest
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"trainer.args: the helper file {name!r} ({path}) does not exist")
+        self.helper_files[name] = {"path": str(path.resolve()), "sha256": file_digest(path)}
+        return path
 
     def request_stop(self, reason: str) -> None:
         """End the run after this epoch (saving it) and say `reason`, which the checkpoint

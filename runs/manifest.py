@@ -99,3 +99,31 @@ def bound_log_dir(run_dir: Path) -> Path | None:
     """The log folder the manifest binds to `run_dir`; None when it records none."""
     manifest = read_manifest(run_dir) or {}
     return Path(manifest["log_dir"]) if isinstance(manifest.get("log_dir"), str) else None
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def changed_helper_files(run_dir: Path, helper_files: dict[str, dict]) -> list[str]:
+    """One line for each of `helper_files` (name: {"path", "sha256"}) whose content differs
+    from what the run folder's newest session that recorded it used."""
+    recorded = {}
+    for session in (read_manifest(run_dir) or {}).get("sessions") or []:
+        if isinstance(session, dict) and isinstance(session.get("helper_files"), dict):
+            recorded.update(session["helper_files"])
+    lines = []
+    for name, now in helper_files.items():
+        before = recorded.get(name)
+        if isinstance(before, dict) and before.get("sha256") != now["sha256"]:
+            lines.append(f"Warning: the helper file {name!r} ({now['path']}) is not the one this "
+                         f"run was trained with (SHA-256 {now['sha256'][:12]}..., was "
+                         f"{str(before.get('sha256'))[:12]}... from {before.get('path')}).")
+    return lines

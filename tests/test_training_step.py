@@ -565,3 +565,57 @@ def test_test_py_reports_classes_of_the_head_a_metric_names_or_says_why_not(tmp_
     test_script.main(["-r", str(runs / "unnamed")])
     assert ("No per-class report: the step's output is a dict, not one (N, C) tensor of class "
             "scores") in capsys.readouterr().out
+
+
+class Distills(Trainer):
+    """Distillation: a frozen teacher built in the constructor from a weights file named in
+    trainer.args — out of the optimizer (built before it) and of the checkpoints (only
+    `self.model` is saved) — recorded as a helper file."""
+
+    def __init__(self, *args, teacher: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        from model.model import DigitsModel
+
+        self.teacher = DigitsModel().to(self.device).eval().requires_grad_(False)
+        self.teacher.load_state_dict(load_checkpoint(self.helper_file("teacher", teacher))[
+            "state_dict"])
+
+    def training_step(self, batch):
+        images, labels = batch
+        output = self.model(images)
+        with torch.no_grad():
+            soft = self.teacher(images).exp()
+        loss = F.nll_loss(output, labels) - (soft * output).sum(1).mean()
+        return {"loss": loss, "output": output, "target": labels}
+
+
+@pytest.mark.slow
+def test_a_frozen_teacher_is_a_recorded_helper_file_and_a_changed_one_is_said(tmp_path,
+                                                                              register, capsys):
+    from runs.manifest import read_manifest
+    from utils.checkpoint import save_checkpoint
+
+    register(Distills)
+    train.main(["-c", write(tmp_path, epochs=1), "--run-id", "teacher"])
+    runs = tmp_path / "saved/models/Digits_CNN"
+    teacher = runs / "teacher/checkpoint-epoch1.pth"
+    train.main(["-c", write(tmp_path, {"trainer.type": "Distills",
+                                       "trainer.args": {"teacher": str(teacher)}}, epochs=1),
+                "--run-id", "student"])
+    student = load_checkpoint(runs / "student/checkpoint-epoch1.pth")
+    assert not any(key.startswith("teacher") for key in student["state_dict"])
+    assert len(student["optimizer"]["param_groups"][0]["params"]) == 8  # the student's own
+    session = read_manifest(runs / "student")["sessions"][0]
+    assert session["helper_files"]["teacher"]["path"] == str(teacher.resolve())
+    changed = load_checkpoint(teacher)
+    changed["state_dict"]["fc2.bias"] += 1
+    save_checkpoint(changed, teacher)
+    said = f"Warning: the helper file 'teacher' ({teacher.resolve()}) is not the one this run " \
+           f"was trained with"
+    import test as test_script
+
+    capsys.readouterr()
+    test_script.main(["-r", str(runs / "student")])
+    assert said in capsys.readouterr().out
+    train.main(["-r", str(runs / "student"), "--epochs", "2"])
+    assert said in (tmp_path / "saved/log/Digits_CNN/student/info.log").read_text()
