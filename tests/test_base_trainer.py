@@ -76,7 +76,7 @@ def test_patience_running_out_at_the_last_epoch_is_the_natural_end_not_an_early_
                    early_stop=3)
     trainer.train()
     assert trainer.epochs_run == [1, 2, 3, 4, 5] and trainer.stop_reason is None
-    assert "Stopped after epoch" not in caplog.text
+    assert "Stopped after epoch" not in caplog.text and "Finished training" in caplog.text
     assert load_checkpoint(trainer.checkpoint_dir / "checkpoint-epoch5.pth")["stop_reason"] is None
 
 
