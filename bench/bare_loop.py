@@ -36,13 +36,7 @@ def main() -> None:
     torch.manual_seed(config["seed"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = digits_dataset(ROOT / "data", training=True)
-    loader_args = config["data_loader"]["args"]
-    train_idx, valid_idx = split_indices(len(dataset), loader_args["validation_split"],
-                                         config["seed"])
-    batch_size = loader_args["batch_size"]
-    train_loader = DataLoader(dataset, batch_size, sampler=SubsetRandomSampler(train_idx),
-                              pin_memory=device.type == "cuda")
-    valid_loader = DataLoader(dataset, batch_size, sampler=valid_idx)
+    train_loader, valid_loader = plain_loaders(dataset, config, device)
     model = DigitsModel().to(device)
     optimizer = torch.optim.Adam(model.parameters(), **config["optimizer"]["args"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **config["lr_scheduler"]["args"])
@@ -50,6 +44,17 @@ def main() -> None:
     save_dir.mkdir(parents=True, exist_ok=True)
     train_epochs(model, F.nll_loss, optimizer, train_loader, valid_loader, args.epochs, save_dir,
                  device, scheduler)
+
+
+def plain_loaders(dataset, config: dict, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """Plain DataLoaders (a sample at a time) over the config's training and validation split."""
+    loader_args = config["data_loader"]["args"]
+    train_idx, valid_idx = split_indices(len(dataset), loader_args["validation_split"],
+                                         config["seed"])
+    batch_size = loader_args["batch_size"]
+    train_loader = DataLoader(dataset, batch_size, sampler=SubsetRandomSampler(train_idx),
+                              pin_memory=device.type == "cuda")
+    return train_loader, DataLoader(dataset, batch_size, sampler=valid_idx)
 
 
 def train_epochs(model, criterion, optimizer, train_loader, valid_loader, epochs: int,

@@ -41,14 +41,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 from base.base_data_loader import split_indices  # noqa: E402
-from bench.bare_loop import train_epochs  # noqa: E402
+from bench.bare_loop import plain_loaders, train_epochs  # noqa: E402
 from data_loader.datasets import digits_dataset  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
@@ -118,13 +118,7 @@ def bare_run(config: dict, dataset: TensorDataset, save_dir: str,
     model = model.to(device)
     criterion = getattr(F, config["loss"])
     optimizer = torch.optim.Adam(model.parameters(), **config["optimizer"]["args"])
-    loader_args = config["data_loader"]["args"]
-    train_idx, valid_idx = split_indices(len(dataset), loader_args["validation_split"],
-                                         config["seed"])
-    batch_size = loader_args["batch_size"]
-    train_loader = DataLoader(dataset, batch_size, sampler=SubsetRandomSampler(train_idx),
-                              pin_memory=device.type == "cuda")
-    valid_loader = DataLoader(dataset, batch_size, sampler=valid_idx)
+    train_loader, valid_loader = plain_loaders(dataset, config, device)
     start = time.perf_counter()
     train_epochs(model, criterion, optimizer, train_loader, valid_loader,
                  config["trainer"]["epochs"], Path(save_dir), device,
