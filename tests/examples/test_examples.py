@@ -1,5 +1,5 @@
-"""examples/: four tasks of a user's own (tabular regression, dict batches, a VAE, a GAN), each
-trained, stopped mid-epoch and resumed bit for bit, tested and dry-run through the real CLI."""
+"""examples/: five tasks of a user's own (tabular regression, dict batches, a VAE, a GAN, two
+heads), each trained, stopped mid-epoch and resumed bit for bit, tested and dry-run through the real CLI."""
 import json
 import signal
 from pathlib import Path
@@ -14,10 +14,10 @@ from utils.checkpoint import load_checkpoint
 from utils.interrupts import TrainingInterrupted
 
 EXAMPLES = {"tabular": "Diabetes_MLP", "dict_batches": "Digits_Dict", "vae": "Digits_VAE",
-            "gan": "Digits_GAN"}
+            "gan": "Digits_GAN", "two_heads": "Digits_TwoHeads"}
 # what each example logs besides the loss, in the epoch table and in test.py's report
 LOGGED = {"tabular": ["rmse", "mae", "r2"], "dict_batches": ["accuracy"], "vae": ["recon", "kl"],
-          "gan": ["d_loss", "g_loss"]}
+          "gan": ["d_loss", "g_loss"], "two_heads": ["digit_acc", "ink_mae"]}
 
 
 def example_config(tmp_path: Path, example: str, **trainer) -> Path:
@@ -71,7 +71,8 @@ def test_an_example_stopped_mid_epoch_resumes_bit_for_bit_and_tests(tmp_path, ex
     results = test_script.main(["-r", str(runs / "straight" / "checkpoint-epoch2.pth")])
     assert list(results) == ["loss", *LOGGED[example], "n_samples"]
     report = json.loads((runs / "straight" / "checkpoint-epoch2.test.json").read_text())
-    assert ("per_class_accuracy" in report) == (example == "dict_batches")  # classifiers only
+    # classifiers only; of two heads, the one the first metric naming an output reads
+    assert ("per_class_accuracy" in report) == (example in ("dict_batches", "two_heads"))
     out = capsys.readouterr().out
     assert all(f"  {key} " in out for key in LOGGED[example])
 
@@ -153,3 +154,28 @@ def test_the_dict_batch_examples_folds_are_stratified_by_its_targets():
     for fold in (1, 2, 3):
         _, valid = split_indices(len(dataset), {"fold": fold, "folds": 3}, 0, labels)
         assert (torch.bincount(labels[valid], minlength=10) - shares).abs().max() < 1
+
+
+@pytest.mark.slow
+def test_the_two_heads_metrics_are_each_of_their_own_head_over_the_whole_test_set(tmp_path):
+    """test.py's `digit_acc` and `ink_mae` equal the two heads' accuracy and mean absolute error
+    computed by hand from the checkpoint's model on the whole test set; its per-class report is
+    of the digit head."""
+    from data_loader.datasets import digits_dataset
+    from examples.two_heads import DigitAndInk
+
+    train.main(["-c", str(example_config(tmp_path, "two_heads")), "--run-id", "r"])
+    run = tmp_path / "saved/models/Digits_TwoHeads/r"
+    results = test_script.main(["-r", str(run / "checkpoint-epoch2.pth")])
+    model = DigitAndInk(channels=16)
+    model.load_state_dict(load_checkpoint(run / "checkpoint-epoch2.pth")["state_dict"])
+    images, labels = digits_dataset(str(ROOT / "data"), training=False).tensors
+    with torch.no_grad():
+        output = model.eval()(images)
+    assert results["n_samples"] == len(labels)
+    assert results["digit_acc"] == pytest.approx(
+        (output["digit"].argmax(1) == labels).double().mean().item(), abs=1e-6)  # float32 sums
+    assert results["ink_mae"] == pytest.approx(
+        (output["ink"] - images.mean(dim=(1, 2, 3))).abs().mean().item(), rel=1e-5)
+    report = json.loads((run / "checkpoint-epoch2.test.json").read_text())
+    assert report["output"] == "digit" and len(report["confusion_matrix"]["counts"]) == 10
