@@ -36,7 +36,7 @@ class Leaf:
 
 LEAVES = {
     "search": Leaf(("search", "sweep.py", "tests/search", "configs/search_*.json",
-                    "docs/*search*"), requirements=("optuna",)),
+                    "docs/*search*"), requirements=("optuna", "matplotlib")),
     "bench": Leaf(("bench", "tests/bench")),
     "examples": Leaf(("examples", "tests/examples", "data/diabetes.csv.gz")),
 }

@@ -47,11 +47,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run each trial under torchrun with N processes")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="set a key of the config the trials start from; may be repeated")
+    parser.add_argument("--timeout", type=parse_duration, metavar="TIME",
+                        help="start no trial after this wall time (seconds, or 90m, 2h); the "
+                             "running ones save and stop, the same command again goes on")
+    parser.add_argument("--enqueue", action="append", default=[], metavar="CONFIG",
+                        help="a known configuration (its values at the space's key paths, e.g. "
+                             "your baseline config.json) as the study's next trial; may be "
+                             "repeated")
+    parser.add_argument("--heartbeat", type=float, default=60, metavar="SECONDS",
+                        help="how often this sweep tells the study its trials are alive (60); a "
+                             "trial no sweep beat for 3 times as long (its machine is lost) runs "
+                             "again")
     parser.add_argument("--report", metavar="FOLDER", help="print a sweep's trials and exit")
     args = parser.parse_args(argv)
     if args.report is None and (args.config is None or args.space is None):
         raise UserError("give the config with -c and the search space with -s "
                         "(or --report FOLDER)")
+    if args.heartbeat <= 0:
+        raise UserError(f"--heartbeat: expected a positive number of seconds, got "
+                        f"{args.heartbeat:g}")
     for name in ("trials", "jobs", "prune_after", "torchrun"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "prune_after" else 1):
@@ -59,14 +73,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def parse_duration(text: str) -> float:
+    """`--timeout`'s wall time: seconds, or a number with s, m or h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or e.g. 90m, 2h, got {text!r}") \
+            from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive time, got {text!r}")
+    return seconds
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report is not None:
         report(Path(args.report), args.storage)
         return 0
-    from search.study import Sweep, load_definition, storage_identity
+    from search.study import Sweep, load_definition
+    from search.trial import storage_identity
 
     definition, study = sweep_definition(args)
+    enqueued = enqueued_configs(args, definition)
     folder = Path(definition["config"]["trainer"]["save_dir"])
     storage = args.storage or f"sqlite:///{folder / 'study.db'}"
     # the folder is one study's: a second study of the same name elsewhere gets refused
@@ -75,13 +105,15 @@ def main(argv=None) -> int:
     definition = load_definition(folder, definition)
     options = {"trials": args.trials, "jobs": args.jobs, "sampler": args.sampler,
                "pruner": args.pruner, "prune_after": args.prune_after,
-               "torchrun": args.torchrun,
+               "torchrun": args.torchrun, "heartbeat": args.heartbeat,
+               "timeout": args.timeout, "enqueue": enqueued,
                "seed": args.seed if args.seed is not None else definition["config"].get("seed", 0)}
     print(f"Sweep: {folder} (study {study}, {storage.split('://')[0]} storage)", flush=True)
-    code = Sweep(folder, definition, storage, study, options,
-                 lambda values: trial_config(definition["config"], values)).run()
+    searching = Sweep(folder, definition, storage, study, options,
+                      lambda values: trial_config(definition["config"], values))
+    code = searching.run()
     completed = report(folder, args.storage)
-    if code == 0 and not completed:
+    if code == 0 and not completed and not searching.time_up:
         print(f"No trial completed: see their output in {folder / 'trials'}", file=sys.stderr)
         return 1
     return code
@@ -122,6 +154,21 @@ def sweep_definition(args: argparse.Namespace) -> tuple[dict, str]:
             "save_dir": save_dir}, study
 
 
+def enqueued_configs(args: argparse.Namespace, definition: dict) -> list[dict]:
+    """`--enqueue`'s configurations as Optuna params, all problems at once (each in one line)
+    before anything is written."""
+    from search.search_space import enqueued_params
+
+    params, problems = [], []
+    for path in args.enqueue:
+        values, lines = enqueued_params(read_json(path), definition["space"], f"--enqueue {path}")
+        params.append(values)
+        problems += lines
+    if problems:
+        raise ConfigError(*problems)
+    return params
+
+
 def _candidate_problems(config: ConfigParser, space: dict) -> list[str]:
     """The config checked with each range's ends and each choice, one parameter at a time."""
     problems = []
@@ -155,18 +202,25 @@ def trial_config(base: dict, values: dict) -> dict | str:
 
 
 def report(folder: Path, storage: str | None) -> int:
-    """Print the trials of the sweep in `folder`; write `trials.json` and `best_config.json`.
-    How many trials completed."""
+    """Print the trials of the sweep in `folder`; write `trials.json`, `best_config.json` and
+    the plots. Without `storage`, the one the sweep used (`sweep.json` keeps it without its
+    password: PostgreSQL takes that from PGPASSWORD or ~/.pgpass). How many trials
+    completed."""
     import optuna
 
     from search.study_report import write_results
-    from search.trial import open_storage
+    from search.trial import open_storage, sqlite_file
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from search.trial import sqlite_file
-
     definition = read_json(folder / "sweep.json")
-    url = storage or f"sqlite:///{folder.resolve() / 'study.db'}"
+    own = folder.resolve() / "study.db"  # a SQLite study beside it, also when the folder moved
+    saved = definition.get("storage")
+    if storage:
+        url = storage
+    elif saved and (sqlite_file(saved) is None or not own.is_file()):
+        url = saved  # a shared database, or a SQLite file given by --storage
+    else:
+        url = f"sqlite:///{own}"
     database = sqlite_file(url)
     if database is not None and not database.is_file():  # opening it would create it
         raise UserError(f"{database}: no such study database"
@@ -177,6 +231,11 @@ def report(folder: Path, storage: str | None) -> int:
     except KeyError:
         raise UserError(f"{folder}: no study {study_name!r} in {url.split('://')[0]} storage "
                         f"(give the sweep's --storage)") from None
+    except UserError as error:
+        if storage or database is not None:
+            raise
+        raise UserError(f"{error} (the storage sweep.json names; with a password: give "
+                        f"--storage, or set PGPASSWORD or ~/.pgpass)") from None
     print("\n".join(write_results(folder, study, definition)))
     return sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.get_trials())
 

@@ -145,3 +145,38 @@ def trial_values(params: dict, space: dict) -> dict[str, Any]:
 def _plain(choices: list) -> bool:
     """Whether Optuna stores these choices as they are (else as JSON text)."""
     return all(choice is None or isinstance(choice, (bool, int, float, str)) for choice in choices)
+
+
+def enqueued_params(config: dict, space: dict, where: str) -> tuple[dict[str, Any], list[str]]:
+    """The Optuna params of a known configuration (`sweep.py --enqueue CONFIG`): its values at
+    the space's key paths, each within the space (a choice given as Optuna stores it); and the
+    problems, each a line naming `where` and the key path."""
+    from config.key_paths import get_by_path
+    from utils.errors import ConfigError
+
+    params, problems = {}, []
+    for path, spec in space.items():
+        try:
+            value = get_by_path(config, path)
+        except ConfigError as error:
+            problems.append(f"{where}: {error.problems[0]}")
+            continue
+        if "choice" in spec:
+            matches = [choice for choice in spec["choice"]
+                       if json.dumps(choice, sort_keys=True) == json.dumps(value, sort_keys=True)]
+            if not matches:
+                problems.append(f"{where}: {path} is {json.dumps(value)}, not one of the space's "
+                                f"choices")
+                continue
+            params[path] = matches[0] if _plain(spec["choice"]) else json.dumps(matches[0])
+            continue
+        kind = "float" if "float" in spec else "int"
+        low, high = spec[kind]
+        wrong_type = isinstance(value, bool) or not isinstance(
+            value, (int, float) if kind == "float" else int)
+        if wrong_type or not low <= value <= high:
+            problems.append(f"{where}: {path} is {json.dumps(value)}, outside the space's "
+                            f"{kind} range [{low}, {high}]")
+            continue
+        params[path] = value
+    return params, problems

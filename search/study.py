@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from base.settings import Monitor
 from search.search_space import sample
-from search.trial import make_pruner, open_storage, sqlite_file, trial_handle
+from search.trial import make_pruner, open_storage, retry_history, trial_handle
 from utils.errors import UserError
 from utils.files import read_json, write_json
 from utils.interrupts import StopWithParent
@@ -46,13 +47,22 @@ class Sweep:
         self.trial_config = trial_config
         self.running: dict[int, subprocess.Popen] = {}
         self.stopping = 0  # the signal that stops the sweep
-        self.host = socket.gethostname()
+        self.time_up = False  # --timeout passed: no new trials
+        # the name this machine's trials carry: its hostname, or SWEEP_HOST where that changes
+        # at every start (a container) or is shared (two sweep folders on one machine)
+        self.host = os.environ.get("SWEEP_HOST") or socket.gethostname()
         self._storage = None
+        self.started = time.monotonic()
+        self.trial_started: dict[int, float] = {}  # when this sweep started each running trial
+        self.durations: list[float] = []  # how long the trials this sweep saw end took
+        self.next_beat = 0.0  # when the heartbeats are recorded next (time.monotonic)
+        self.announced: set[int] | None = None  # lost trials already said
+        self.waiting_note: str | None = None  # the last "waiting for ..." line
 
     @property
     def storage(self):
         if self._storage is None:
-            self._storage = open_storage(self.storage_url)
+            self._storage = open_storage(self.storage_url, self.options.get("heartbeat"))
         return self._storage
 
     # ------------------------------------------------------------------ the study
@@ -89,13 +99,17 @@ class Sweep:
         previous = {signum: signal.signal(signum, self._stop)
                     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
+            self._enqueue()
             while True:
+                self._beat()
                 self._reap()
-                if not self.stopping:
+                self._check_time()
+                if not self.stopping and not self.time_up:
                     self._fill()
-                if not self.running:
+                if not self.running and (self.stopping or self.time_up or
+                                         not self._wait_for_others()):
                     break
-                time.sleep(0.2)
+                time.sleep(0.2 if self.running else 1.0)
         except BaseException:  # the sweep itself failed (its database, say): no orphan trials
             self._stop_trials()
             raise
@@ -123,18 +137,26 @@ class Sweep:
 
     def _fill(self) -> None:
         """Start trials while fewer than `jobs` run: interrupted ones of this sweep first,
-        then new ones while the study has fewer than `trials`."""
-        while not self.stopping and len(self.running) < self.options["jobs"]:
+        then queued ones (`--enqueue`, a lost trial's re-run), then new ones while fewer than
+        `trials` count (`counted`)."""
+        import optuna
+
+        while not self.stopping and not self.time_up and \
+                len(self.running) < self.options["jobs"]:
             study = self.study()
             trials = study.get_trials(deepcopy=False)
             waiting = [trial for trial in trials if self._resumable(trial)]
             if waiting:
                 self._start(study, waiting[0].number, resume=True)
                 continue
-            if len(trials) >= self.options["trials"]:
+            queued = any(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
+            if not queued and counted(trials) >= self.options["trials"]:
                 return
-            number = study.ask().number
+            with warnings.catch_warnings():  # Optuna: heartbeats are "supposed" for optimize()
+                warnings.simplefilter("ignore")
+                number = study.ask().number  # a queued trial first
             self._claim(study, number, os.getpid())  # ours, should this process die now
+            self._record_heartbeat(number)
             # trial n samples with a sampler seeded by (seed, n): the same command samples
             # the same parameters, also after a stop; machines sharing a study differ
             seeded = self.study(derive_seed(self.options["seed"], number) % 2**32)
@@ -144,7 +166,7 @@ class Sweep:
             if problem:  # a sampled config the template refuses: failed, not run
                 self._fail(study, number, problem)
                 continue
-            self._start(study, number, resume=False)
+            self._start(study, number, resume=self._lost_run(study, number) is not None)
 
     def _resumable(self, trial) -> bool:
         """A trial of this sweep on this machine left running by a stopped sweep."""
@@ -171,12 +193,17 @@ class Sweep:
                            "number": number, "sweep": str(self.folder),
                            "pruner": self.options["pruner"],
                            "prune_after": self.options["prune_after"]})
-        # what resumes the trial: its run folder, or with k-fold the folds' record
-        run_folder = self.run_folder(f"{name}-fold1" if self.definition.get("folds") else name)
-        target = run_folder.parent / f"{name}-folds.json" if self.definition.get("folds") \
+        # what resumes the trial: its run folder, or with k-fold the folds' record; a lost
+        # trial's re-run: the lost one's, where this machine reaches it
+        lost = self._lost_run(study, number) if resume else None
+        owner = lost if lost is not None else number
+        run_name = trial_name(owner)
+        run_folder = self.run_folder(f"{run_name}-fold1" if self.definition.get("folds")
+                                     else run_name)
+        target = run_folder.parent / f"{run_name}-folds.json" if self.definition.get("folds") \
             else run_folder
-        if resume and target.exists() and not self._is_own_trial(run_folder, number):
-            print(f"{name}: {run_folder} is not this study's trial {number} (its manifest says "
+        if resume and target.exists() and not self._is_own_trial(run_folder, owner):
+            print(f"{name}: {run_folder} is not this study's trial {owner} (its manifest says "
                   f"otherwise); the trial starts again", flush=True)
             resume = False
         resume = resume and target.exists()
@@ -197,11 +224,32 @@ class Sweep:
                                        cwd=os.getcwd(), env=environment,
                                        start_new_session=True, preexec_fn=StopWithParent())
         self._claim(study, number, process.pid, environment.get("OMP_NUM_THREADS"))
+        if resume and lost is not None:  # its checkpoints are in the lost trial's folder
+            trial_handle(study, self.storage, number).set_user_attr("run", run_name)
+        self._record_heartbeat(number)
         self.running[number] = process
+        self.trial_started.setdefault(number, time.monotonic())
         if self.stopping:  # the signal came while it was being started
             process.send_signal(signal.SIGTERM)
-        print(f"{name}: {'resumed from its checkpoint' if resume else 'started'} "
-              f"({self._params_text(study, number)})", flush=True)
+        how = "started"
+        if resume:
+            how = (f"resumed from {run_name}'s checkpoint (trial {lost} was lost with its "
+                   f"machine)" if lost is not None else "resumed from its checkpoint")
+        print(f"{name}: {how} ({self._params_text(study, number)})", flush=True)
+
+    def _lost_run(self, study, number: int) -> int | None:
+        """The trial that trial `number` runs again because its machine was lost, when this
+        machine reaches that trial's run folder (a shared save_dir): it resumes from there."""
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        history = retry_history(trial)
+        if not history:
+            return None
+        lost = history[0]  # the first to run it: its folder holds the checkpoints
+        name = trial_name(lost)
+        folds = self.definition.get("folds")
+        target = self.run_folder(name).parent / f"{name}-folds.json" if folds else \
+            self.run_folder(name)
+        return lost if target.exists() else None
 
     def _trial_environment(self) -> dict[str, str]:
         """The trials share this machine's cores: each process's torch uses its share of them
@@ -239,11 +287,15 @@ class Sweep:
             if code is None:
                 continue
             del self.running[number]
+            began = self.trial_started.pop(number, None)
             study = self.study()
             trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
             if trial.state != optuna.trial.TrialState.RUNNING:
+                if began is not None:
+                    self.durations.append(time.monotonic() - began)
                 value = f"value {trial.value:.6g}" if trial.value is not None else "no value"
-                print(f"{trial_name(number)}: {trial.state.name.lower()} ({value})", flush=True)
+                print(f"{trial_name(number)}: {trial.state.name.lower()} ({value}); "
+                      f"{self._progress(study)}", flush=True)
             elif self.stopping or code in INTERRUPTED_CODES or -code in (signal.SIGTERM,
                                                                           signal.SIGINT):
                 # (torchrun ends with 1 on the SIGTERM it passed on to its workers)
@@ -259,7 +311,135 @@ class Sweep:
 
         trial_handle(study, self.storage, number).set_user_attr("error", error)
         study.tell(number, state=optuna.trial.TrialState.FAIL)
-        print(f"{trial_name(number)}: failed ({error})", flush=True)
+        print(f"{trial_name(number)}: failed ({error}); {self._progress(study)}", flush=True)
+
+    def _progress(self, study) -> str:
+        """`6 of 20 trials done (4 complete, 2 pruned), 2 running; best val_loss 0.0149
+        (trial 5); about 3 min left`: the estimate from the trials this sweep saw end, with
+        `jobs` at a time (other machines make it shorter)."""
+        import optuna
+
+        trials = study.get_trials(deepcopy=False)
+        lost = lost_numbers(trials)
+        finished = [trial for trial in trials if trial.state.is_finished() and
+                    trial.number not in lost]
+        states = {}
+        for trial in finished:
+            states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+        running = sum(trial.state == optuna.trial.TrialState.RUNNING for trial in trials)
+        text = (f"{len(finished)} of {self.options['trials']} trials done"
+                + (f" ({', '.join(f'{n} {state}' for state, n in states.items())})"
+                   if states else "") + (f", {running} running" if running else ""))
+        complete = [trial for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
+        if complete:
+            best = study.best_trial
+            metric = Monitor.parse(self.definition["monitor"]).metric
+            text += f"; best {metric} {best.value:.6g} (trial {best.number})"
+        left = self.options["trials"] - len(finished)
+        if left > 0 and self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            seconds = mean * -(-left // self.options["jobs"])
+            text += f"; about {_duration(seconds)} left"
+        return text
+
+    # ------------------------------------------------------------------ several machines
+    def _record_heartbeat(self, number: int) -> None:
+        """Trial `number` is alive: this sweep runs it (or will resume it)."""
+        if self.options.get("heartbeat"):
+            self.storage.record_heartbeat(self.storage.get_trial_id_from_study_id_trial_number(
+                self.storage.get_study_id_from_name(self.study_name), number))
+
+    def _beat(self) -> None:
+        """Every `heartbeat` seconds: a heartbeat for each trial this sweep runs or will
+        resume; then the trials no sweep has beaten for three heartbeats (their machine is
+        lost) are failed and queued again by Optuna, and said."""
+        import optuna
+
+        if not self.options.get("heartbeat") or time.monotonic() < self.next_beat:
+            return
+        self.next_beat = time.monotonic() + self.options["heartbeat"]
+        study = self.study()
+        trials = study.get_trials(deepcopy=False)
+        if self.announced is None:  # lost before this sweep started: said then
+            self.announced = lost_numbers(trials)
+        for trial in trials:
+            if trial.number in self.running or self._resumable(trial):
+                self._record_heartbeat(trial.number)
+        with warnings.catch_warnings():  # fail_stale_trials is "experimental"
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        for trial in study.get_trials(deepcopy=False):
+            history = retry_history(trial)
+            lost = history[-1] if history else None  # the trial it runs again
+            if lost is None or lost in self.announced:
+                continue
+            self.announced.add(lost)
+            host = trial.user_attrs.get("host") or "another machine"  # (the lost one's)
+            print(f"{trial_name(lost)}: lost: its machine ({host}) stopped beating for "
+                  f"{3 * self.options['heartbeat']:g} s; it runs again as trial {trial.number}",
+                  flush=True)
+
+    def _wait_for_others(self) -> bool:
+        """Nothing left to start here: whether trials still run elsewhere (or are queued),
+        so the study's result is not final yet. Says so once per change."""
+        import optuna
+
+        study = self.study()
+        trials = study.get_trials(deepcopy=False)
+        if any(trial.state == optuna.trial.TrialState.WAITING for trial in trials):
+            return True  # `_fill` starts it
+        elsewhere = [trial for trial in trials if trial.state == optuna.trial.TrialState.RUNNING]
+        if not elsewhere:
+            if self.waiting_note is not None:
+                print(f"The trials elsewhere ended: {self._progress(study)}", flush=True)
+            return False
+        text = ", ".join(f"trial {trial.number} on {trial.user_attrs.get('host') or '?'}"
+                         for trial in elsewhere)
+        if text != self.waiting_note:
+            self.waiting_note = text
+            print(f"Waiting for {len(elsewhere)} trial{'s' if len(elsewhere) > 1 else ''} still "
+                  f"running elsewhere ({text}): the result is final when "
+                  f"{'they end' if len(elsewhere) > 1 else 'it ends'} (Ctrl-C stops waiting; "
+                  f"the result is then interim).", flush=True)
+        return True
+
+    def _check_time(self) -> None:
+        """`--timeout`: past it no trial starts, and the running ones save and stop (the same
+        command again resumes them)."""
+        timeout = self.options.get("timeout")
+        if self.time_up or self.stopping or timeout is None or \
+                time.monotonic() - self.started < timeout:
+            return
+        self.time_up = True
+        self._stop_trials()
+        print(f"Time limit ({_duration(timeout)}) reached: no new trials"
+              + ("; the running ones save their checkpoints and stop (the same command again "
+                 "resumes them)" if self.running else "") + ".", flush=True)
+
+    def _enqueue(self) -> None:
+        """`--enqueue`'s configurations, each queued once as the study's next trials."""
+        for values in self.options.get("enqueue") or ():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.study().enqueue_trial(values, skip_if_exists=True)
+
+
+def counted(trials) -> int:
+    """The trials that count toward `--trials`: all but those lost with their machine and
+    run again (their re-run counts)."""
+    lost = lost_numbers(trials)
+    return sum(trial.number not in lost for trial in trials)
+
+
+def lost_numbers(trials) -> set[int]:
+    """The trials lost with their machine and queued again."""
+    return {number for trial in trials for number in retry_history(trial)}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def start_time(pid: int) -> str | None:
@@ -300,17 +480,6 @@ def _last_error(log: Path) -> str:
         return "no output"
     errors = [line for line in lines if _ERROR_LINE.match(line)]
     return (errors or lines or ["no output"])[-1]
-
-
-def storage_identity(url: str) -> str:
-    """The storage a study lives in, as `sweep.json` keeps it: the URL without a password
-    (`postgresql://user@host/db`), a SQLite path resolved."""
-    scheme, _, rest = url.partition("://")
-    path = sqlite_file(url)
-    if path is not None:
-        return f"{scheme}:///{path.resolve()}"
-    credentials, at, place = rest.rpartition("@")
-    return f"{scheme}://{credentials.split(':')[0]}{at}{place}" if at else url
 
 
 def load_definition(folder: Path, definition: dict) -> dict:

@@ -1,6 +1,8 @@
 """What a sweep leaves behind: the trials' table, `trials.json`, the best trial's config as a
-ready-to-use `best_config.json`, and Optuna's parameter importances when there are enough
-trials (`sweep.py` at the end, `sweep.py --report FOLDER` any time)."""
+ready-to-use `best_config.json` (marked interim while trials still run), Optuna's parameter
+importances when there are enough trials, and plots (`plots/*.png`: optimization history,
+importances, parallel coordinates, intermediate values) — `sweep.py` at the end,
+`sweep.py --report FOLDER` any time."""
 import json
 from pathlib import Path
 
@@ -10,18 +12,28 @@ from search.search_space import trial_values
 from utils.files import write_json
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # completed trials; fewer say nothing about the parameters
+INTERIM_KEY = "_interim"  # best_config.json's mark while trials still run (train.py ignores it)
 
 
 def trial_rows(study, space: dict) -> list[dict]:
-    """A row per trial: number, state, value (the best monitored value; the mean over folds),
-    epochs trained, params (as config values), and why a failed one failed."""
+    """A row per trial: number, state (`lost`: failed with its machine and run again),
+    value (the best monitored value; the mean over folds), epochs trained, params (as config
+    values), and why a failed one failed."""
+    from search.study import lost_numbers
+
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    lost = lost_numbers(trials)
+    for trial in trials:
         steps = trial.intermediate_values
-        rows.append({"number": trial.number, "state": trial.state.name.lower(),
+        error = trial.user_attrs.get("error")
+        if trial.number in lost:  # failed by a sweep that saw no heartbeat; it ran again
+            error = f"lost: its machine ({trial.user_attrs.get('host') or '?'}) stopped beating"
+        rows.append({"number": trial.number,
+                     "state": "lost" if trial.number in lost else trial.state.name.lower(),
                      "value": trial.value, "epochs": max(steps) if steps else 0,
                      "params": trial_values(trial.params, space),
-                     "run": trial.user_attrs.get("run"), "error": trial.user_attrs.get("error")})
+                     "run": trial.user_attrs.get("run"), "error": error})
     return rows
 
 
@@ -54,7 +66,9 @@ def write_results(folder: Path, study, definition: dict) -> list[str]:
     rows = trial_rows(study, definition["space"])
     lines = [f"Study {study.study_name}: {len(rows)} trials "
              f"({_counts(rows)}), {definition['monitor']}", *table_lines(rows, metric)]
-    summary = {"study": study.study_name, "monitor": definition["monitor"], "trials": rows}
+    unfinished = [row for row in rows if row["state"] in ("running", "waiting")]
+    summary = {"study": study.study_name, "monitor": definition["monitor"],
+               "final": not unfinished, "trials": rows}
     complete = [row for row in rows if row["state"] == "complete"]
     if complete:
         best = study.best_trial
@@ -62,22 +76,83 @@ def write_results(folder: Path, study, definition: dict) -> list[str]:
         config = apply_modifications(definition["config"], {
             **trial_values(best.params, definition["space"]),
             "trainer.save_dir": definition["save_dir"]})  # where the user's runs go
+        if unfinished:
+            config = {INTERIM_KEY: f"interim: the best of the trials finished when it was "
+                                   f"written; {_still_running(unfinished)}. sweep.py --report "
+                                   f"{folder} writes the final one", **config}
         write_json(config, folder / "best_config.json")
         summary["best"] = {"number": best.number, "value": best.value,
                            "params": trial_values(best.params, definition["space"]),
                            "command": reproduce_command(folder, definition,
                                                         best.user_attrs.get("threads"),
                                                         best.user_attrs.get("torchrun"))}
-        lines += [f"Best: trial {best.number}, {metric} {best.value:.6g}",
+        lines += [f"{'Best so far' if unfinished else 'Best'}: trial {best.number}, {metric} "
+                  f"{best.value:.6g}",
                   f"Its config: {folder / 'best_config.json'}; trains it again: "
                   f"{summary['best']['command']}"]
+        if unfinished:
+            lines.append(f"Interim: {_still_running(unfinished)}; best_config.json is marked "
+                         f"interim (\"{INTERIM_KEY}\"): run sweep.py --report {folder} when "
+                         f"{'they end' if len(unfinished) > 1 else 'it ends'}")
         importances = _importances(study, len(complete))
         if importances:
             summary["importances"] = importances
             lines.append("Parameter importances (fANOVA): " + ", ".join(
                 f"{key} {value:.2f}" for key, value in importances.items()))
     write_json(summary, folder / "trials.json")
+    lines += write_plots(folder, study, len(complete), metric)
     return lines
+
+
+def _still_running(unfinished: list[dict]) -> str:
+    numbers = ", ".join(str(row["number"]) for row in unfinished)
+    return (f"{len(unfinished)} trial{'s' if len(unfinished) > 1 else ''} ({numbers}) "
+            f"{'are' if len(unfinished) > 1 else 'is'} still running or queued")
+
+
+# Optuna's matplotlib plots a sweep folder gets, by file name; importances need enough
+# complete trials (MIN_TRIALS_FOR_IMPORTANCE), the others one
+PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
+         "parallel_coordinates": "plot_parallel_coordinate",
+         "intermediate_values": "plot_intermediate_values"}
+
+
+def write_plots(folder: Path, study, completed: int, metric: str) -> list[str]:
+    """`plots/<name>.png` for each of `PLOTS` the study has enough trials for (rewritten each
+    time); the report's line naming them. matplotlib is the search leaf's dependency: without
+    it, one line saying so."""
+    if not completed:
+        return []
+    try:
+        import matplotlib
+    except ImportError:
+        return ["No plots: matplotlib is not installed (pip install matplotlib)"]
+    matplotlib.use("Agg")  # files only, no window
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = folder / "plots"
+    plots.mkdir(exist_ok=True)
+    written = []
+    for name, function in PLOTS.items():
+        if name == "importances" and completed < MIN_TRIALS_FOR_IMPORTANCE:
+            continue
+        with warnings.catch_warnings():  # "experimental"; no intermediate values yet
+            warnings.simplefilter("ignore")
+            try:
+                named = {} if name == "intermediate_values" else {"target_name": metric}
+                axes = getattr(optuna_plots, function)(study, **named)
+            except (ValueError, RuntimeError):  # e.g. a parameter that never varied
+                continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(9, 5.5)
+        figure.tight_layout()
+        figure.savefig(plots / f"{name}.png", dpi=100)
+        plt.close(figure)
+        written.append(f"{name}.png")
+    return [f"Plots: {plots}/ ({', '.join(written)})"] if written else []
 
 
 def reproduce_command(folder: Path, definition: dict, threads: str | None,

@@ -6,6 +6,7 @@ tells the study its outcome at the end: the best monitored value (the mean over 
 pruned. Under torchrun only rank 0 talks to the study. Optuna is imported only here.
 """
 import json
+import warnings
 from pathlib import Path
 
 from base.callbacks import Callback
@@ -13,6 +14,7 @@ from utils import distributed
 from utils.errors import UserError
 
 PRUNED_REASON = "pruned by the sweep's pruner"
+LOST_TRIAL_RETRIES = 3  # a trial whose machine was lost is run again at most this often
 
 
 def parse_trial(text: str) -> dict:
@@ -46,24 +48,104 @@ def sqlite_file(url: str) -> Path | None:
     return Path(rest[1:] if rest.startswith("/") else rest)
 
 
-def open_storage(url: str):
+# the pip package of each database driver SQLAlchemy can be told to use (`postgresql+psycopg://`)
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary",
+                   "pymysql": "pymysql", "mysqldb": "mysqlclient", "pg8000": "pg8000"}
+# what a database says when another process created the study's tables at the same instant
+_OTHER_DRIVER = {"postgresql": "psycopg", "mysql": "pymysql"}  # for the hint of a missing one
+TABLE_RACE = ("already exists", "duplicate key", "UniqueViolation", "UNIQUE constraint failed",
+              "database is locked")
+TABLE_RACE_TRIES = 8
+
+
+def open_storage(url: str, heartbeat: float | None = None):
     """Optuna's database storage at `url`; SQLite waits for a busy database instead of failing
-    (several trial processes write to one file)."""
+    (several trial processes write to one file). Several machines opening a fresh database at
+    once race to create its tables: the loser tries again. `heartbeat` (seconds): the sweep
+    records one for its trials that often, and a trial no sweep has beaten for three times as
+    long is failed and queued again (its machine is lost: `sweep.py`'s `--heartbeat`)."""
+    import random
+    import time
+
     import optuna
 
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     database = sqlite_file(url)
     if database is not None:
         refuse_foreign_sqlite(database)
+    where = str(database) if database is not None else f"--storage {storage_identity(url)}"
+    driver_problem = _driver_problem(url)
+    if driver_problem:
+        raise UserError(f"{where}: {driver_problem}")
+    options = {}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat is not None:
+            options = {"heartbeat_interval": max(1, round(heartbeat)),
+                       "grace_period": 3 * max(1, round(heartbeat)),
+                       "heartbeat_stale_trial_callback":
+                           optuna.storages.RetryHeartbeatStaleTrialCallback(
+                               max_retry=LOST_TRIAL_RETRIES, inherit_intermediate_values=True)}
+    for attempt in range(TABLE_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **options)
+        except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
+            if attempt + 1 < TABLE_RACE_TRIES and any(mark in str(error) for mark in TABLE_RACE):
+                time.sleep(random.uniform(0.05, 0.5))  # the other machine's tables: try again
+                continue
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"{where}: cannot open the study's database "
+                            f"({type(error).__name__}: {reason})") from None
+    raise AssertionError("unreachable")
+
+
+def retry_history(trial) -> list[int]:
+    """The trials `trial` runs again, each lost with its machine, the first one first (Optuna's
+    RetryHeartbeatStaleTrialCallback records them); empty for a trial of its own."""
+    return list(trial.system_attrs.get("retry_history") or [])
+
+
+def _driver_problem(url: str) -> str | None:
+    """What keeps SQLAlchemy from opening `url` before it connects: a scheme it does not know,
+    or the database driver it would use not installed (SQLAlchemy 2.1 opens `postgresql://`
+    with psycopg 3, 2.0 with psycopg2: naming the driver, `postgresql+psycopg://`, holds for
+    both)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    scheme = url.partition("://")[0]
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        # a SQLite file is named (no password in it); another URL only by its scheme
-        database = sqlite_file(url)
-        where = str(database) if database is not None else f"--storage {url.split('://')[0]}://..."
-        raise UserError(f"{where}: cannot open the study's database ({type(error).__name__}: "
-                        f"{reason})") from None
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:  # (an ArgumentError too)
+        hint = " (did you mean postgresql+psycopg://?)" if scheme.startswith("postgres") else ""
+        return f"SQLAlchemy knows no database {scheme}://{hint}"
+    except sqlalchemy.exc.ArgumentError:
+        return ("not a database URL (expected e.g. postgresql+psycopg://user@host/database or "
+                "sqlite:///path/study.db)")
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        driver = parsed.get_driver_name()
+        package = DRIVER_PACKAGES.get(driver, driver)
+        return (f"{scheme}:// needs the database driver {driver!r}, which is not installed "
+                f"(SQLAlchemy {sqlalchemy.__version__} opens {parsed.get_backend_name()} with "
+                f"it): pip install \"{package}\", or name a driver you have in the URL, e.g. "
+                f"{parsed.get_backend_name()}+{_OTHER_DRIVER.get(parsed.get_backend_name(), driver)}://")
+    return None
+
+
+def storage_identity(url: str) -> str:
+    """The storage a study lives in, as `sweep.json` keeps it and messages show it: the URL
+    without a password (`postgresql+psycopg://user@host/db`), a SQLite path resolved."""
+    scheme, _, rest = url.partition("://")
+    path = sqlite_file(url)
+    if path is not None:
+        return f"{scheme}:///{path.resolve()}"
+    credentials, at, place = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':')[0]}{at}{place}" if at else url
 
 
 def refuse_foreign_sqlite(database: Path) -> None:
@@ -124,10 +206,16 @@ class StudyTrial(Callback):
         self.fold, self.folds = index, folds
 
     def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
+        import optuna
+
         metric = trainer.monitor.metric
         if self.trial is None or metric not in log:
             return
-        self.trial.report(float(log[metric]), self.fold * trainer.settings.epochs + epoch)
+        try:
+            self.trial.report(float(log[metric]), self.fold * trainer.settings.epochs + epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._taken_over(trainer.logger)
+            return
         last = self.fold == self.folds - 1 and epoch >= trainer.settings.epochs
         if not last and self.trial.should_prune():  # the last epoch saves nothing: it completes
             trainer.request_stop(f"{PRUNED_REASON} at epoch {epoch} ({metric} "
@@ -136,12 +224,28 @@ class StudyTrial(Callback):
     def finish(self, results: list[dict]) -> None:
         """Tell the study the trial's outcome from its runs' results (`run_result`): pruned,
         or the mean of their best values."""
-        if self.study is None or not results:
+        if self.trial is None or not results:  # not rank 0, or taken over
             return
+        import logging
+
         import optuna
 
-        if any((result["stop_reason"] or "").startswith(PRUNED_REASON) for result in results):
-            self.study.tell(self.spec["number"], state=optuna.trial.TrialState.PRUNED)
-        else:
-            self.study.tell(self.spec["number"],
-                            sum(result["best"] for result in results) / len(results))
+        try:
+            if any((result["stop_reason"] or "").startswith(PRUNED_REASON)
+                   for result in results):
+                self.study.tell(self.spec["number"], state=optuna.trial.TrialState.PRUNED)
+            else:
+                self.study.tell(self.spec["number"],
+                                sum(result["best"] for result in results) / len(results))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._taken_over(logging.getLogger("train"))
+
+    def _taken_over(self, logger) -> None:
+        """The study ended this trial while it ran: its sweep stopped beating (its machine
+        was cut off, say) and another machine runs it again. Training goes on here; the
+        study no longer hears of it."""
+        if self.trial is not None:
+            logger.warning("Warning: the study counts trial %d as lost (no heartbeat from its "
+                           "sweep) and runs it again elsewhere; this run's results stay in its "
+                           "run folder only.", self.spec["number"])
+        self.trial = None

@@ -211,7 +211,8 @@ def test_a_trials_process_is_known_by_its_pid_and_start_time():
 def test_a_second_study_of_the_same_name_in_another_storage_is_refused_in_one_line(tmp_path):
     """The sweep folder is one study's: a second one (same --study, another --storage) would
     overwrite its trial files and take its runs for its own."""
-    from search.study import load_definition, storage_identity
+    from search.study import load_definition
+    from search.trial import storage_identity
 
     folder = tmp_path / "sweeps" / "s11"
     folder.mkdir(parents=True)
@@ -228,7 +229,7 @@ def test_a_second_study_of_the_same_name_in_another_storage_is_refused_in_one_li
 
 
 def test_the_storage_a_sweep_keeps_has_no_password():
-    from search.study import storage_identity
+    from search.trial import storage_identity
 
     assert storage_identity("postgresql+psycopg2://ann:secret@db.lan/studies") == \
         "postgresql+psycopg2://ann@db.lan/studies"

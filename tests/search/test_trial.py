@@ -1,5 +1,6 @@
 """search/trial.py: a train.py run as one trial of an Optuna study."""
 import json
+import sys
 
 import optuna
 import pytest
@@ -99,9 +100,37 @@ def test_a_bad_trial_spec_or_storage_is_one_line(tmp_path):
         parse_trial("{")
     with pytest.raises(UserError, match=r'--trial: expected \{"storage"'):
         parse_trial(json.dumps({"study": "s"}))
-    with pytest.raises(UserError, match=r"^--storage nosuchdb://\.\.\.: cannot open the study's "
-                                        r"database \("):
-        open_storage("nosuchdb://host/db")
+    assert _storage_error("nosuchdb://ann:secret@host/db") == (
+        "--storage nosuchdb://ann@host/db: SQLAlchemy knows no database nosuchdb://")
+    assert _storage_error("postgres://ann@host/db") == (
+        "--storage postgres://ann@host/db: SQLAlchemy knows no database postgres:// (did you "
+        "mean postgresql+psycopg://?)")
+    assert _storage_error("not a url") == (
+        "--storage not a url: not a database URL (expected e.g. "
+        "postgresql+psycopg://user@host/database or sqlite:///path/study.db)")
+
+
+def test_a_storage_url_whose_driver_is_missing_names_the_package_to_install(monkeypatch):
+    """SQLAlchemy 2.1 opens postgresql:// with psycopg 3, 2.0 with psycopg2: whichever it
+    wants and is missing is named with its pip package — no connection is tried."""
+    import sqlalchemy
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # not importable, as on a fresh machine
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    message = _storage_error("postgresql+psycopg2://ann:secret@db.lan/studies")
+    assert message == (
+        f"--storage postgresql+psycopg2://ann@db.lan/studies: postgresql+psycopg2:// needs the "
+        f"database driver 'psycopg2', which is not installed (SQLAlchemy {sqlalchemy.__version__} "
+        f"opens postgresql with it): pip install \"psycopg2-binary\", or name a driver you have "
+        f"in the URL, e.g. postgresql+psycopg://")
+    assert 'pip install "psycopg[binary]"' in _storage_error(
+        "postgresql+psycopg://ann@db.lan/studies")
+
+
+def _storage_error(url: str) -> str:
+    with pytest.raises(UserError) as raised:
+        open_storage(url)
+    return str(raised.value)
 
 
 
@@ -196,6 +225,7 @@ def test_an_interrupted_k_fold_trial_goes_on_from_its_folds_record(tmp_path, mon
         patch.setattr(sweep_of, "_is_own_trial", lambda folder, number: True)
         patch.setattr(sweep_of, "_claim", lambda *args: None)
         patch.setattr(sweep_of, "_params_text", lambda *args: "")
+        patch.setattr(sweep_of, "_lost_run", lambda *args: None)  # not a lost trial's re-run
         sweep_of._start(None, 0, resume=True)
     assert started[0][started[0].index("-r") + 1] == str(record)
 
