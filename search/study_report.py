@@ -146,7 +146,11 @@ def write_plots(folder: Path, study, completed: int, metric: str) -> list[str]:
                 axes = getattr(optuna_plots, function)(study, **named)
             except (ValueError, RuntimeError):  # e.g. a parameter that never varied
                 continue
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        if name == "intermediate_values":  # Optuna's step is the epoch, its value the metric
+            first.set_xlabel("epoch")
+            first.set_ylabel(metric)
+        figure = first.get_figure()
         figure.set_size_inches(9, 5.5)
         figure.tight_layout()
         figure.savefig(plots / f"{name}.png", dpi=100)
