@@ -362,8 +362,9 @@ class BaseTrainer(ABC):
         as torch.compile's docs advise; DDP starts from rank 0's weights, which resume has
         loaded in every process alike), the watch hooks on; afterwards no hook is left and
         the loaders' persistent workers end."""
-        if distributed.active() and not isinstance(self.model,
-                                                   nn.parallel.DistributedDataParallel):
+        wrapped = distributed.active() and not isinstance(self.model,
+                                                          nn.parallel.DistributedDataParallel)
+        if wrapped:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.watch.enabled and not self.settings.tensorboard:
@@ -377,6 +378,8 @@ class BaseTrainer(ABC):
         finally:
             self.watch.detach()
             release_workers(self.data_loader, self.valid_data_loader)
+            if wrapped:  # the wrapper's reducer holds the process group: gone now, not at exit
+                self.model = self.model.module  # after the group (an abort, now and then)
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int) -> dict[str, float]:

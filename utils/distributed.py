@@ -9,6 +9,7 @@ Decisions every process must take together (stop on a signal, stop early, the ru
 name) go through the small host-side helpers here, on a Gloo group: they never wait for a GPU.
 """
 import contextlib
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -69,6 +70,7 @@ def stop() -> None:
     """Leave the process group (after training, an error or a signal); harmless when alone."""
     global _cpu_group
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # what still holds the group (a trainer in a reference cycle) goes first
         dist.destroy_process_group()
     _cpu_group = None
 
