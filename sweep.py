@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a known configuration (its values at the space's key paths, e.g. "
                              "your baseline config.json) as the study's next trial; may be "
                              "repeated")
-    parser.add_argument("--heartbeat", type=float, default=60, metavar="SECONDS",
+    parser.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
                         help="how often this sweep tells the study its trials are alive (60); a "
                              "trial no sweep beat for 3 times as long (its machine is lost) runs "
                              "again")
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(or --report FOLDER)")
     if args.heartbeat <= 0:
         raise UserError(f"--heartbeat: expected a positive number of seconds, got "
-                        f"{args.heartbeat:g}")
+                        f"{args.heartbeat}")
     for name in ("trials", "jobs", "prune_after", "torchrun"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "prune_after" else 1):
@@ -97,7 +97,14 @@ def main(argv=None) -> int:
 
     definition, study = sweep_definition(args)
     enqueued = enqueued_configs(args, definition)
+    if len(enqueued) > args.trials:
+        raise UserError(f"--enqueue: {len(enqueued)} configurations, more than --trials "
+                        f"{args.trials}")
     folder = Path(definition["config"]["trainer"]["save_dir"])
+    if args.storage:  # its problems before anything is written (a sweep.json names it)
+        from search.trial import open_storage
+
+        open_storage(args.storage)
     storage = args.storage or f"sqlite:///{folder / 'study.db'}"
     # the folder is one study's: a second study of the same name elsewhere gets refused
     definition["storage"] = storage_identity(storage)

@@ -159,11 +159,11 @@ def enqueued_params(config: dict, space: dict, where: str) -> tuple[dict[str, An
         try:
             value = get_by_path(config, path)
         except ConfigError as error:
-            problems.append(f"{where}: {error.problems[0]}")
+            problems.append(f"{where}: {error.problems[0]} (an enqueued config sets every key "
+                            f"the space searches)")
             continue
         if "choice" in spec:
-            matches = [choice for choice in spec["choice"]
-                       if json.dumps(choice, sort_keys=True) == json.dumps(value, sort_keys=True)]
+            matches = [choice for choice in spec["choice"] if _same_value(choice, value)]
             if not matches:
                 problems.append(f"{where}: {path} is {json.dumps(value)}, not one of the space's "
                                 f"choices")
@@ -172,11 +172,28 @@ def enqueued_params(config: dict, space: dict, where: str) -> tuple[dict[str, An
             continue
         kind = "float" if "float" in spec else "int"
         low, high = spec[kind]
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 64.0 in a config is the integer 64
         wrong_type = isinstance(value, bool) or not isinstance(
             value, (int, float) if kind == "float" else int)
         if wrong_type or not low <= value <= high:
             problems.append(f"{where}: {path} is {json.dumps(value)}, outside the space's "
                             f"{kind} range [{low}, {high}]")
             continue
-        params[path] = value
+        step = spec.get("step")
+        if step and abs((value - low) / step - round((value - low) / step)) > 1e-9:
+            problems.append(f"{where}: {path} is {json.dumps(value)}, not on the space's steps "
+                            f"of {step} from {low}")
+            continue
+        params[path] = float(value) if kind == "float" else value
     return params, problems
+
+
+def _same_value(choice: Any, value: Any) -> bool:
+    """A config value as a choice: numbers by value (0 is the choice 0.0), the rest as JSON
+    (a block whatever the order of its keys)."""
+    numbers = [isinstance(item, (int, float)) and not isinstance(item, bool)
+               for item in (choice, value)]
+    if all(numbers):
+        return choice == value
+    return json.dumps(choice, sort_keys=True) == json.dumps(value, sort_keys=True)

@@ -9,6 +9,7 @@ and the trials' run folders under `models/` and `log/` as any run's.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,7 +88,8 @@ class Sweep:
         handle = trial_handle(study, self.storage, number)
         for key, value in (("host", self.host), ("pid", pid), ("started", start_time(pid)),
                            ("sweep", str(self.folder)), ("run", trial_name(number)),
-                           ("threads", threads), ("torchrun", self.options.get("torchrun"))):
+                           ("threads", threads), ("torchrun", self.options.get("torchrun")),
+                           ("heartbeat", self.options.get("heartbeat"))):
             handle.set_user_attr(key, value)
 
     # ------------------------------------------------------------------ running it
@@ -99,6 +101,7 @@ class Sweep:
         previous = {signum: signal.signal(signum, self._stop)
                     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
+            self._agree_on_heartbeat()
             self._enqueue()
             while True:
                 self._beat()
@@ -149,14 +152,14 @@ class Sweep:
             if waiting:
                 self._start(study, waiting[0].number, resume=True)
                 continue
-            queued = any(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
-            if not queued and counted(trials) >= self.options["trials"]:
-                return
+            queued = sum(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
+            if counted(trials) - queued >= self.options["trials"]:
+                return  # (queued beyond --trials: they wait for a larger --trials)
             with warnings.catch_warnings():  # Optuna: heartbeats are "supposed" for optimize()
                 warnings.simplefilter("ignore")
                 number = study.ask().number  # a queued trial first
+            self._record_heartbeat(number)  # first: a trial without one is never stale
             self._claim(study, number, os.getpid())  # ours, should this process die now
-            self._record_heartbeat(number)
             # trial n samples with a sampler seeded by (seed, n): the same command samples
             # the same parameters, also after a stop; machines sharing a study differ
             seeded = self.study(derive_seed(self.options["seed"], number) % 2**32)
@@ -207,6 +210,14 @@ class Sweep:
                   f"otherwise); the trial starts again", flush=True)
             resume = False
         resume = resume and target.exists()
+        if resume and not self.definition.get("folds") and not has_checkpoint(target):
+            # stopped before its first checkpoint: nothing to resume, and its folder would
+            # take the run id from the start again
+            shutil.rmtree(target)
+            shutil.rmtree(self.folder / "log" / self.definition["config"]["name"] / run_name,
+                          ignore_errors=True)
+            print(f"{name}: stopped before its first checkpoint; it starts again", flush=True)
+            resume = False
         if resume:
             arguments = ["-r", str(target)]
         else:
@@ -246,10 +257,10 @@ class Sweep:
             return None
         lost = history[0]  # the first to run it: its folder holds the checkpoints
         name = trial_name(lost)
-        folds = self.definition.get("folds")
-        target = self.run_folder(name).parent / f"{name}-folds.json" if folds else \
-            self.run_folder(name)
-        return lost if target.exists() else None
+        if self.definition.get("folds"):
+            return lost if (self.run_folder(name).parent / f"{name}-folds.json").exists() \
+                else None
+        return lost if has_checkpoint(self.run_folder(name)) else None
 
     def _trial_environment(self) -> dict[str, str]:
         """The trials share this machine's cores: each process's torch uses its share of them
@@ -365,19 +376,45 @@ class Sweep:
         for trial in trials:
             if trial.number in self.running or self._resumable(trial):
                 self._record_heartbeat(trial.number)
+            elif trial.state == optuna.trial.TrialState.RUNNING and \
+                    not trial.user_attrs.get("heartbeat"):
+                # started by a sweep without heartbeats (an older version): Optuna would never
+                # find it stale, and a study waiting for it would wait forever. Beaten once
+                # here, it is lost unless a sweep goes on beating for it
+                self._record_heartbeat(trial.number)
+                trial_handle(study, self.storage, trial.number).set_user_attr(
+                    "heartbeat", f"adopted by {self.host}")
         with warnings.catch_warnings():  # fail_stale_trials is "experimental"
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
-        for trial in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        for trial in trials:
             history = retry_history(trial)
             lost = history[-1] if history else None  # the trial it runs again
             if lost is None or lost in self.announced:
                 continue
             self.announced.add(lost)
-            host = trial.user_attrs.get("host") or "another machine"  # (the lost one's)
+            original = next(t for t in trials if t.number == lost)
+            host = original.user_attrs.get("host") or "another machine"
             print(f"{trial_name(lost)}: lost: its machine ({host}) stopped beating for "
-                  f"{3 * self.options['heartbeat']:g} s; it runs again as trial {trial.number}",
+                  f"{3 * self.options['heartbeat']} s; it runs again as trial {trial.number}",
                   flush=True)
+
+    def _agree_on_heartbeat(self) -> None:
+        """All sweeps of a study beat as often: one that beats less often than the others
+        check would have its live trials declared lost. The first sweep's `--heartbeat` is
+        the study's (a study attribute); another is one line."""
+        beat = self.options.get("heartbeat")
+        if not beat:
+            return
+        study = self.study()
+        agreed = study.user_attrs.get("heartbeat")
+        if agreed is None:
+            study.set_user_attr("heartbeat", beat)
+        elif agreed != beat:
+            raise UserError(f"--heartbeat {beat}: the sweeps of study {self.study_name!r} beat "
+                            f"every {agreed} s (its first sweep's --heartbeat); give --heartbeat "
+                            f"{agreed}")
 
     def _wait_for_others(self) -> bool:
         """Nothing left to start here: whether trials still run elsewhere (or are queued),
@@ -386,7 +423,8 @@ class Sweep:
 
         study = self.study()
         trials = study.get_trials(deepcopy=False)
-        if any(trial.state == optuna.trial.TrialState.WAITING for trial in trials):
+        queued = sum(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
+        if queued and counted(trials) - queued < self.options["trials"]:
             return True  # `_fill` starts it
         elsewhere = [trial for trial in trials if trial.state == optuna.trial.TrialState.RUNNING]
         if not elsewhere:
@@ -422,6 +460,12 @@ class Sweep:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.study().enqueue_trial(values, skip_if_exists=True)
+
+
+def has_checkpoint(run_folder: Path) -> bool:
+    """Whether a trial's run folder holds a checkpoint to resume from."""
+    return (run_folder / "checkpoint-interrupted.pth").is_file() or \
+        any(run_folder.glob("checkpoint-epoch*.pth"))
 
 
 def counted(trials) -> int:

@@ -64,7 +64,7 @@ def write_results(folder: Path, study, definition: dict) -> list[str]:
     """`trials.json` and, when a trial completed, `best_config.json`; the report's lines."""
     metric = Monitor.parse(definition["monitor"]).metric
     rows = trial_rows(study, definition["space"])
-    lines = [f"Study {study.study_name}: {len(rows)} trials "
+    lines = [f"Study {study.study_name}: {len(rows)} trial{'' if len(rows) == 1 else 's'} "
              f"({_counts(rows)}), {definition['monitor']}", *table_lines(rows, metric)]
     unfinished = [row for row in rows if row["state"] in ("running", "waiting")]
     summary = {"study": study.study_name, "monitor": definition["monitor"],
@@ -73,7 +73,9 @@ def write_results(folder: Path, study, definition: dict) -> list[str]:
     if complete:
         best = study.best_trial
         # from the study, not the trial's config file: another machine may have run it
-        config = apply_modifications(definition["config"], {
+        base = {key: value for key, value in definition["config"].items()
+                if key != INTERIM_KEY}  # a sweep started from an interim best_config.json
+        config = apply_modifications(base, {
             **trial_values(best.params, definition["space"]),
             "trainer.save_dir": definition["save_dir"]})  # where the user's runs go
         if unfinished:

@@ -115,7 +115,10 @@ def _driver_problem(url: str) -> str | None:
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
-    scheme = url.partition("://")[0]
+    scheme, _, rest = url.partition("://")
+    if scheme.startswith("sqlite") and not rest.lstrip("/").strip() or ":memory:" in rest:
+        return ("an in-memory SQLite database is not shared with the trial processes; give a "
+                "file, e.g. sqlite:///path/study.db")
     try:
         parsed = make_url(url)
         dialect = parsed.get_dialect()

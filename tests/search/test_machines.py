@@ -17,6 +17,7 @@ import pytest
 
 from search.trial import retry_history
 from tests.conftest import ROOT, small_config
+from utils.errors import UserError
 
 STUDY = "shared"
 SPACE = {"optimizer.args.lr": {"choice": [0.01, 0.003]},
@@ -235,7 +236,8 @@ def test_an_enqueued_config_outside_the_space_is_one_line_and_writes_nothing(tmp
                        "--storage", f"sqlite:///{tmp_path / 'study.db'}"])
     assert raised.value.problems == [
         "--enqueue baseline.json: optimizer.args.lr is 0.001, not one of the space's choices",
-        "--enqueue baseline.json: arch.args: missing from the config"]
+        "--enqueue baseline.json: arch.args: missing from the config (an enqueued config "
+        "sets every key the space searches)"]
     assert not (tmp_path / "study.db").exists() and not a["folder"].exists()
 
 
@@ -253,3 +255,95 @@ def test_several_machines_opening_a_fresh_database_at_once_all_open_it(tmp_path,
                  for _ in range(3)]
     outputs = [process.communicate(timeout=120)[0] for process in processes]
     assert [output.strip() for output in outputs] == ["opened"] * 3, outputs
+
+
+def a_sweep(tmp_path: Path, storage: str, **options):
+    """A Sweep on `storage` (a study made by the test), its folder `tmp_path / 'sweep'`."""
+    from search.study import Sweep
+
+    folder = tmp_path / "sweep"
+    (folder / "trials").mkdir(parents=True, exist_ok=True)
+    defaults = {"trials": 2, "jobs": 1, "seed": 0, "sampler": "random", "pruner": "none",
+                "prune_after": 0, "heartbeat": 1}
+    return Sweep(folder, {"config": {"name": "Digits_CNN"}, "space": SPACE,
+                          "monitor": "min val_loss"}, storage, STUDY, {**defaults, **options},
+                 lambda values: {})
+
+
+def test_a_trial_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch, capsys):
+    """Its run folder exists (a manifest, no checkpoint): `train.py -r` would refuse it, so
+    the trial starts from the beginning in a clean folder, under its own run id."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    sweep_of = a_sweep(tmp_path, storage)
+    study = sweep_of.study()
+    number = study.ask().number
+    run = sweep_of.run_folder("trial-0000")
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command)
+                        or type("Process", (), {"pid": 1, "poll": lambda self: None})())
+    monkeypatch.setattr(sweep_of, "_is_own_trial", lambda folder, owner: True)
+    sweep_of._start(study, number, resume=True)
+    command = started[0]
+    assert "-r" not in command and command[command.index("--run-id") + 1] == "trial-0000"
+    assert not run.exists()
+    assert "trial-0000: stopped before its first checkpoint; it starts again" in \
+        capsys.readouterr().out
+    assert sweep_of._lost_run(study, number) is None  # (a re-run would start over too)
+
+
+def test_a_bad_storage_url_writes_no_sweep_folder_so_the_right_one_is_taken_next(tmp_path,
+                                                                              monkeypatch):
+    import sweep as sweep_py
+
+    a = machine(tmp_path, "a", epochs=1)
+    monkeypatch.chdir(a["home"])
+    arguments = ["-c", "config.json", "-s", "space.json", "--study", STUDY]
+    for url, message in (("postgres://ann:secret@db/studies", "SQLAlchemy knows no database"),
+                         ("sqlite://", "an in-memory SQLite database is not shared"),
+                         (f"sqlite:///{tmp_path}/no/such/dir.db", "cannot open the study's")):
+        with pytest.raises(UserError) as raised:
+            sweep_py.main([*arguments, "--storage", url])
+        assert message in str(raised.value) and "secret" not in str(raised.value)
+        assert not a["folder"].exists()
+
+
+def test_sweeps_of_one_study_must_beat_alike_and_enqueued_values_match_the_space(tmp_path):
+    from search.search_space import enqueued_params
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    a_sweep(tmp_path, storage, heartbeat=30)._agree_on_heartbeat()
+    with pytest.raises(UserError, match=r"^--heartbeat 1: the sweeps of study 'shared' beat "
+                                        r"every 30 s \(its first sweep's --heartbeat\); give "
+                                        r"--heartbeat 30$"):
+        a_sweep(tmp_path, storage, heartbeat=1)._agree_on_heartbeat()
+
+    space = {"arch.args.dropout": {"choice": [0.0, 0.25]},
+             "data_loader.args.batch_size": {"int": [32, 128], "step": 32}}
+    config = {"arch": {"args": {"dropout": 0}}, "data_loader": {"args": {"batch_size": 64.0}}}
+    assert enqueued_params(config, space, "w") == (
+        {"arch.args.dropout": 0.0, "data_loader.args.batch_size": 64}, [])  # 0 is 0.0
+    config["data_loader"]["args"]["batch_size"] = 50
+    assert enqueued_params(config, space, "w")[1] == [
+        "w: data_loader.args.batch_size is 50, not on the space's steps of 32 from 32"]
+
+
+@pytest.mark.slow
+def test_a_trial_no_sweep_ever_beat_for_is_adopted_and_then_lost(tmp_path, capsys):
+    """A trial left running by a sweep without heartbeats (an older version) would keep a
+    study waiting forever: a sweep beats for it once, and it is lost 3 heartbeats later."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    sweep_of = a_sweep(tmp_path, storage)
+    study = sweep_of.study()
+    old = study.ask()
+    old.set_user_attr("host", "old-machine")
+    sweep_of._beat()
+    time.sleep(4.5)  # more than 3 heartbeats of 1 s (SQLite's clock counts whole seconds)
+    sweep_of.next_beat = 0
+    sweep_of._beat()
+    trials = study.get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert retry_history(trials[1]) == [0] and trials[1].state == optuna.trial.TrialState.WAITING
+    assert "trial-0000: lost: its machine (old-machine) stopped beating for 3 s; it runs " \
+           "again as trial 1" in capsys.readouterr().out

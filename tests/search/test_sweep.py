@@ -94,6 +94,7 @@ def test_a_sweep_of_two_workers_prunes_stops_on_sigterm_goes_on_and_its_best_con
     """Two trial processes on one SQLite study; SIGTERM once trial 1 is under way; the same
     command again; then best_config.json trained again (one scenario: trials are processes)."""
     import train
+    from search.study import has_checkpoint
 
     arguments = [*write_inputs(tmp_path, epochs=4), "--trials", "5", "--jobs", "2",
                  "--sampler", "random", "--seed", "2", "--prune-after", "1", "--study", STUDY]
@@ -110,9 +111,9 @@ def test_a_sweep_of_two_workers_prunes_stops_on_sigterm_goes_on_and_its_best_con
     interrupted = [trial.number for trial in load_study(folder).get_trials()
                    if trial.state.name == "RUNNING"]
     assert 1 in interrupted and "trial-0001: interrupted" in output, output
-    # a trial stopped before its run folder existed (still starting) starts again instead
+    # a trial stopped before its first checkpoint (still starting) starts again instead
     resumed = [number for number in interrupted
-               if (folder / "models/Digits_CNN" / f"trial-{number:04d}").is_dir()]
+               if has_checkpoint(folder / "models/Digits_CNN" / f"trial-{number:04d}")]
     assert 1 in resumed
 
     second = subprocess.run(sweep_command(arguments), capture_output=True, text=True,
