@@ -5,15 +5,9 @@ from pathlib import Path
 
 from config.command_line import parse_command_line
 from parse_config import ConfigParser
+from train import evaluation_configs
 from utils.cli import leaf_note, optional_leaf, run_cli
 from utils.errors import UserError
-
-
-def blocks():
-    """The blocks test.py builds: train.py's, without the optimizer and the scheduler."""
-    from train import blocks as training_blocks
-
-    return training_blocks(training=False)
 
 
 def main(argv=None) -> dict[str, float] | list[dict]:
@@ -33,32 +27,13 @@ def main(argv=None) -> dict[str, float] | list[dict]:
         raise UserError("test.py evaluates in one process: start it with python, not torchrun")
     if args.compare:
         return compare(args)
-    config, test_config = test_configs(args, args.resume)
+    config, test_config = evaluation_configs(args, args.resume)
     if config.cli_args.print_config:
         print(json.dumps(config.config, indent=4))
         return {}
     results, epoch, classes = evaluate_checkpoint(test_config)
     write_report(test_config, results, epoch, classes)
     return results
-
-
-def test_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, ConfigParser]:
-    """The config of the checkpoint (or run folder) at `path` with the command line's -c and
-    -o, and that config made to evaluate on the test split; every problem at once."""
-    from runs.run_folder import resolve_resume  # imports torch: after --help
-
-    resume = resolve_resume(path, args.config is not None, evaluating=True)
-    config = ConfigParser.from_args(argparse.Namespace(**{**vars(args), "resume": path}),
-                                    resume=resume, evaluating=True)
-    trainer_section = config.get("trainer")
-    test_config = config.with_modification({
-        "data_loader.args.training": False, "data_loader.args.shuffle": False,
-        "data_loader.args.validation_split": 0.0,
-        # evaluation only: no monitored value, no compiling; a -c config may have no trainer
-        **({"trainer.monitor": "off", "trainer.compile": False} if isinstance(
-            trainer_section, dict) else {"trainer": {"epochs": 1, "save_dir": "saved/"}})})
-    test_config.validate(blocks(), trainer=False)  # every problem at once, before anything is built
-    return config, test_config
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
@@ -71,7 +46,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
     runs = [args.resume, *args.compare] if args.resume else args.compare  # -r A --compare B C
     for path in runs:  # every one checked before the first is evaluated
         try:
-            configs.append(test_configs(args, path)[1])
+            configs.append(evaluation_configs(args, path)[1])
         except UserError as error:
             problems += error.problems
     problem = None if problems else comparison.test_data_problem(configs)

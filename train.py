@@ -52,6 +52,26 @@ def blocks(training: bool = True):
     return build.blocks(user_modules(), training)
 
 
+def evaluation_configs(args: argparse.Namespace, path: str) -> tuple[ConfigParser, ConfigParser]:
+    """The config of the checkpoint (or run folder) at `path` with the command line's -c and
+    -o, and that config made to evaluate on the test split (test.py, predict.py); every
+    problem at once."""
+    from runs.run_folder import resolve_resume  # imports torch: after --help
+
+    resume = resolve_resume(path, args.config is not None, evaluating=True)
+    config = ConfigParser.from_args(argparse.Namespace(**{**vars(args), "resume": path}),
+                                    resume=resume, evaluating=True)
+    trainer_section = config.get("trainer")
+    test_config = config.with_modification({
+        "data_loader.args.training": False, "data_loader.args.shuffle": False,
+        "data_loader.args.validation_split": 0.0,
+        # evaluation only: no monitored value, no compiling; a -c config may have no trainer
+        **({"trainer.monitor": "off", "trainer.compile": False} if isinstance(
+            trainer_section, dict) else {"trainer": {"epochs": 1, "save_dir": "saved/"}})})
+    test_config.validate(blocks(training=False), trainer=False)  # every problem, before building
+    return config, test_config
+
+
 def build_trainer(config: ConfigParser, device=None, training: bool = True):
     """The trainer the config describes, with the user's modules (`builder.build`)."""
     from builder import build

@@ -319,14 +319,14 @@ def test_test_py_checks_the_config_before_loading_anything(tmp_path, capsys):
 def test_the_shipped_config_has_no_problems(tmp_path):
     config = ConfigParser(small_config(tmp_path))
     assert find_problems(config, train.blocks()) == []
-    assert find_problems(config, test_script.blocks(), trainer=False) == []
+    assert find_problems(config, train.blocks(training=False), trainer=False) == []
 
 
 def test_test_py_needs_no_trainer_or_optimizer(tmp_path):
     raw = small_config(tmp_path)
     for key in ("trainer", "optimizer", "lr_scheduler"):
         del raw[key]
-    assert find_problems(ConfigParser(raw), test_script.blocks(), trainer=False) == []
+    assert find_problems(ConfigParser(raw), train.blocks(training=False), trainer=False) == []
     assert "trainer: missing" in "\n".join(find_problems(ConfigParser(raw), train.blocks()))
 
 

@@ -14,12 +14,13 @@ from tests.conftest import ROOT, run_folders, run_script
 # What a page of a copy without any leaf must not say (but the maintainer's map, docs/DESIGN.md,
 # which is not marked: tests/test_docs.py).
 LEAF_WORDS = re.compile(r"search/|sweep\.py|examples/|bench/|search-and-kfold|--folds|--compare|"
-                        r"--trial\b|--with[ =][\w,]*(?:search|bench|examples)|examples\.|"
-                        r"<!-- /?leaf")
+                        r"--trial\b|--with[ =][\w,]*(?:search|bench|examples|deploy)|examples\.|"
+                        r"predict\.py|deploy/|<!-- /?leaf")
 # What each leaf brings, as found in a copy (new_project.LEAVES has the patterns).
 LEAF_FILES = {"search": ["search", "sweep.py", "tests/search", "configs/search_digits.json"],
               "bench": ["bench", "tests/bench"],
-              "examples": ["examples", "tests/examples", "data/diabetes.csv.gz"]}
+              "examples": ["examples", "tests/examples", "data/diabetes.csv.gz"],
+              "deploy": ["deploy", "predict.py", "tests/deploy"]}
 
 
 def run_in(project: Path, *command: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -109,13 +110,31 @@ def test_with_search_the_copy_sweeps(tmp_path):
     assert (project / "saved/sweeps/Digits_CNN-space/best_config.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "predict.py").exists(), reason="made without the deploy leaf")
+def test_with_deploy_the_copy_trains_and_predicts(tmp_path):
+    project = tmp_path / "MyProject"
+    result = run_script("new_project.py", str(project), "--with", "deploy")
+    assert "(core + deploy)" in result.stdout
+    for name in LEAF_FILES["deploy"]:
+        assert (project / name).exists(), name
+    assert not (project / "search").exists()
+    one_epoch_config(project)
+    trained = run_in(project, "train.py", "-c", "config.json", "--run-id", "r")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    predicted = run_in(project, "predict.py", "-r", "saved/models/Digits_CNN/r/model_best.pth")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = (project / "saved/models/Digits_CNN/r/model_best.predictions.csv").read_text()
+    assert len(lines.splitlines()) == 360  # the header and the test split's 359 digits
+
+
 def test_new_project_refuses_an_unknown_leaf_in_one_line_and_writes_nothing(tmp_path):
     result = run_script("new_project.py", str(tmp_path / "MyProject"), "--with", "bench,serch",
                         check=False)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: --with: unknown leaf 'serch' (did you mean 'search'?); the leaves are bench, "
-        "examples, search"]
+        "deploy, examples, search"]
     assert list(tmp_path.iterdir()) == []
 
 

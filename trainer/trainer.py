@@ -60,6 +60,17 @@ class Trainer(BaseTrainer):
         `training_step`; `backward` and `step` do nothing here)."""
         return self.training_step(batch)
 
+    def predict_step(self, batch):
+        """What `predict.py` writes for a batch of new data (eval mode, no gradients; the
+        outputs of all batches are joined along the samples): by default the model's output.
+        The batch is inputs alone — a tensor, a dict of the model's arguments — or a batch that
+        also holds its target (a pair, a dict with a target key), whose target is left out."""
+        try:
+            inputs, _ = self.unpack(batch)
+        except UserError:  # no target in it: all of it is input
+            inputs = batch
+        return call_model(self.model, inputs)
+
     def to_device(self, batch):
         """`batch` on this process's device: every tensor inside nested tuples, lists, dicts,
         namedtuples and dataclasses (asynchronously from pinned memory)."""

@@ -1,0 +1,1 @@
+"""The deploy leaf: a trained model put to use (`predict.py`)."""
