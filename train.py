@@ -92,9 +92,19 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
                         help="k-fold cross-validation: K runs, each holding out one fold of the "
                              "training data as validation (stratified by class); prints each "
                              "fold and the mean ± std" + leaf_note("search"))
+    parser.add_argument("--profile", type=int, nargs="?", const=5, metavar="STEPS",
+                        help="profile STEPS training steps (5) after the first 6 with "
+                             "torch.profiler: a trace in the run's log folder for TensorBoard, "
+                             "the top operators printed")
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # sweep.py: the Optuna trial to run
     started = time.monotonic()
     args = parse_command_line(parser, OPTIONS, argv)
+    if args.profile is not None:
+        if args.profile < 1:
+            raise UserError(f"--profile: expected a positive number of steps, got {args.profile}")
+        from step.profiling import StepProfiler
+
+        callbacks = [*callbacks, StepProfiler(args.profile)]
     from runs.run_folder import resolve_resume  # imports torch: after --help
 
     if args.resume and args.resume.endswith(".json"):  # a k-fold run's record: go on with it

@@ -79,4 +79,5 @@ def optional_leaf(module: str, option: str):
         if error.name is None or not module.startswith(error.name):
             raise
         raise UserError(f"{option} needs the package {module.split('.')[0]}/, which this project "
-                        f"was made without (python new_project.py DEST --with search)") from None
+                        f"was made without (python new_project.py DEST --with {module.split('.')[0]})") \
+            from None
