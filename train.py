@@ -5,6 +5,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from config.command_line import CustomArgs, parse_command_line
 from parse_config import ConfigParser
@@ -96,9 +97,17 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
                         help="profile STEPS training steps (5) after the first 6 with "
                              "torch.profiler: a trace in the run's log folder for TensorBoard, "
                              "the top operators printed")
+    parser.add_argument("--lr-find", type=int, nargs="?", const=100, metavar="STEPS",
+                        help="the learning-rate range test: STEPS (100) steps, the rate growing "
+                             "from 1e-7 to 10; prints a rate to use and writes the loss curve; "
+                             "trains nothing, writes no run")
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # sweep.py: the Optuna trial to run
     started = time.monotonic()
     args = parse_command_line(parser, OPTIONS, argv)
+    if args.lr_find is not None and (args.lr_find < 5 or args.dry_run or args.folds):
+        raise UserError("--lr-find: expected at least 5 steps, alone (not with --dry-run or "
+                        "--folds)" if args.lr_find >= 5 else
+                        f"--lr-find: expected at least 5 steps, got {args.lr_find}")
     if args.profile is not None:
         if args.profile < 1:
             raise UserError(f"--profile: expected a positive number of steps, got {args.profile}")
@@ -129,6 +138,8 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
     try:
         if config.cli_args.dry_run:
             dry_run(config, device, started)
+        elif config.cli_args.lr_find is not None:
+            find_learning_rate(config, device, config.cli_args.lr_find)
         else:
             run(config, device, list(argv if argv is not None else sys.argv[1:]), callbacks)
     finally:  # also on errors and signals
@@ -187,6 +198,28 @@ def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = (
             if lock is not None:
                 lock.release()
     return trainer
+
+
+def find_learning_rate(config: ConfigParser, device, steps: int) -> None:
+    """`--lr-find`: the range test on the run's trainer (`step.lr_find`), the rate to use,
+    and the loss curve in `<save_dir>/lr_find/` (a CSV, and a PNG with matplotlib)."""
+    from step.lr_find import range_test, write_curve
+    from utils import distributed
+
+    if distributed.active():
+        raise UserError("--lr-find runs in one process: start it with python, not torchrun")
+    trainer = prepare(config, device)
+    result = range_test(trainer, steps)
+    files = write_curve(result, Path(config["trainer"]["save_dir"]) / "lr_find", config["name"])
+    print(f"Learning-rate range test: {len(result.rates)} steps, lr {result.rates[0]:.1e} to "
+          f"{result.rates[-1]:.1e}" + (f" (stopped: {result.stopped})" if result.stopped else ""))
+    if result.suggestion is None:
+        print("No rate to suggest: the loss did not fall over the range (try more steps)")
+    else:
+        print(f"The loss fell fastest at lr {result.suggestion:.2e} and was lowest at "
+              f"{result.lowest:.2e}. To use it: -o optimizer.args.lr={result.suggestion:.2e}")
+    print(f"The curve: {', '.join(str(path) for path in files)}. Nothing of the run was "
+          f"written; the weights are as they were.")
 
 
 def dry_run(config: ConfigParser, device, started: float) -> None:

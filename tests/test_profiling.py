@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train
-import trainer.trainer as module_trainer
 from tests.conftest import small_config
+from tests.user_steps import register_parts_step
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -19,25 +18,11 @@ def config_file(tmp_path, **trainer):
     return str(path)
 
 
-class PartsStep(module_trainer.Trainer):
-    """A user's own step: the loss with a part of its own."""
-
-    def training_step(self, batch):
-        images, labels = batch
-        output = self.model(images)
-        penalty = 1e-3 * output.exp().pow(2).mean()
-        return {"loss": F.nll_loss(output, labels) + penalty, "penalty": penalty,
-                "output": output, "target": labels}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["default", "users"])
 def test_a_profiled_run_writes_a_trace_of_its_steps_and_trains_the_same(tmp_path, step,
                                                                           monkeypatch):
-    if step == "users":
-        PartsStep.__module__ = "trainer.trainer"
-        monkeypatch.setattr(module_trainer, "PartsStep", PartsStep, raising=False)
-    extra = ["-o", "trainer.type=PartsStep"] if step == "users" else []
+    extra = register_parts_step(monkeypatch) if step == "users" else []
     train.main(["-c", config_file(tmp_path), "--run-id", "plain", *extra])
     train.main(["-c", config_file(tmp_path), "--run-id", "profiled", "--profile", "3", *extra])
     folder = tmp_path / "saved/log/Digits_CNN/profiled/profile"

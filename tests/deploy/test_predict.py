@@ -18,6 +18,8 @@ from tests.conftest import ROOT, small_config
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
+pytestmark = pytest.mark.slow  # each needs the module's trained run (2 epochs)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -112,7 +114,6 @@ def test_bad_inputs_and_outputs_are_one_line_and_write_nothing(trained, tmp_path
     assert sorted(path.name for path in checkpoint.parent.iterdir()) == before
 
 
-@pytest.mark.slow
 def test_under_torchrun_each_process_predicts_its_share_and_rank_0_writes_all_in_order(
         trained, tmp_path):
     checkpoint, model = trained
