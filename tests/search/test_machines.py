@@ -92,6 +92,11 @@ def test_two_machines_starting_together_on_a_fresh_study_run_exactly_n_trials(tm
     for output in outputs:
         assert f"Best: trial {best}," in output and "Interim" not in output, output
         assert "3 of 3 trials done (3 complete)" in output, output
+    from matplotlib.image import imread
+
+    for box in boxes:  # the plots a sweep leaves at its end, on each machine
+        for name in ("history", "parallel_coordinates", "intermediate_values"):
+            assert imread(box["folder"] / "plots" / f"{name}.png").shape[:2] == (550, 900)
 
 
 @pytest.mark.slow
