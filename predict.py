@@ -11,6 +11,7 @@ Under torchrun (with `--input`) each process predicts its share of the batches a
 writes them all, in order.
 """
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def predict(config, input_path: str | None, output: str | None, device=None) -> 
     from deploy.predictions import input_batches, is_classifier, predictions_path, write_predictions
     from logger.logger import setup_logging
     from logger.progress import bars_wanted, counted, progress_bar
+    from step.batches import move_to_device
     from utils import distributed
     from utils.checkpoint import load_checkpoint
     from utils.weights import load_model_state, unwrap_model
@@ -70,15 +72,19 @@ def predict(config, input_path: str | None, output: str | None, device=None) -> 
     classifier = is_classifier(trainer)
     if batches is None:
         batches = trainer.data_loader
-    shard = list(range(len(batches)))[distributed.rank()::distributed.world_size()]
+    # this process's share: every world_size-th batch, from its rank on
+    rank, processes = distributed.rank(), distributed.world_size()
+    shard = itertools.islice(enumerate(batches), rank, None, processes)
     trainer.model.eval()
     outputs = []
     bars = bars_wanted((config.get("trainer") or {}).get("progress_bar", "auto")) and \
         distributed.is_main()
-    with torch.no_grad(), progress_bar(bars, len(shard), "predict", unit="batch") as bar:
-        for index, batch in counted(_batches_at(batches, shard), bar):
+    cpu = torch.device("cpu")
+    with torch.no_grad(), progress_bar(bars, len(range(rank, len(batches), processes)),
+                                       "predict", unit="batch") as bar:
+        for index, batch in counted(shard, bar):
             output = trainer.predict_step(trainer.to_device(batch))
-            outputs.append((index, _to_cpu(output)))
+            outputs.append((index, move_to_device(output, cpu)))
     everything = sorted((item for part in distributed.gathered(outputs) for item in part),
                         key=lambda item: item[0])  # the inputs' order, whoever predicted them
     if not distributed.is_main():
@@ -86,26 +92,6 @@ def predict(config, input_path: str | None, output: str | None, device=None) -> 
     written = write_predictions([output for _, output in everything], out, classifier)
     print(f"Predictions of {config.resume} written to {written}")
     return written
-
-
-def _batches_at(batches, wanted: list[int]):
-    """(index, batch) of the batches whose index is in `wanted` (an ascending list)."""
-    keep = set(wanted)
-    for index, batch in enumerate(batches):
-        if index in keep:
-            yield index, batch
-
-
-def _to_cpu(value):
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(item) for item in value)
-    return value
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from base.settings import Monitor
 from search.search_space import sample
-from search.trial import make_pruner, open_storage, retry_history, trial_handle
+from search.trial import lost_numbers, make_pruner, open_storage, retry_history, trial_handle, trial_id
 from utils.errors import UserError
 from utils.files import read_json, write_json
 from utils.interrupts import StopWithParent
@@ -201,10 +202,7 @@ class Sweep:
         lost = self._lost_run(study, number) if resume else None
         owner = lost if lost is not None else number
         run_name = trial_name(owner)
-        run_folder = self.run_folder(f"{run_name}-fold1" if self.definition.get("folds")
-                                     else run_name)
-        target = run_folder.parent / f"{run_name}-folds.json" if self.definition.get("folds") \
-            else run_folder
+        run_folder, target = self._resume_target(run_name)
         if resume and target.exists() and not self._is_own_trial(run_folder, owner):
             print(f"{name}: {run_folder} is not this study's trial {owner} (its manifest says "
                   f"otherwise); the trial starts again", flush=True)
@@ -256,11 +254,17 @@ class Sweep:
         if not history:
             return None
         lost = history[0]  # the first to run it: its folder holds the checkpoints
-        name = trial_name(lost)
-        if self.definition.get("folds"):
-            return lost if (self.run_folder(name).parent / f"{name}-folds.json").exists() \
-                else None
-        return lost if has_checkpoint(self.run_folder(name)) else None
+        _, target = self._resume_target(trial_name(lost))
+        reachable = target.exists() if self.definition.get("folds") else has_checkpoint(target)
+        return lost if reachable else None
+
+    def _resume_target(self, run_name: str) -> tuple[Path, Path]:
+        """The run folder of trial run `run_name` (with k-fold its first fold's) and what
+        resumes it: that folder, or with k-fold the folds' record."""
+        if not self.definition.get("folds"):
+            return self.run_folder(run_name), self.run_folder(run_name)
+        first = self.run_folder(f"{run_name}-fold1")
+        return first, first.parent / f"{run_name}-folds.json"
 
     def _trial_environment(self) -> dict[str, str]:
         """The trials share this machine's cores: each process's torch uses its share of them
@@ -334,9 +338,7 @@ class Sweep:
         lost = lost_numbers(trials)
         finished = [trial for trial in trials if trial.state.is_finished() and
                     trial.number not in lost]
-        states = {}
-        for trial in finished:
-            states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+        states = Counter(trial.state.name.lower() for trial in finished)
         running = sum(trial.state == optuna.trial.TrialState.RUNNING for trial in trials)
         text = (f"{len(finished)} of {self.options['trials']} trials done"
                 + (f" ({', '.join(f'{n} {state}' for state, n in states.items())})"
@@ -357,8 +359,7 @@ class Sweep:
     def _record_heartbeat(self, number: int) -> None:
         """Trial `number` is alive: this sweep runs it (or will resume it)."""
         if self.options.get("heartbeat"):
-            self.storage.record_heartbeat(self.storage.get_trial_id_from_study_id_trial_number(
-                self.storage.get_study_id_from_name(self.study_name), number))
+            self.storage.record_heartbeat(trial_id(self.storage, self.study_name, number))
 
     def _beat(self) -> None:
         """Every `heartbeat` seconds: a heartbeat for each trial this sweep runs or will
@@ -473,11 +474,6 @@ def counted(trials) -> int:
     run again (their re-run counts)."""
     lost = lost_numbers(trials)
     return sum(trial.number not in lost for trial in trials)
-
-
-def lost_numbers(trials) -> set[int]:
-    """The trials lost with their machine and queued again."""
-    return {number for trial in trials for number in retry_history(trial)}
 
 
 def _duration(seconds: float) -> str:

@@ -19,7 +19,7 @@ def trial_rows(study, space: dict) -> list[dict]:
     """A row per trial: number, state (`lost`: failed with its machine and run again),
     value (the best monitored value; the mean over folds), epochs trained, params (as config
     values), and why a failed one failed."""
-    from search.study import lost_numbers
+    from search.trial import lost_numbers
 
     rows = []
     trials = study.get_trials(deepcopy=False)

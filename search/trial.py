@@ -64,9 +64,6 @@ def open_storage(url: str, heartbeat: float | None = None):
     once race to create its tables: the loser tries again. `heartbeat` (seconds): the sweep
     records one for its trials that often, and a trial no sweep has beaten for three times as
     long is failed and queued again (its machine is lost: `sweep.py`'s `--heartbeat`)."""
-    import random
-    import time
-
     import optuna
 
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
@@ -77,20 +74,29 @@ def open_storage(url: str, heartbeat: float | None = None):
     driver_problem = _driver_problem(url)
     if driver_problem:
         raise UserError(f"{where}: {driver_problem}")
-    options = {}
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if heartbeat is not None:
-            options = {"heartbeat_interval": max(1, round(heartbeat)),
-                       "grace_period": 3 * max(1, round(heartbeat)),
-                       "heartbeat_stale_trial_callback":
-                           optuna.storages.RetryHeartbeatStaleTrialCallback(
-                               max_retry=LOST_TRIAL_RETRIES, inherit_intermediate_values=True)}
+        return _rdb_storage(url, engine, where, heartbeat)
+
+
+def _rdb_storage(url: str, engine: dict, where: str, heartbeat: float | None):
+    """Optuna's RDBStorage at `url`, tried again when another machine's table creation won
+    the race; `where` names it in the one-line error."""
+    import random
+    import time
+
+    import optuna
+
+    options = {}
+    if heartbeat is not None:
+        interval = max(1, round(heartbeat))
+        options = {"heartbeat_interval": interval, "grace_period": 3 * interval,
+                   "heartbeat_stale_trial_callback":
+                       optuna.storages.RetryHeartbeatStaleTrialCallback(
+                           max_retry=LOST_TRIAL_RETRIES, inherit_intermediate_values=True)}
     for attempt in range(TABLE_RACE_TRIES):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **options)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **options)
         except Exception as error:  # noqa: BLE001 (why: a URL's driver, host or database; all the user's)
             if attempt + 1 < TABLE_RACE_TRIES and any(mark in str(error) for mark in TABLE_RACE):
                 time.sleep(random.uniform(0.05, 0.5))  # the other machine's tables: try again
@@ -105,6 +111,11 @@ def retry_history(trial) -> list[int]:
     """The trials `trial` runs again, each lost with its machine, the first one first (Optuna's
     RetryHeartbeatStaleTrialCallback records them); empty for a trial of its own."""
     return list(trial.system_attrs.get("retry_history") or [])
+
+
+def lost_numbers(trials) -> set[int]:
+    """The trials lost with their machine and queued again."""
+    return {number for trial in trials for number in retry_history(trial)}
 
 
 def _driver_problem(url: str) -> str | None:
@@ -180,9 +191,13 @@ def trial_handle(study, storage, number: int):
     through the storage's public lookups."""
     import optuna
 
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number)
-    return optuna.trial.Trial(study, trial_id)
+    return optuna.trial.Trial(study, trial_id(storage, study.study_name, number))
+
+
+def trial_id(storage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` of study `study_name`."""
+    return storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study_name), number)
 
 
 class StudyTrial(Callback):

@@ -10,14 +10,13 @@ suggestion is the rate where the smoothed loss fell fastest, to paste as
 """
 import copy
 import math
-import random
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from base.callbacks import Callback
 from utils.errors import TrainingDiverged
+from utils.seeding import get_rng_state, set_rng_state
 
 LOW, HIGH = 1e-7, 10.0
 SMOOTHING = 0.98  # the loss's exponential moving average, bias-corrected
@@ -127,10 +126,7 @@ def _snapshot(trainer) -> dict:
              "schedulers": {name: copy.deepcopy(scheduler.state_dict())
                             for name, scheduler in trainer.lr_schedulers.items()},
              "counters": (trainer.epoch, trainer.epoch_step, trainer.global_step),
-             "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "random": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+             "generators": get_rng_state()}
     if trainer.scaler is not None:
         state["scaler"] = copy.deepcopy(trainer.scaler.state_dict())
     return state
@@ -143,11 +139,7 @@ def _restore(trainer, state: dict) -> None:
     for name, scheduler in trainer.lr_schedulers.items():
         scheduler.load_state_dict(state["schedulers"][name])
     trainer.epoch, trainer.epoch_step, trainer.global_step = state["counters"]
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_rng_state(state["generators"])
     if "scaler" in state:
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.train_metrics.reset()
