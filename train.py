@@ -181,7 +181,7 @@ def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = (
     from utils import distributed
 
     trainer = prepare(config, device)
-    trainer.callbacks = list(callbacks)
+    trainer.callbacks += callbacks  # after the config's own (averaged weights)
     if trainer.nothing_to_train():  # before a run folder is made for nothing
         return None
     lock = None

@@ -403,6 +403,8 @@ class BaseTrainer(ABC):
         self.engine.nan_guard.check_epoch(epoch, self.epoch_step - first_step)
         self.train_metrics.all_reduce()  # torchrun: the epoch's means over every process
         log = self.train_metrics.result()
+        for callback in self.callbacks:
+            callback.on_train_epoch_end(self, epoch)
         if self.valid_data_loader is not None:
             log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
         return log

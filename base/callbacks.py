@@ -17,9 +17,19 @@ class Callback:
     def on_step_end(self, trainer) -> None:
         """After each training optimizer step, before a stop signal is acted on."""
 
+    def on_train_epoch_end(self, trainer, epoch: int) -> None:
+        """After epoch `epoch`'s last training step, before its validation."""
+
     def on_validation_batch_end(self, trainer) -> None:
         """After each validation batch, before a stop signal is acted on."""
 
     def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
         """After epoch `epoch` was validated and reported (`log`: its values), before its
         checkpoint is saved; `trainer.request_stop(reason)` ends the run there."""
+
+    def on_save_checkpoint(self, trainer, state: dict) -> None:
+        """`state`, the checkpoint about to be saved (plain data), may be changed in place (the
+        averaged weights as its `state_dict`); under torchrun every process calls it."""
+
+    def on_load_checkpoint(self, trainer, checkpoint: dict) -> None:
+        """After a resume restored `checkpoint` into the trainer: what the callback kept in it."""

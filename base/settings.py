@@ -138,6 +138,10 @@ class TrainerSettings:
     log_images: bool = setting(False, flag)  # TensorBoard: the first training batch each epoch
     # TensorBoard at log steps: grad_norm, activations, grad_stats
     watch: dict | None = setting(None, nullable=True)
+    # averaged weights, validated and saved as the run's model (step/averaging.py): an
+    # exponential moving average, or stochastic weight averaging from an epoch on
+    ema: dict | None = setting(None, nullable=True)
+    swa: dict | None = setting(None, nullable=True)
     # the trainer class: a Trainer subclass (trainer/ or examples/)
     type: str = setting("Trainer", text)
     args: dict | None = setting(None, nullable=True)  # that class's own options
@@ -184,7 +188,7 @@ class TrainerSettings:
     @classmethod
     def own_problems(cls, section: dict) -> list[str]:
         """The checks beyond one rule per field (nested blocks)."""
-        problems = watch_problems(section.get("watch"))
+        problems = watch_problems(section.get("watch")) + averaging_problems(section)
         problem = compile_problem(section.get("compile", False))
         return problems + ([problem] if problem else [])
 
@@ -197,6 +201,57 @@ class TrainerSettings:
     def monitor_of(text: str) -> Monitor:
         """`text` as a `Monitor` (the config check, handed this class, knows no `Monitor`)."""
         return Monitor.parse(text)
+
+
+def fraction(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        return "a number between 0 and 1"
+    return None
+
+
+# The averaging blocks: each key's default (MISSING: required) and rule; step/averaging.py
+# reads them.
+EMA_OPTIONS = {"decay": (0.999, fraction), "warmup": (True, flag), "every": (1, integer(1))}
+SWA_OPTIONS = {"start_epoch": (dataclasses.MISSING, integer(1)), "lr": (None, positive_number),
+               "anneal_epochs": (5, integer(0)), "bn_update": (True, flag)}
+AVERAGING_EXAMPLES = {"ema": '{"decay": 0.999}', "swa": '{"start_epoch": 15, "lr": 0.01}'}
+
+
+def averaging_problems(section: dict) -> list[str]:
+    """The problems of `trainer.ema` / `trainer.swa` (one of them, an object of known keys,
+    each with its rule; SWA starting within the run)."""
+    problems = []
+    for name, options in (("ema", EMA_OPTIONS), ("swa", SWA_OPTIONS)):
+        block = section.get(name)
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            problems.append(f"trainer.{name}: expected an object such as "
+                            f"{AVERAGING_EXAMPLES[name]}, or null, got {json.dumps(block)}")
+            continue
+        problems += [f"trainer.{name}.{key}: unknown key (one of {', '.join(options)})"
+                     f"{did_you_mean(key, list(options))}" for key in block if key not in options]
+        for key, (default, rule) in options.items():
+            if key not in block:
+                if default is dataclasses.MISSING:
+                    problems.append(f"trainer.{name}.{key}: missing (e.g. "
+                                    f"{AVERAGING_EXAMPLES[name]})")
+                continue
+            if block[key] is None and default is None:  # null: the option is off
+                continue
+            wanted = rule(block[key])
+            if wanted is not None:
+                problems.append(f"trainer.{name}.{key}: expected {wanted}, got "
+                                f"{json.dumps(block[key])}")
+    if section.get("ema") is not None and section.get("swa") is not None:
+        problems.append("trainer.ema, trainer.swa: one kind of averaged weights at a time; set "
+                        "the other to null")
+    start, epochs = (section.get("swa") or {}).get("start_epoch"), section.get("epochs")
+    if isinstance(start, int) and isinstance(epochs, int) and not isinstance(start, bool) and \
+            start > epochs:
+        problems.append(f"trainer.swa.start_epoch: {start} is after the run's last epoch "
+                        f"(trainer.epochs {epochs}): nothing would be averaged")
+    return problems
 
 
 # What `trainer.compile` may pass to torch.compile.

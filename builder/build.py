@@ -101,6 +101,10 @@ def build_trainer(config, modules: UserModules, device=None, training: bool = Tr
         raise BuildError(f"trainer.type: building {trainer_class.__name__} raised "
                          f"{type(error).__name__}; the traceback from its code:") from error
     trainer.model_notes = notes  # logged once the run's log file exists
+    if training and (trainer.settings.ema is not None or trainer.settings.swa is not None):
+        from step.averaging import averaging_callbacks  # only then: a plain run imports none
+
+        trainer.callbacks = averaging_callbacks(trainer.settings)
     return trainer
 
 

@@ -27,7 +27,7 @@ def training_state(trainer, epoch: int, step: int = 0) -> dict:
     model = unwrap_model(trainer.model)
     optimizers, schedulers = trainer.optimizers, trainer.lr_schedulers
     arch = trainer.config["arch"]
-    return {
+    state = {
         "format_version": FORMAT_VERSION,
         "arch": arch if isinstance(arch, str) else arch["type"],
         "epoch": epoch,
@@ -49,6 +49,9 @@ def training_state(trainer, epoch: int, step: int = 0) -> dict:
         "rng_states": rng_states if len(rng_states) > 1 else None,
         "config": trainer.config.config,
     }
+    for callback in trainer.callbacks:  # averaged weights (step/averaging.py)
+        callback.on_save_checkpoint(trainer, state)
+    return state
 
 
 def epoch_state(trainer) -> dict:
@@ -61,7 +64,7 @@ def epoch_state(trainer) -> dict:
 def load_training_state(trainer, checkpoint: dict, path: os.PathLike) -> None:
     """Continue `trainer` exactly where `checkpoint` (read from `path`) stopped; a state that
     does not fit this run is a `CheckpointError` naming the file."""
-    load_model_state(trainer.model, checkpoint["state_dict"], path)
+    load_model_state(trainer.model, training_weights(checkpoint), path)
     trainer.start_epoch = checkpoint["epoch"] + 1
     trainer.start_step = checkpoint.get("epoch_step", 0)
     trainer.global_step = checkpoint.get("global_step", 0)
@@ -82,6 +85,20 @@ def load_training_state(trainer, checkpoint: dict, path: os.PathLike) -> None:
         restore_rng(checkpoint, trainer.config.get("seed", 0), trainer.global_step)
     except CheckpointError as error:  # the file's state does not fit: name the file
         raise CheckpointError(f"{path}: {error}") from None
+    averaging = checkpoint.get("averaging")
+    if averaging and not any(trainer.config["trainer"].get(kind) for kind in ("ema", "swa")):
+        trainer.logger.warning("Warning: %s averaged its weights (trainer.%s) and this run does "
+                               "not: training goes on from its training weights", path,
+                               averaging["kind"])
+    for callback in trainer.callbacks:
+        callback.on_load_checkpoint(trainer, checkpoint)
+
+
+def training_weights(checkpoint: dict) -> dict:
+    """The weights training goes on from: under `trainer.ema` / `trainer.swa` the checkpoint's
+    `state_dict` holds the averaged ones and `averaging.training_state_dict` these."""
+    return (checkpoint.get("averaging") or {}).get("training_state_dict") or \
+        checkpoint["state_dict"]
 
 
 def load_epoch_state(trainer, state: dict) -> None:
