@@ -1,7 +1,6 @@
 """predict.py: a trained model on new data — the test split or a `--input` file — through the
 trainer's predict_step, written in order as CSV (or .pt); a user's own predict_step; torchrun."""
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -10,27 +9,12 @@ import pytest
 import torch
 
 import predict
-import train
 import trainer.trainer as module_trainer
 from data_loader.datasets import digits_dataset
-from model.model import DigitsModel
-from tests.conftest import ROOT, small_config
-from utils.checkpoint import load_checkpoint
+from tests.conftest import ROOT
 from utils.errors import UserError
 
-pytestmark = pytest.mark.slow  # each needs the module's trained run (2 epochs)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A run of the default config (2 epochs): its model_best.pth and the model it holds."""
-    folder = tmp_path_factory.mktemp("predict")
-    (folder / "c.json").write_text(json.dumps(small_config(folder / "saved", epochs=2)))
-    train.main(["-c", str(folder / "c.json"), "--run-id", "r"])
-    checkpoint = folder / "saved/models/Digits_CNN/r/model_best.pth"
-    model = DigitsModel()
-    model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
-    return checkpoint, model.eval()
+pytestmark = pytest.mark.slow  # each needs the trained run (2 epochs: conftest.py)
 
 
 def read_csv(path):
