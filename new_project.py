@@ -38,7 +38,7 @@ LEAVES = {
     "search": Leaf(("search", "sweep.py", "tests/search", "configs/search_*.json",
                     "docs/*search*"), requirements=("optuna", "matplotlib")),
     "bench": Leaf(("bench", "tests/bench")),
-    "deploy": Leaf(("deploy", "predict.py", "tests/deploy", "docs/*deploy*")),
+    "deploy": Leaf(("deploy", "predict.py", "export.py", "tests/deploy", "docs/*deploy*")),
     "examples": Leaf(("examples", "tests/examples", "data/diabetes.csv.gz")),
 }
 

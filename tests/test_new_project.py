@@ -15,12 +15,12 @@ from tests.conftest import ROOT, run_folders, run_script
 # which is not marked: tests/test_docs.py).
 LEAF_WORDS = re.compile(r"search/|sweep\.py|examples/|bench/|search-and-kfold|--folds|--compare|"
                         r"--trial\b|--with[ =][\w,]*(?:search|bench|examples|deploy)|examples\.|"
-                        r"predict\.py|deploy/|<!-- /?leaf")
+                        r"predict\.py|export\.py|deploy/|<!-- /?leaf")
 # What each leaf brings, as found in a copy (new_project.LEAVES has the patterns).
 LEAF_FILES = {"search": ["search", "sweep.py", "tests/search", "configs/search_digits.json"],
               "bench": ["bench", "tests/bench"],
               "examples": ["examples", "tests/examples", "data/diabetes.csv.gz"],
-              "deploy": ["deploy", "predict.py", "tests/deploy"]}
+              "deploy": ["deploy", "predict.py", "export.py", "tests/deploy"]}
 
 
 def run_in(project: Path, *command: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -112,7 +112,7 @@ def test_with_search_the_copy_sweeps(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "predict.py").exists(), reason="made without the deploy leaf")
-def test_with_deploy_the_copy_trains_and_predicts(tmp_path):
+def test_with_deploy_the_copy_trains_predicts_and_exports(tmp_path):
     project = tmp_path / "MyProject"
     result = run_script("new_project.py", str(project), "--with", "deploy")
     assert "(core + deploy)" in result.stdout
@@ -126,6 +126,9 @@ def test_with_deploy_the_copy_trains_and_predicts(tmp_path):
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = (project / "saved/models/Digits_CNN/r/model_best.predictions.csv").read_text()
     assert len(lines.splitlines()) == 360  # the header and the test split's 359 digits
+    exported = run_in(project, "export.py", "-r", "saved/models/Digits_CNN/r/model_best.pth")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (project / "saved/models/Digits_CNN/r/model_best.pt2").exists()
 
 
 def test_new_project_refuses_an_unknown_leaf_in_one_line_and_writes_nothing(tmp_path):
