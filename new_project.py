@@ -39,6 +39,7 @@ LEAVES = {
                     "docs/*search*"), requirements=("optuna", "matplotlib")),
     "bench": Leaf(("bench", "tests/bench")),
     "deploy": Leaf(("deploy", "predict.py", "export.py", "tests/deploy", "docs/*deploy*")),
+    "tracking": Leaf(("tracking", "tests/tracking", "docs/*tracking*")),
     "examples": Leaf(("examples", "tests/examples", "data/diabetes.csv.gz")),
 }
 

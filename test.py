@@ -76,6 +76,9 @@ def write_report(config: ConfigParser, results: dict, epoch: int, classes: dict 
     write_json({"checkpoint": str(config.resume), "epoch": epoch, **results, **(classes or {})},
                out_path)
     print(f"Report written to {out_path}")
+    if (config.get("trainer") or {}).get("mlflow") is not None:
+        optional_leaf("tracking.mlflow_run", "trainer.mlflow").log_test_report(
+            config, results, epoch, out_path)
     if classes is not None and (config.get("trainer") or {}).get("tensorboard"):
         folder = write_confusion_image(config.resume, classes, epoch)
         if folder is not None:

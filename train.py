@@ -126,6 +126,8 @@ def main(argv=None, callbacks: Sequence = ()) -> None:
         fold_config = optional_leaf("search.cross_validation", "--folds").fold_config
         fold_config(config, 1).validate(blocks())  # a fold's config, with everything else
     config.validate(blocks())  # every problem at once, before anything is built or written
+    if config["trainer"].get("mlflow") is not None:  # an optional package: named up front
+        optional_leaf("tracking.mlflow_run", "trainer.mlflow").require_mlflow()
     if config.cli_args.print_config:
         print(json.dumps(config.config, indent=4))
         return
@@ -189,6 +191,7 @@ def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = (
     # checkpoint there: no run folder without one is left behind
     with trainer.stop_signals:
         with distributed.all_or_none("opening the run folder"):
+            trainer.callbacks += tracking_callbacks(config)  # its store opened first
             if distributed.is_main():
                 lock = open_run(config, trainer, argv)
         config.run_id = distributed.from_main(config.run_id)  # the folder rank 0 made
@@ -198,6 +201,18 @@ def train(config: ConfigParser, device, argv: list[str], callbacks: Sequence = (
             if lock is not None:
                 lock.release()
     return trainer
+
+
+def tracking_callbacks(config: ConfigParser) -> list:
+    """`trainer.mlflow`'s callback (the tracking leaf), its store opened on rank 0: one that
+    cannot be opened is one line, before the run folder is made."""
+    from utils import distributed
+
+    if config["trainer"].get("mlflow") is None:
+        return []
+    tracking = optional_leaf("tracking.mlflow_run", "trainer.mlflow")
+    store = tracking.Store(tracking.options_of(config)) if distributed.is_main() else None
+    return [tracking.MLflowRun(config, store)]
 
 
 def find_learning_rate(config: ConfigParser, device, steps: int) -> None:

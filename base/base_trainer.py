@@ -247,6 +247,7 @@ class BaseTrainer(ABC):
         self.report.open_writer(self.config.log_dir, self.global_step,
                                 [key for key in self.expected_log_keys()
                                  if not key.startswith("val_")])
+        ended_by = None  # the exception that ended training, if one did
         try:
             for callback in self.callbacks:
                 callback.on_train_start(self)
@@ -255,9 +256,14 @@ class BaseTrainer(ABC):
                 self.checkpoints.finish()  # the last checkpoint is on disk before the end
             self.report.hparams(self.config.config, self.best, self.last_epoch, self.last_log,
                                 self.global_step)
+        except BaseException as error:
+            ended_by = error
+            raise
         finally:
             self.report.close_writer()
             self._let_the_write_end()
+            for callback in self.callbacks:
+                callback.on_train_end(self, ended_by)
         self.report.end(first_epoch, self.last_epoch, time.monotonic() - started, self.best,
                         self.checkpoints)
 

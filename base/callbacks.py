@@ -11,6 +11,11 @@ class Callback:
         resumed run: before the rest of its epoch); not called when there is nothing to
         train."""
 
+    def on_train_end(self, trainer, error: BaseException | None) -> None:
+        """Once training ends, its checkpoints written: `error` is None when it ran to its end
+        (or stopped early), else the exception that ended it (`TrainingInterrupted` for a stop
+        signal). Called whenever training got as far as `on_train_start`; it should not raise."""
+
     def on_step_start(self, trainer) -> None:
         """Before each training optimizer step (`trainer.global_step` steps done)."""
 

@@ -142,6 +142,8 @@ class TrainerSettings:
     # exponential moving average, or stochastic weight averaging from an epoch on
     ema: dict | None = setting(None, nullable=True)
     swa: dict | None = setting(None, nullable=True)
+    # MLflow tracking beside TensorBoard (the tracking leaf): tracking_uri, experiment, ...
+    mlflow: dict | None = setting(None, nullable=True)
     # the trainer class: a Trainer subclass (trainer/ or examples/)
     type: str = setting("Trainer", text)
     args: dict | None = setting(None, nullable=True)  # that class's own options
@@ -188,7 +190,7 @@ class TrainerSettings:
     @classmethod
     def own_problems(cls, section: dict) -> list[str]:
         """The checks beyond one rule per field (nested blocks)."""
-        problems = watch_problems(section.get("watch")) + averaging_problems(section)
+        problems = watch_problems(section.get("watch")) + option_block_problems(section)
         problem = compile_problem(section.get("compile", False))
         return problems + ([problem] if problem else [])
 
@@ -209,40 +211,45 @@ def fraction(value) -> str | None:
     return None
 
 
-# The averaging blocks: each key's default (MISSING: required) and rule; step/averaging.py
-# reads them.
+# The option blocks: each key's default (MISSING: required) and rule, and an example;
+# step/averaging.py and the tracking leaf read the defaults.
 EMA_OPTIONS = {"decay": (0.999, fraction), "warmup": (True, flag), "every": (1, integer(1))}
 SWA_OPTIONS = {"start_epoch": (dataclasses.MISSING, integer(1)), "lr": (None, positive_number),
                "anneal_epochs": (5, integer(0)), "bn_update": (True, flag)}
-AVERAGING_EXAMPLES = {"ema": '{"decay": 0.999}', "swa": '{"start_epoch": 15, "lr": 0.01}'}
+MLFLOW_OPTIONS = {"tracking_uri": (None, text), "experiment": (None, text),
+                  "artifact_location": (None, text), "log_checkpoint": (True, flag)}
+BLOCKS = {"ema": (EMA_OPTIONS, '{"decay": 0.999}'),
+          "swa": (SWA_OPTIONS, '{"start_epoch": 15, "lr": 0.01}'),
+          "mlflow": (MLFLOW_OPTIONS, '{"tracking_uri": "sqlite:///saved/mlflow.db"}')}
 
 
-def averaging_problems(section: dict) -> list[str]:
-    """The problems of `trainer.ema` / `trainer.swa` (one of them, an object of known keys,
-    each with its rule; SWA starting within the run)."""
-    problems = []
-    for name, options in (("ema", EMA_OPTIONS), ("swa", SWA_OPTIONS)):
-        block = section.get(name)
-        if block is None:
-            continue
-        if not isinstance(block, dict):
-            problems.append(f"trainer.{name}: expected an object such as "
-                            f"{AVERAGING_EXAMPLES[name]}, or null, got {json.dumps(block)}")
-            continue
-        problems += [f"trainer.{name}.{key}: unknown key (one of {', '.join(options)})"
-                     f"{did_you_mean(key, list(options))}" for key in block if key not in options]
-        for key, (default, rule) in options.items():
-            if key not in block:
-                if default is dataclasses.MISSING:
-                    problems.append(f"trainer.{name}.{key}: missing (e.g. "
-                                    f"{AVERAGING_EXAMPLES[name]})")
-                continue
-            if block[key] is None and default is None:  # null: the option is off
-                continue
+def block_problems(name: str, block) -> list[str]:
+    """The problems of the option block `trainer.<name>` (null: off): an object of known keys,
+    each with its rule."""
+    options, example = BLOCKS[name]
+    if block is None:
+        return []
+    if not isinstance(block, dict):
+        return [f"trainer.{name}: expected an object such as {example}, or null, got "
+                f"{json.dumps(block)}"]
+    problems = [f"trainer.{name}.{key}: unknown key (one of {', '.join(options)})"
+                f"{did_you_mean(key, list(options))}" for key in block if key not in options]
+    for key, (default, rule) in options.items():
+        if key not in block:
+            if default is dataclasses.MISSING:
+                problems.append(f"trainer.{name}.{key}: missing (e.g. {example})")
+        elif not (block[key] is None and default is None):  # null: the default, off
             wanted = rule(block[key])
             if wanted is not None:
                 problems.append(f"trainer.{name}.{key}: expected {wanted}, got "
                                 f"{json.dumps(block[key])}")
+    return problems
+
+
+def option_block_problems(section: dict) -> list[str]:
+    """The problems of `trainer.ema`, `trainer.swa` and `trainer.mlflow`, and of the averaging
+    blocks together (one of them; SWA starting within the run)."""
+    problems = [problem for name in BLOCKS for problem in block_problems(name, section.get(name))]
     if section.get("ema") is not None and section.get("swa") is not None:
         problems.append("trainer.ema, trainer.swa: one kind of averaged weights at a time; set "
                         "the other to null")

@@ -72,6 +72,15 @@ def add_session(run_dir: Path, log_dir: Path, record: dict[str, Any]) -> None:
                 "log_dir": str(Path(log_dir).resolve()), "sessions": [*sessions, record]}, path)
 
 
+def note_in_session(run_dir: Path, **fields: Any) -> None:
+    """Add `fields` to the newest session of the run folder's manifest (this process's)."""
+    manifest = read_manifest(run_dir)
+    if manifest is None or not manifest["sessions"]:
+        return
+    manifest["sessions"][-1].update(fields)
+    write_json(manifest, run_dir / MANIFEST_NAME)
+
+
 def read_manifest(run_dir: Path) -> dict | None:
     """The run folder's manifest, or None when it is missing or not one."""
     try:

@@ -114,7 +114,6 @@ def dict_batches_config(tmp_path, monkeypatch, **trainer) -> dict:
     return config
 
 
-@pytest.mark.slow
 def test_swa_averages_epoch_ends_anneals_the_rate_and_recomputes_batch_norm_on_dict_batches(
         tmp_path, monkeypatch):
     config = dict_batches_config(tmp_path, monkeypatch,
@@ -147,7 +146,6 @@ def test_swa_averages_epoch_ends_anneals_the_rate_and_recomputes_batch_norm_on_d
     assert not torch.equal(averaged["norm.running_mean"], ends[-1]["norm.running_mean"])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("averaging", [{"ema": {"decay": 0.95}},
                                        {"swa": {"start_epoch": 2, "lr": 0.001}}],
                          ids=["ema", "swa"])
@@ -180,7 +178,6 @@ def test_averaging_options_are_checked_up_front(tmp_path):
     assert not (tmp_path / "saved").exists()
 
 
-@pytest.mark.slow
 def test_a_resume_without_averaging_goes_on_from_the_training_weights(tmp_path, capsys):
     config = small_config(tmp_path / "saved", epochs=2, ema={"decay": 0.9})
     path = tmp_path / "config.json"

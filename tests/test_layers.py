@@ -10,12 +10,13 @@ from tests.conftest import ROOT
 
 # Bottom to top; a module may import from its own layer and those below.
 LAYERS = [("utils",), ("logger", "config"), ("base", "step", "runs", "builder"),
-          ("parse_config",), ("data_loader", "model", "trainer", "examples"), ("search", "deploy"),
+          ("parse_config",), ("data_loader", "model", "trainer", "examples"),
+          ("search", "deploy", "tracking"),
           ("train", "test", "sweep", "predict", "export", "new_project"), ("bench",)]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 CORE = {"utils", "logger", "config", "base", "step", "runs", "builder", "parse_config"}
 USER_ROOMS = {"data_loader", "model", "trainer", "examples"}
-LEAVES = {"search", "bench", "examples", "deploy"}
+LEAVES = {"search", "bench", "examples", "deploy", "tracking"}
 ENTRY_SCRIPTS = {"train", "test", "sweep", "predict", "export", "new_project"}
 # What the user's modules may import of the template: the classes they subclass and the error
 # they raise. trainer/trainer.py defines `Trainer` itself, on the step machinery.

@@ -14,13 +14,14 @@ from tests.conftest import ROOT, run_folders, run_script
 # What a page of a copy without any leaf must not say (but the maintainer's map, docs/DESIGN.md,
 # which is not marked: tests/test_docs.py).
 LEAF_WORDS = re.compile(r"search/|sweep\.py|examples/|bench/|search-and-kfold|--folds|--compare|"
-                        r"--trial\b|--with[ =][\w,]*(?:search|bench|examples|deploy)|examples\.|"
-                        r"predict\.py|export\.py|deploy/|<!-- /?leaf")
+                        r"--trial\b|--with[ =][\w,]*(?:search|bench|examples|deploy|tracking)|"
+                        r"examples\.|predict\.py|export\.py|deploy/|tracking/|<!-- /?leaf")
 # What each leaf brings, as found in a copy (new_project.LEAVES has the patterns).
 LEAF_FILES = {"search": ["search", "sweep.py", "tests/search", "configs/search_digits.json"],
               "bench": ["bench", "tests/bench"],
               "examples": ["examples", "tests/examples", "data/diabetes.csv.gz"],
-              "deploy": ["deploy", "predict.py", "export.py", "tests/deploy"]}
+              "deploy": ["deploy", "predict.py", "export.py", "tests/deploy"],
+              "tracking": ["tracking", "tests/tracking"]}
 
 
 def run_in(project: Path, *command: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -137,7 +138,7 @@ def test_new_project_refuses_an_unknown_leaf_in_one_line_and_writes_nothing(tmp_
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: --with: unknown leaf 'serch' (did you mean 'search'?); the leaves are bench, "
-        "deploy, examples, search"]
+        "deploy, examples, search, tracking"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,0 +1,1 @@
+"""The tracking leaf: a run tracked in MLflow beside TensorBoard (`trainer.mlflow`)."""
