@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 import train
-from tests.conftest import ROOT, run_main, small_config, straight_and_resumed
+from base import BaseDataLoader
+from data_loader.datasets import digits_dataset
+from tests.conftest import run_main, small_config, straight_and_resumed
 from tests.user_steps import register_parts_step
 from trainer.trainer import Callback
 from utils.checkpoint import load_checkpoint
@@ -87,8 +90,30 @@ def train_config(config: dict):
     return parsed
 
 
+class DigitsAsDicts(Dataset):
+    """The digits as dicts `{"image", "features", "label"}` (features: the image's first
+    row): a user's own batch structure, for a model with two inputs."""
+
+    def __init__(self, data_dir: str, training: bool):
+        self.images, self.targets = digits_dataset(data_dir, training).tensors
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index]
+        return {"image": image, "features": image[0, 0, :4], "label": self.targets[index]}
+
+
+class DictDigitsLoader(BaseDataLoader):
+    def __init__(self, data_dir, batch_size, shuffle=True, validation_split=0.0, num_workers=0,
+                 training=True, seed=0):
+        super().__init__(DigitsAsDicts(data_dir, training), batch_size, shuffle,
+                         validation_split, num_workers, seed=seed)
+
+
 class BatchNormDictModel(nn.Module):
-    """examples/dict_batches' two inputs, with BatchNorm: what SWA's statistics pass is for."""
+    """Two inputs by name, and BatchNorm: what SWA's statistics pass is for."""
 
     def __init__(self):
         super().__init__()
@@ -101,16 +126,19 @@ class BatchNormDictModel(nn.Module):
 
 
 def dict_batches_config(tmp_path, monkeypatch, **trainer) -> dict:
-    import examples.dict_batches
+    """The shrunk real config on dict batches and a BatchNorm model with two inputs, as if
+    written in data_loader/ and model/; 4 epochs."""
+    import data_loader.data_loaders
+    import model.model
 
-    monkeypatch.setattr(examples.dict_batches, "BatchNormDictModel", BatchNormDictModel,
-                        raising=False)
-    BatchNormDictModel.__module__ = "examples.dict_batches"
-    config = json.loads((ROOT / "examples" / "dict_batches.json").read_text())
-    config["arch"] = {"type": "examples.dict_batches.BatchNormDictModel", "args": {}}
-    config["data_loader"]["args"]["data_dir"] = str(ROOT / "data")
-    config["trainer"].update({"epochs": 4, "save_dir": str(tmp_path / "saved"),
-                              "tensorboard": False, "verbosity": 1, **trainer})
+    for module, user_class in ((data_loader.data_loaders, DictDigitsLoader),
+                               (model.model, BatchNormDictModel)):
+        user_class.__module__ = module.__name__
+        monkeypatch.setattr(module, user_class.__name__, user_class, raising=False)
+    config = small_config(tmp_path / "saved", **{"epochs": 4, **trainer})
+    config["arch"] = {"type": "BatchNormDictModel", "args": {}}
+    config["data_loader"]["type"] = "DictDigitsLoader"
+    config["metrics"] = ["accuracy"]
     return config
 
 
