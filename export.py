@@ -45,6 +45,9 @@ def main(argv=None) -> Path:
 
     if distributed.launched_world_size() > 1:
         raise UserError("export.py exports in one process: start it with python, not torchrun")
+    for name in ("atol", "rtol"):
+        if not getattr(args, name) >= 0:
+            raise UserError(f"--{name}: expected a number >= 0, got {getattr(args, name)}")
     check_packages(args.format)  # before anything is built
     from train import evaluation_configs
 

@@ -36,10 +36,10 @@ class Leaf:
 
 LEAVES = {
     "search": Leaf(("search", "sweep.py", "tests/search", "configs/search_*.json",
-                    "docs/*search*"), requirements=("optuna", "matplotlib")),
+                    "docs/*search*", "docs/sweep_history.png"), requirements=("optuna", "matplotlib")),
     "bench": Leaf(("bench", "tests/bench")),
     "deploy": Leaf(("deploy", "predict.py", "export.py", "tests/deploy", "docs/*deploy*")),
-    "tracking": Leaf(("tracking", "tests/tracking", "docs/*tracking*")),
+    "tracking": Leaf(("tracking", "tests/tracking", "docs/*tracking*", "docs/mlflow_runs.png")),
     "examples": Leaf(("examples", "tests/examples", "data/diabetes.csv.gz")),
 }
 

@@ -105,6 +105,9 @@ def build_trainer(config, modules: UserModules, device=None, training: bool = Tr
         from step.averaging import averaging_callbacks  # only then: a plain run imports none
 
         trainer.callbacks = averaging_callbacks(trainer.settings)
+        problems = [callback.problem(trainer) for callback in trainer.callbacks]
+        if any(problems):
+            raise ConfigError(*filter(None, problems))
     return trainer
 
 

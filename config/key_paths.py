@@ -83,6 +83,10 @@ def _set_by_path(config: dict, path: str, value: Any) -> None:
             isinstance(config.get(parents[0]), dict) and parents[1] not in config[parents[0]]:
         raise ConfigError(f"{path}: {option} is not in the config; set the whole block, e.g. "
                           f"-o '{option}={{...}}'")  # -o arch.init.type=... without arch.init
+    if len(parents) == 2 and parents[0] == "trainer" and \
+            parents[1] not in (config.get("trainer") or {}):  # -o trainer.ema.decay=0.99
+        raise ConfigError(f"{path}: trainer.{parents[1]} is not in the config; set the whole "
+                          f"block, e.g. -o 'trainer.{parents[1]}={{\"{leaf}\": ...}}'")
     node = get_by_path(config, ".".join(parents)) if parents else config
     if isinstance(node, list):
         if leaf.isdigit() and int(leaf) < len(node):

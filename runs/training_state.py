@@ -88,8 +88,8 @@ def load_training_state(trainer, checkpoint: dict, path: os.PathLike) -> None:
     averaging = checkpoint.get("averaging")
     if averaging and not any(trainer.config["trainer"].get(kind) for kind in ("ema", "swa")):
         trainer.logger.warning("Warning: %s averaged its weights (trainer.%s) and this run does "
-                               "not: training goes on from its training weights", path,
-                               averaging["kind"])
+                               "not: training goes on from its training weights (the best value "
+                               "so far is the averaged weights')", path, averaging["kind"])
     for callback in trainer.callbacks:
         callback.on_load_checkpoint(trainer, checkpoint)
 

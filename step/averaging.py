@@ -55,6 +55,10 @@ class WeightAverage(Callback):
     def build(self, model: nn.Module) -> AveragedModel:
         raise NotImplementedError
 
+    def problem(self, trainer) -> str | None:
+        """What makes the options useless for this run (seen once it is built), or None."""
+        return None
+
     def update(self, trainer) -> None:
         self.averaged_model(trainer).update_parameters(unwrap_model(trainer.model))
         self.updates += 1
@@ -123,6 +127,14 @@ class EMA(WeightAverage):
     def on_step_end(self, trainer) -> None:
         if trainer.global_step % self.options["every"] == 0:
             self.update(trainer)
+
+    def problem(self, trainer) -> str | None:
+        steps = trainer.len_epoch * trainer.settings.epochs
+        if self.options["every"] > steps:
+            return (f"trainer.ema.every: {self.options['every']} is more than the run's {steps} "
+                    f"optimizer steps ({trainer.settings.epochs} epochs of "
+                    f"{trainer.len_epoch}): nothing would be averaged")
+        return None
 
 
 class SWA(WeightAverage):

@@ -174,6 +174,7 @@ def test_swa_averages_epoch_ends_anneals_the_rate_and_recomputes_batch_norm_on_d
     assert not torch.equal(averaged["norm.running_mean"], ends[-1]["norm.running_mean"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("averaging", [{"ema": {"decay": 0.95}},
                                        {"swa": {"start_epoch": 2, "lr": 0.001}}],
                          ids=["ema", "swa"])
@@ -204,8 +205,17 @@ def test_averaging_options_are_checked_up_front(tmp_path):
         assert line in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "saved").exists()
+    # seen once the run is built: an update interval longer than the run
+    config["trainer"].update(ema={"every": 200}, swa=None)
+    path.write_text(json.dumps(config))
+    result = run_main("train.py", "-c", str(path), check=False)
+    assert result.returncode == 2
+    assert "error: trainer.ema.every: 200 is more than the run's 105 optimizer steps (5 epochs of " \
+        "21): nothing would be averaged" in result.stderr
+    assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow
 def test_a_resume_without_averaging_goes_on_from_the_training_weights(tmp_path, capsys):
     config = small_config(tmp_path / "saved", epochs=2, ema={"decay": 0.9})
     path = tmp_path / "config.json"

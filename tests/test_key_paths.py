@@ -58,3 +58,8 @@ def test_a_key_inside_an_absent_block_option_says_to_set_the_whole_block(tmp_pat
     with pytest.raises(ConfigError, match=r"^arch\.init\.type: arch\.init is not in the config; "
                                           r"set the whole block, e\.g\. -o 'arch\.init=\{\.\.\.\}'"):
         ConfigParser(small_config(tmp_path), modification={"arch.init.type": "zeros_"})
+    # a trainer option block (trainer.ema, trainer.watch, ...) set key by key
+    with pytest.raises(ConfigError, match=r"^trainer\.ema\.decay: trainer\.ema is not in the "
+                                          r"config; set the whole block, e\.g\. "
+                                          r"-o 'trainer\.ema=\{\"decay\": \.\.\.\}'$"):
+        ConfigParser(small_config(tmp_path), modification={"trainer.ema.decay": 0.99})

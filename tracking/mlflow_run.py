@@ -11,6 +11,7 @@ manifest: a resumed run (`-r`) continues the same MLflow run, and `test.py` adds
 import json
 import logging
 import math
+import os
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -23,6 +24,11 @@ from utils.interrupts import TrainingInterrupted
 
 PARAM_LENGTH = 6000  # MLflow's longest param value
 BATCH = 100  # MLflow's most params in one log_batch call
+# A tracking server that does not answer costs seconds, not MLflow's default of minutes (7
+# retries with backoff, 120 s timeouts); the environment's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+URI_FORMS = "sqlite:///path/to/mlflow.db, http://host:5000, or a database URL"
 
 
 def require_mlflow() -> None:
@@ -33,10 +39,13 @@ def require_mlflow() -> None:
 
 
 def options_of(config) -> dict:
-    """`trainer.mlflow` with its defaults; the experiment: the config's name."""
+    """`trainer.mlflow` with its defaults: the experiment is the config's name; the store
+    MLFLOW_TRACKING_URI, else `mlflow.db` in the save_dir (git-ignored with the runs)."""
     block = config["trainer"]["mlflow"]
     options = {key: block.get(key, default) for key, (default, _) in MLFLOW_OPTIONS.items()}
     options["experiment"] = options["experiment"] or config["name"]
+    options["tracking_uri"] = options["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{(Path(config['trainer']['save_dir']) / 'mlflow.db').resolve()}"
     return options
 
 
@@ -45,6 +54,8 @@ class Store:
 
     def __init__(self, options: dict):
         require_mlflow()
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database's INFO lines
@@ -57,15 +68,15 @@ class Store:
                 self.client.create_experiment(options["experiment"],
                                               artifact_location=self.artifact_location())
         except Exception as error:  # noqa: BLE001 (why: MLflow's and its database's errors alike)
-            raise UserError(f"trainer.mlflow.tracking_uri: cannot open the tracking store "
-                            f"{uri or '(MLflow default)'}: {first_line(error)}") from None
+            raise UserError(f"trainer.mlflow.tracking_uri: cannot open the tracking store {uri} "
+                            f"({URI_FORMS}): {first_line(error)}") from None
 
     def artifact_location(self) -> str | None:
         """Where a new experiment keeps its files: the option, else beside a SQLite database
         (MLflow's default is `mlruns/` in the working directory)."""
         if self.options["artifact_location"]:
             return self.options["artifact_location"]
-        uri = self.options["tracking_uri"] or ""
+        uri = self.options["tracking_uri"]
         if uri.startswith("sqlite:///"):
             return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
         return None
@@ -109,37 +120,40 @@ class MLflowRun(Callback):
         self.run_id: str | None = None
 
     def on_train_start(self, trainer) -> None:
-        if self.store is None:
-            return
+        if self.store is not None:
+            self._try(trainer, "the run's start", self._start)
+
+    def _start(self, trainer) -> None:
         from mlflow.entities import Param
 
         client, run_dir = self.store.client, Path(self.config.save_dir)
-        self.run_id = self.store.run_of(run_dir)
+        run_id = self.store.run_of(run_dir)
         params = flat_params(self.config.config)
-        if self.run_id is None:
-            self.run_id = client.create_run(
+        if run_id is None:
+            run_id = client.create_run(
                 self.store.experiment_id, run_name=self.config.run_id,
                 tags={"run_dir": str(run_dir.resolve()), "mlflow.source.name": "train.py"}
             ).info.run_id
-            trainer.logger.info("MLflow run %s in experiment %r", self.run_id,
+            trainer.logger.info("MLflow run %s in experiment %r", run_id,
                                 self.store.options["experiment"])
         else:
-            client.update_run(self.run_id, status="RUNNING")
-            logged = client.get_run(self.run_id).data.params
+            client.update_run(run_id, status="RUNNING")
+            logged = client.get_run(run_id).data.params
             changed = [f"{key} ({logged[key]}, now {value})" for key, value in params.items()
                        if key in logged and logged[key] != value]
             if changed:
                 trainer.logger.warning("Warning: MLflow keeps a run's params as first logged: "
                                        "%s", ", ".join(changed))
             params = {key: value for key, value in params.items() if key not in logged}
-            trainer.logger.info("MLflow run %s continued", self.run_id)
-        items = [Param(key, value) for key, value in params.items()]
-        for start in range(0, len(items), BATCH):
-            client.log_batch(self.run_id, params=items[start:start + BATCH])
-        client.log_artifact(self.run_id, str(run_dir / "config.json"))
-        note_in_session(run_dir, mlflow={"run_id": self.run_id,
+            trainer.logger.info("MLflow run %s continued", run_id)
+        self.run_id = run_id
+        note_in_session(run_dir, mlflow={"run_id": run_id,
                                          "experiment": self.store.options["experiment"],
                                          "tracking_uri": self.store.options["tracking_uri"]})
+        items = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(items), BATCH):
+            client.log_batch(run_id, params=items[start:start + BATCH])
+        client.log_artifact(run_id, str(run_dir / "config.json"))
 
     def on_epoch_end(self, trainer, epoch: int, log: dict) -> None:
         if self.run_id is None:
@@ -149,27 +163,34 @@ class MLflowRun(Callback):
         now = int(time.time() * 1000)
         values = {**log, **{f"lr{'_' + name if name else ''}": optimizer.param_groups[0]["lr"]
                             for name, optimizer in trainer.optimizers.items()}}
-        try:
-            self.store.client.log_batch(self.run_id, metrics=[
-                Metric(key, float(value), now, epoch) for key, value in values.items()
-                if isinstance(value, (int, float)) and not math.isnan(value)])
-        except Exception as problem:  # noqa: BLE001 (why: a tracking hiccup ends no training)
-            trainer.logger.warning("Warning: MLflow: epoch %d's values were not logged (%s)",
-                                   epoch, first_line(problem))
+        self._try(trainer, f"epoch {epoch}'s values", lambda _: self.store.client.log_batch(
+            self.run_id, metrics=[Metric(key, float(value), now, epoch)
+                                  for key, value in values.items()
+                                  if isinstance(value, (int, float)) and not math.isnan(value)]))
 
     def on_train_end(self, trainer, error: BaseException | None) -> None:
         if self.run_id is None:
             return
         status = "FINISHED" if error is None else \
             "KILLED" if isinstance(error, TrainingInterrupted) else "FAILED"
-        try:
-            model = model_file(Path(self.config.save_dir), trainer.last_epoch)
+        model = model_file(Path(self.config.save_dir), trainer.last_epoch)
+
+        def end(_) -> None:
             if error is None and self.store.options["log_checkpoint"] and model is not None:
                 self.store.client.log_artifact(self.run_id, str(model), "checkpoints")
             self.store.client.set_terminated(self.run_id, status)
-        except Exception as problem:  # noqa: BLE001 (why: the run itself is done and saved)
-            trainer.logger.error("MLflow: the end of run %s was not logged (%s)", self.run_id,
-                                 first_line(problem))
+        self._try(trainer, "the run's end", end)
+
+    def _try(self, trainer, what: str, action) -> None:
+        """`action(trainer)`; when the store fails, a warning, and nothing more of this session
+        is sent (a store that does not answer would cost seconds at every epoch)."""
+        try:
+            action(trainer)
+        except Exception as problem:  # noqa: BLE001 (why: a tracking failure ends no training)
+            trainer.logger.warning("Warning: MLflow: %s not logged (%s); the rest of this "
+                                   "session is not sent to MLflow (the run folder and "
+                                   "TensorBoard have it)", what, first_line(problem))
+            self.run_id = None
 
 
 def model_file(run_dir: Path, epoch: int) -> Path | None:

@@ -181,7 +181,8 @@ def test_bad_command_lines_are_one_line(trained, tmp_path, monkeypatch):
     cases = {
         ("-r", str(tmp_path / "none.pth")): f"{tmp_path / 'none.pth'}",
         ("-r", str(checkpoint), "--output", str(tmp_path / "m.onnx")):
-            f"--output {tmp_path / 'm.onnx'}: --format torch.export writes a .pt2 file"}
+            f"--output {tmp_path / 'm.onnx'}: --format torch.export writes a .pt2 file",
+        ("-r", str(checkpoint), "--atol", "-1"): "--atol: expected a number >= 0, got -1.0"}
     for arguments, message in cases.items():
         with pytest.raises(UserError) as raised:
             export.main(list(arguments))

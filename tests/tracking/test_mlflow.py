@@ -3,6 +3,8 @@ epoch's values as metrics, the model and test.py's report as artifacts; a run st
 resumed is one MLflow run; bad settings are one line."""
 import json
 import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,7 @@ def test_a_stopped_and_resumed_run_is_one_mlflow_run_with_every_epoch_once(tmp_p
         each.path for each in client.list_artifacts(run.info.run_id, "test")]
 
 
+@pytest.mark.slow
 def test_mlflow_settings_are_checked_and_a_store_that_cannot_open_writes_nothing(tmp_path):
     config = small_config(tmp_path / "saved", mlflow={"tracking_uri": 3, "experimnt": "x"})
     result = run_main("train.py", "-c", str(write(tmp_path, config)), check=False)
@@ -113,8 +116,60 @@ def test_mlflow_settings_are_checked_and_a_store_that_cannot_open_writes_nothing
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert line.startswith(f"error: trainer.mlflow.tracking_uri: cannot open the tracking store "
-                           f"sqlite:///{tmp_path}/a_file/m.db: ")
+                           f"sqlite:///{tmp_path}/a_file/m.db (sqlite:///path/to/mlflow.db, "
+                           f"http://host:5000, or a database URL): FileExistsError")
     assert not (tmp_path / "saved").exists()
+    # a tracking server that does not answer: one line in seconds (MLflow alone retries for
+    # minutes), nothing written
+    with socket.socket() as probe:  # a free port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config["trainer"]["mlflow"] = {"tracking_uri": f"http://127.0.0.1:{port}"}
+    started = time.monotonic()
+    result = run_main("train.py", "-c", str(write(tmp_path, config)), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot open the tracking store http://127.0.0.1:{port}" in result.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.slow
+def test_without_a_tracking_uri_the_store_is_in_the_save_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = small_config(tmp_path / "saved", epochs=1, mlflow={})
+    monkeypatch.chdir(tmp_path)  # where MLflow would put mlflow.db and mlruns/ by itself
+    train.main(["-c", str(write(tmp_path, config)), "--run-id", "r"])
+    client = client_of({"trainer": {"mlflow": {
+        "tracking_uri": f"sqlite:///{tmp_path / 'saved' / 'mlflow.db'}"}}})
+    (experiment,) = [each for each in client.search_experiments() if each.name == "Digits_CNN"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "saved"]
+    assert (tmp_path / "saved" / "mlartifacts").is_dir()
+
+
+@pytest.mark.slow
+def test_a_store_that_fails_during_training_costs_one_warning_and_training_goes_on(
+        tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    real = MlflowClient.log_batch
+
+    def log_batch(self, run_id, metrics=(), **kwargs):
+        if any(metric.step >= 2 for metric in metrics):
+            raise ConnectionError("the server went away")
+        return real(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    config = tracked_config(tmp_path)
+    train.main(["-c", str(write(tmp_path, config)), "--run-id", "r"])
+    output = "".join(capsys.readouterr())
+    assert output.count("Warning: MLflow: epoch 2's values not logged (ConnectionError: the "
+                        "server went away); the rest of this session is not sent") == 1
+    assert (tmp_path / "saved" / "models" / "Digits_CNN" / "r" / "checkpoint-epoch3.pth").exists()
+    client = client_of(config)
+    (run,) = client.search_runs([client.get_experiment_by_name("Digits_CNN").experiment_id])
+    assert [step for step, _ in history(client, run.info.run_id, "loss")] == [1]
 
 
 def test_without_mlflow_installed_the_config_is_refused_in_one_line(tmp_path, monkeypatch):
