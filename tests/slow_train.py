@@ -117,5 +117,10 @@ import utils.errors as module_errors  # noqa: E402
 train.build_trainer = failing_build(train.build_trainer)
 
 if __name__ == "__main__":
+    # as if started from a terminal, also when the tests run under nohup or in a shell's
+    # background, which start them with SIGINT and SIGHUP ignored (and the run keeps an ignored
+    # signal ignored: tests/test_interrupts.py tests that on its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     print(f"PROCESS {os.environ.get('RANK', 0)} {os.getpid()}\n", end="", flush=True)
     run_cli(lambda: train.main(sys.argv[1:], callbacks=[Slowed()]))
