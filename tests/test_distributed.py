@@ -554,3 +554,31 @@ def test_manual_optimization_under_torchrun_is_refused_with_one_line(tmp_path):
     assert "error: trainer.type: GANTrainer steps its optimizers itself (automatic_optimization" \
            " = False), which torchrun does not support" in result.stderr
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.slow
+def test_swa_under_torchrun_recomputes_batch_norm_and_resumes_exactly(tmp_path):
+    """SWA's BatchNorm pass runs in every process over its share and averages the statistics
+    (an all-reduce in each epoch's end): stopped mid-epoch and resumed, the averaged weights and
+    statistics are bit for bit those of a straight run."""
+    config = ddp_config(tmp_path, 32, epochs=2, swa={"start_epoch": 1, "lr": 0.01})
+    settings = json.loads(config.read_text())
+    settings["arch"] = {"type": "TorchvisionClassifier", "args": {
+        "name": "mobilenet_v3_small", "num_classes": 10, "in_channels": 1, "weights": None}}
+    settings["loss"] = "cross_entropy"
+    config.write_text(json.dumps(settings))
+    torchrun("-c", str(config), "--run-id", "straight")
+    stop_torchrun_at_step(config, "stopped", 30)  # epoch 2, after epoch 1's average
+    stopped = tmp_path / "saved/models/Digits_CNN/stopped"
+    torchrun("-r", str(stopped))
+    straight = load_checkpoint(tmp_path / "saved/models/Digits_CNN/straight/checkpoint-epoch2.pth")
+    resumed = load_checkpoint(stopped / "checkpoint-epoch2.pth")
+    assert max_difference(straight["state_dict"], resumed["state_dict"]) == 0.0
+    assert max_difference(straight["averaging"]["training_state_dict"],
+                          resumed["averaging"]["training_state_dict"]) == 0.0
+    assert straight["averaging"]["updates"] == 2
+    # the statistics were recomputed for the averaged weights, not the training model's
+    running = [key for key in straight["state_dict"] if key.endswith("running_mean")]
+    assert running and max_difference(
+        {key: straight["state_dict"][key] for key in running},
+        {key: straight["averaging"]["training_state_dict"][key] for key in running}) > 0
