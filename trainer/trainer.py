@@ -61,8 +61,9 @@ class Trainer(BaseTrainer):
         return self.training_step(batch)
 
     def predict_step(self, batch):
-        """What `predict.py` writes for a batch of new data (eval mode, no gradients; the
-        outputs of all batches are joined along the samples): by default the model's output.
+        """The prediction for a batch of new data (eval mode, no gradients; the outputs of all
+        batches are joined along the samples), also SWA's BatchNorm pass: by default the model's
+        output.
         The batch is inputs alone — a tensor, a dict of the model's arguments — or a batch that
         also holds its target (a pair, a dict with a target key), whose target is left out."""
         try:
