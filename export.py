@@ -69,17 +69,15 @@ def export(config, format_name: str, input_path: str | None, output: str | None,
     from deploy.export import example_inputs, export_model, export_path
     from deploy.predictions import input_batches
     from logger.logger import setup_logging
-    from utils.checkpoint import load_checkpoint
-    from utils.weights import load_model_state, unwrap_model
+    from utils.weights import unwrap_model
 
     setup_logging(None)
     batches = input_batches(Path(input_path), config) if input_path else None
     path = export_path(config.resume, output, format_name)
-    from train import build_trainer
+    from train import checkpoint_trainer
 
-    trainer = build_trainer(config, torch.device("cpu"), training=False)
+    trainer, _ = checkpoint_trainer(config, torch.device("cpu"))
     model = unwrap_model(trainer.model)
-    load_model_state(model, load_checkpoint(config.resume)["state_dict"], config.resume)
     batch = next(iter(batches if batches is not None else trainer.data_loader), None)
     if batch is None:
         raise UserError("no inputs to export the model on: the test split is empty")

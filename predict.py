@@ -58,17 +58,13 @@ def predict(config, input_path: str | None, output: str | None, device=None) -> 
     from logger.progress import bars_wanted, counted, progress_bar
     from step.batches import move_to_device
     from utils import distributed
-    from utils.checkpoint import load_checkpoint
-    from utils.weights import load_model_state, unwrap_model
 
     setup_logging(None)
     batches = input_batches(Path(input_path), config) if input_path else None
     out = predictions_path(config.resume, output)
-    from train import build_trainer
+    from train import checkpoint_trainer
 
-    trainer = build_trainer(config, device, training=False)
-    load_model_state(unwrap_model(trainer.model), load_checkpoint(config.resume)["state_dict"],
-                     config.resume)
+    trainer, _ = checkpoint_trainer(config, device)
     classifier = is_classifier(trainer)
     if batches is None:
         batches = trainer.data_loader

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from config.command_line import parse_command_line
 from parse_config import ConfigParser
-from train import evaluation_configs
+from train import checkpoint_trainer, evaluation_configs
 from utils.cli import leaf_note, optional_leaf, run_cli
 from utils.errors import UserError
 
@@ -117,16 +117,10 @@ def evaluate_checkpoint(config: ConfigParser) -> tuple[dict, int, dict | None]:
     from logger.test_report import class_report
     from runs.manifest import changed_helper_files
     from step.evaluation import ConfusionMatrix
-    from utils.checkpoint import load_checkpoint
-    from utils.weights import load_model_state, unwrap_model
 
     setup_logging(None)  # console only: test.py writes nothing but its report
-    checkpoint = load_checkpoint(config.resume)
     # the trainer class of the run (its validation_step), on the test split, without training
-    from train import build_trainer
-
-    trainer = build_trainer(config, training=False)
-    load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
+    trainer, checkpoint = checkpoint_trainer(config)
     broken = [name for name, tensor in checkpoint["state_dict"].items()
               if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:  # a report of such a model would be numbers of nothing

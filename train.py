@@ -80,6 +80,18 @@ def build_trainer(config: ConfigParser, device=None, training: bool = True):
     return build.build_trainer(config, user_modules(), device, training)
 
 
+def checkpoint_trainer(config: ConfigParser, device=None) -> tuple:
+    """The trainer the config describes for evaluation (`training=False`), holding the weights
+    of the checkpoint `config.resume`; and the checkpoint (test.py, predict.py, export.py)."""
+    from utils.checkpoint import load_checkpoint
+    from utils.weights import load_model_state, unwrap_model
+
+    checkpoint = load_checkpoint(config.resume)
+    trainer = build_trainer(config, device, training=False)
+    load_model_state(unwrap_model(trainer.model), checkpoint["state_dict"], config.resume)
+    return trainer, checkpoint
+
+
 def main(argv=None, callbacks: Sequence = ()) -> None:
     """The command line; `callbacks`: `trainer.trainer.Callback`s the trainer calls."""
     parser = argparse.ArgumentParser(description="Train a model from a JSON config.")

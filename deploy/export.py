@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from step.batches import map_tensors
+from step.batches import batch_inputs, call_model, map_tensors
 from utils.errors import UserError
 from utils.files import atomic_write
 
@@ -64,18 +64,9 @@ def export_path(checkpoint: Path, output: str | None, format_name: str) -> Path:
 
 
 def model_arguments(unpack: Callable, batch) -> tuple[tuple, dict]:
-    """The model's positional and keyword arguments in `batch`, as the default step calls it
-    (`step.batches.call_model`): a dict's entries by name, a tuple's in order, else the one
-    input; a batch's target (`unpack`: the trainer's) left out."""
-    try:
-        inputs, _ = unpack(batch)
-    except UserError:  # no target in it: all of it is input
-        inputs = batch
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, tuple) and not hasattr(inputs, "_fields"):
-        return tuple(inputs), {}
-    return (inputs,), {}
+    """The model's positional and keyword arguments in `batch` (its target, which `unpack`
+    finds, left out), as the default step passes them (`step.batches.call_model`)."""
+    return call_model(lambda *args, **kwargs: (args, kwargs), batch_inputs(batch, unpack))
 
 
 def example_inputs(unpack: Callable, batch) -> list[tuple[tuple, dict]]:

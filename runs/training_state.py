@@ -86,7 +86,7 @@ def load_training_state(trainer, checkpoint: dict, path: os.PathLike) -> None:
     except CheckpointError as error:  # the file's state does not fit: name the file
         raise CheckpointError(f"{path}: {error}") from None
     averaging = checkpoint.get("averaging")
-    if averaging and not any(trainer.config["trainer"].get(kind) for kind in ("ema", "swa")):
+    if averaging and trainer.settings.ema is None and trainer.settings.swa is None:
         trainer.logger.warning("Warning: %s averaged its weights (trainer.%s) and this run does "
                                "not: training goes on from its training weights (the best value "
                                "so far is the averaged weights')", path, averaging["kind"])

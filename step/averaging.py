@@ -62,7 +62,8 @@ class WeightAverage(Callback):
     def update(self, trainer) -> None:
         self.averaged_model(trainer).update_parameters(unwrap_model(trainer.model))
         self.updates += 1
-        self.report(trainer)
+        if not self.reporting:
+            self.report(trainer)
 
     def report(self, trainer) -> None:
         """From now on validation runs the averaged model (a copy outside DDP, like the model

@@ -55,6 +55,16 @@ def detached(value: Any) -> Any:
     return map_tensors(value, Tensor.detach)
 
 
+def batch_inputs(batch: Any, unpack: Callable) -> Any:
+    """The model's inputs in `batch`: its inputs when `unpack` (the trainer's) finds a target
+    in it, else all of it (new data, without labels)."""
+    try:
+        inputs, _ = unpack(batch)
+    except UserError:  # no target in it: all of it is input
+        inputs = batch
+    return inputs
+
+
 def call_model(model: Callable, inputs: Any) -> Any:
     """The model on the default step's inputs: `model(**inputs)` for a dict, `model(*inputs)`
     for a tuple (several inputs), else `model(inputs)`."""

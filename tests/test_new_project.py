@@ -38,6 +38,16 @@ def requirement_names(project: Path) -> list[str]:
             for line in (project / "requirements.txt").read_text().splitlines() if line.strip()]
 
 
+def copy_with(tmp_path: Path, leaf: str) -> Path:
+    """A new project of the core and `leaf`, with every file the leaf brings."""
+    project = tmp_path / "MyProject"
+    result = run_script("new_project.py", str(project), "--with", leaf)
+    assert f"(core + {leaf})" in result.stdout
+    for name in LEAF_FILES[leaf]:
+        assert (project / name).exists(), name
+    return project
+
+
 def one_epoch_config(project: Path) -> None:
     config = json.loads((project / "config.json").read_text())
     config["trainer"].update(epochs=1, tensorboard=False)
@@ -93,11 +103,7 @@ def test_the_core_alone_passes_its_fast_tests_and_trains(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "sweep.py").exists(), reason="made without the search leaf")
 def test_with_search_the_copy_sweeps(tmp_path):
-    project = tmp_path / "MyProject"
-    result = run_script("new_project.py", str(project), "--with", "search")
-    assert "(core + search)" in result.stdout
-    for name in LEAF_FILES["search"]:
-        assert (project / name).exists(), name
+    project = copy_with(tmp_path, "search")
     assert not (project / "bench").exists() and not (project / "examples").exists()
     assert "optuna" in requirement_names(project)
 
@@ -114,11 +120,7 @@ def test_with_search_the_copy_sweeps(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "predict.py").exists(), reason="made without the deploy leaf")
 def test_with_deploy_the_copy_trains_predicts_and_exports(tmp_path):
-    project = tmp_path / "MyProject"
-    result = run_script("new_project.py", str(project), "--with", "deploy")
-    assert "(core + deploy)" in result.stdout
-    for name in LEAF_FILES["deploy"]:
-        assert (project / name).exists(), name
+    project = copy_with(tmp_path, "deploy")
     assert not (project / "search").exists()
     one_epoch_config(project)
     trained = run_in(project, "train.py", "-c", "config.json", "--run-id", "r")

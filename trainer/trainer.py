@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from base.base_trainer import BaseTrainer
 from base.callbacks import Callback
-from step.batches import call_model, leading_size, move_to_device, split_batch
+from step.batches import batch_inputs, call_model, leading_size, move_to_device, split_batch
 from utils.errors import UserError
 from utils.weights import unwrap_model
 
@@ -66,11 +66,7 @@ class Trainer(BaseTrainer):
         output.
         The batch is inputs alone — a tensor, a dict of the model's arguments — or a batch that
         also holds its target (a pair, a dict with a target key), whose target is left out."""
-        try:
-            inputs, _ = self.unpack(batch)
-        except UserError:  # no target in it: all of it is input
-            inputs = batch
-        return call_model(self.model, inputs)
+        return call_model(self.model, batch_inputs(batch, self.unpack))
 
     def to_device(self, batch):
         """`batch` on this process's device: every tensor inside nested tuples, lists, dicts,
